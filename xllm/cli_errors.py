@@ -1,0 +1,38 @@
+"""One way for every console script to fail: exit code 2 and one line on stderr."""
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class UsageError(ValueError):
+    """A bad command-line value; the message names it."""
+
+
+def cli_entry(prog: str):
+    """Decorate a `main(argv=None) -> int` so bad input ends with `prog: message` and exit 2.
+
+    ValueError, FileNotFoundError, OSError and UsageError are the user's problem (a bad file
+    or value); anything else is a bug and keeps its traceback.  Ctrl-C exits 130 quietly.
+    """
+    def wrap(fn):
+        @functools.wraps(fn)
+        def main(argv=None):
+            try:
+                return fn(argv) or 0
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+            except (ValueError, OSError) as exc:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"{prog}: error: {msg}", file=sys.stderr)
+                return 2
+        return main
+    return wrap
+
+
+def exit_code(main):
+    """Entry point for console scripts: run `main` and exit with its code."""
+    def run():
+        sys.exit(main())
+    return run
