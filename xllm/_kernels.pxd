@@ -1,0 +1,115 @@
+# The kernels' contract: the C helpers from simd.h, the structures a decoder step reads,
+# and the pointer kernels (`noexcept nogil`) that _kernels.pyx implements.
+
+from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
+
+cdef extern from "simd.h" nogil:
+    int XLLM_SIMD_SCALAR
+    int XLLM_SIMD_AVX2
+    int XLLM_F32
+    int XLLM_F16
+    int XLLM_Q4_0
+    int XLLM_Q8_0
+    int XLLM_QK
+    int XLLM_TILE_ROWS
+    int XLLM_TILE_TOKENS
+    int xllm_simd_level
+    ctypedef struct xllm_block_q8_0:
+        uint16_t d
+        int8_t qs[32]
+    int xllm_cpu_has_avx2()
+    int xllm_set_simd_level(int level)
+    float xllm_fp16_to_fp32(uint16_t h)
+    uint16_t xllm_fp32_to_fp16(float f)
+    void xllm_quantize_row_q8_0(const float *x, xllm_block_q8_0 *y, int n)
+    void xllm_dequantize_row(int type, const void *src, float *dst, int n)
+    float xllm_dot_f32(const float *a, const float *b, int n)
+    void xllm_axpy_f32(float a, const float *x, float *y, int n)
+    void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
+                   int nt, int k0, int k1, float *acc, int ldacc)
+    void xllm_tile_finish(int type, const char *w, size_t ldw, int nr, const float *x, size_t ldx,
+                          int nt, int n, const float *acc, int ldacc, float *y, size_t ldy)
+
+
+ctypedef struct Matrix:
+    const char *data        # rows x row_bytes, row-major; W[o, :] is row o
+    int type                # XLLM_F32 / F16 / Q8_0 / Q4_0
+    int rows                # output features
+    int cols                # input features
+    size_t row_bytes        # bytes of one row in `type`
+
+
+ctypedef struct Layer:
+    const float *attn_norm  # (dim,) RMSNorm weight before attention
+    Matrix wq               # (n_heads*head_dim, dim)
+    Matrix wk               # (n_kv_heads*head_dim, dim)
+    Matrix wv               # (n_kv_heads*head_dim, dim)
+    Matrix wo               # (dim, n_heads*head_dim)
+    const float *ffn_norm   # (dim,) RMSNorm weight before the FFN
+    Matrix w_gate           # (hidden_dim, dim)  "w1"
+    Matrix w_up             # (hidden_dim, dim)  "w3"
+    Matrix w_down           # (dim, hidden_dim)  "w2"
+
+
+ctypedef struct Dims:
+    int dim                 # residual stream width
+    int hidden_dim          # FFN width
+    int n_layers
+    int n_heads             # query heads
+    int n_kv_heads          # key/value heads
+    int head_dim
+    int q_dim               # n_heads * head_dim
+    int kv_dim              # n_kv_heads * head_dim
+    int vocab_size
+    int max_seq_len
+    float norm_eps
+
+
+ctypedef struct KVPool:
+    float *k                # (n_layers, n_blocks, block_size, kv_dim)
+    float *v                # (n_layers, n_blocks, block_size, kv_dim)
+    int n_blocks
+    int block_size          # positions per block
+
+
+ctypedef struct Batch:
+    int n_tokens            # T: tokens processed in this step, grouped by sequence
+    const int32_t *tokens   # (T,) token ids
+    const int32_t *pos      # (T,) position of each token in its sequence
+    const int32_t *seq      # (T,) index of the token's sequence in this batch
+    const int32_t *blocks   # (n_seqs, max_blocks) block table rows, -1 past the end
+    int max_blocks          # row length of `blocks`
+    int n_out               # rows whose logits are wanted
+    const int32_t *out_rows # (n_out,) token indices (into 0..T-1), ascending
+
+
+ctypedef struct Workspace:
+    int max_tokens          # T capacity of every buffer below
+    int n_threads
+    float *x                # (T, dim) residual stream
+    float *xb               # (T, max(dim, q_dim)) normed input / attention output
+    float *q                # (T, q_dim)
+    float *k                # (T, kv_dim)
+    float *v                # (T, kv_dim)
+    float *hb               # (T, hidden_dim) gate, then SwiGLU output
+    float *hb2              # (T, hidden_dim) up
+    float *xout             # (T, dim) projection output before the residual add
+    char *xq                # (T, max_cols/32) Q8_0 blocks: activations quantized once per matmul
+    float *acc              # (n_threads, acc_per_thread) matmul lane accumulators
+    size_t acc_per_thread
+    float *att              # (n_threads, head_dim + block_size) attention scratch
+    size_t att_per_thread
+    const float *rope       # (max_seq_len, head_dim/2, 2) cos, sin
+    double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL
+
+
+cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil
+cdef void c_rmsnorm(float *out, const float *x, const float *weight, int n_tokens, int dim, float eps) noexcept nogil
+cdef void c_rope(float *vec, const int32_t *pos, int n_tokens, int n_heads, int head_dim, const float *table) noexcept nogil
+cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil
+cdef void c_add_inplace(float *x, const float *y, int n) noexcept nogil
+cdef void c_softmax(float *x, int n) noexcept nogil
+cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b, Workspace *ws) noexcept nogil
+cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed, const float *final_norm,
+                       const Matrix *classifier, const KVPool *kv, const Batch *b, Workspace *ws,
+                       float *logits) noexcept nogil

@@ -1,0 +1,825 @@
+# cython: language_level=3
+"""Every hot loop of xllm.
+
+Pointer kernels (`c_*`, `noexcept nogil`) do the work; the `def` functions below each are
+thin wrappers that validate shapes and dtypes for tests and tools.  `Decoder.step` runs a
+whole decoder step for a batch of tokens (any mix of sequences, prefill chunks and decode
+tokens) without the GIL: no Python per layer and no allocation per step.
+"""
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport sqrtf, expf, INFINITY
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset, memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef enum:
+    ROW_GROUP = 24          # weight rows per parallel work item (a multiple of XLLM_TILE_ROWS)
+    K_CHUNK = 256           # values per k-chunk when several tokens share each weight row
+
+# Operators timed when profiling (Decoder.profile); names in OP_NAMES, same order.
+cdef enum:
+    OP_EMBED = 0
+    OP_NORM
+    OP_QKV
+    OP_ROPE
+    OP_KV_WRITE
+    OP_ATTENTION
+    OP_ATTN_OUT
+    OP_RESIDUAL
+    OP_FFN_GATE_UP
+    OP_SWIGLU
+    OP_FFN_DOWN
+    OP_CLASSIFIER
+    N_OPS
+
+OP_NAMES = ("embed", "rmsnorm", "qkv_proj", "rope", "kv_write", "attention", "attn_out_proj",
+            "residual", "ffn_gate_up", "swiglu", "ffn_down", "classifier")
+
+TYPE_F32, TYPE_F16, TYPE_Q4_0, TYPE_Q8_0 = 0, 1, 2, 8
+SUPPORTED_TYPES = (0, 1, 2, 8)
+
+xllm_set_simd_level(XLLM_SIMD_AVX2)   # the best path this CPU has
+
+
+# ---------------------------------------------------------------------------- SIMD switch
+
+def has_avx2():
+    """True when this CPU runs the AVX2/FMA/F16C kernels."""
+    return bool(xllm_cpu_has_avx2())
+
+
+def simd_level():
+    """'avx2' or 'scalar': the path the kernels take now."""
+    return "avx2" if xllm_simd_level == XLLM_SIMD_AVX2 else "scalar"
+
+
+def set_simd_level(str level):
+    """Select 'avx2' or 'scalar' (tests run both); returns the level in force."""
+    if level not in ("avx2", "scalar"):
+        raise ValueError(f"SIMD level {level!r}: expected 'avx2' or 'scalar'")
+    xllm_set_simd_level(XLLM_SIMD_AVX2 if level == "avx2" else XLLM_SIMD_SCALAR)
+    return simd_level()
+
+
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline void tick(Workspace *ws, int op, double *t) noexcept nogil:
+    """Charge the time since *t to `op` (when profiling) and restart the clock."""
+    cdef double t1
+    if ws.op_seconds != NULL:
+        t1 = now()
+        ws.op_seconds[op] += t1 - t[0]
+        t[0] = t1
+
+
+# ---------------------------------------------------------------------------- matmul
+
+cdef inline bint is_quantized(int type) noexcept nogil:
+    return type == XLLM_Q8_0 or type == XLLM_Q4_0
+
+
+cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_bytes, size_t ldx,
+                      int n_k, const float *xf, int T, float *y, float *acc) noexcept nogil:
+    """y[t, r0:r0+nr] for all T tokens: tiles of 3 rows x 4 tokens over k-chunks.
+
+    x is float (F32/F16 weights; ldx, n_k in values) or Q8_0 blocks (ldx, n_k in blocks).
+    One token streams each row once (a single k-chunk); several tokens walk k in chunks so
+    the rows and token slices in use stay in cache.
+    """
+    cdef int kc = n_k if T == 1 else (K_CHUNK if not is_quantized(w.type) else K_CHUNK // XLLM_QK)
+    cdef int k0, k1, t0, nt, rr, nrr
+    cdef const char *wrow = w.data + <size_t>r0 * w.row_bytes
+    memset(acc, 0, <size_t>T * ROW_GROUP * 8 * sizeof(float))
+    k0 = 0
+    while k0 < n_k:
+        k1 = min(k0 + kc, n_k)
+        t0 = 0
+        while t0 < T:
+            nt = min(XLLM_TILE_TOKENS, T - t0)
+            if nt == 1:
+                xllm_tile(w.type, wrow, w.row_bytes, nr, x + t0 * ldx * x_bytes, ldx, 1,
+                          k0, k1, acc + <size_t>t0 * ROW_GROUP * 8, ROW_GROUP)
+            else:
+                rr = 0
+                while rr < nr:
+                    nrr = min(XLLM_TILE_ROWS, nr - rr)
+                    xllm_tile(w.type, wrow + rr * w.row_bytes, w.row_bytes, nrr,
+                              x + t0 * ldx * x_bytes, ldx, nt, k0, k1,
+                              acc + (<size_t>t0 * ROW_GROUP + rr) * 8, ROW_GROUP)
+                    rr += XLLM_TILE_ROWS
+            t0 += XLLM_TILE_TOKENS
+        k0 = k1
+    xllm_tile_finish(w.type, wrow, w.row_bytes, nr, xf, w.cols, T, w.cols, acc, ROW_GROUP,
+                     y + r0, w.rows)
+
+
+cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
+    """y[t, o] = sum_i W[o, i] * x[t, i]  for T tokens; x (T, cols), y (T, rows).
+
+    Quantized weights: x is quantized to Q8_0 once, then int8 dot products per block.
+    Work is split across threads by groups of output rows, so every thread count computes
+    each output with the same operations.
+    """
+    cdef int t, g, nb
+    cdef int n_groups = (w.rows + ROW_GROUP - 1) // ROW_GROUP
+    cdef const char *xin = <const char *>x
+    cdef size_t x_bytes = sizeof(float)
+    cdef size_t ldx = w.cols
+    cdef int n_k = w.cols
+    cdef float *acc = NULL
+    if is_quantized(w.type):
+        nb = w.cols // XLLM_QK
+        if T == 1:
+            xllm_quantize_row_q8_0(x, <xllm_block_q8_0 *>ws.xq, w.cols)
+        else:
+            for t in prange(T, schedule='static', num_threads=ws.n_threads):
+                xllm_quantize_row_q8_0(x + <size_t>t * w.cols,
+                                       <xllm_block_q8_0 *>ws.xq + <size_t>t * nb, w.cols)
+        xin = ws.xq
+        x_bytes = sizeof(xllm_block_q8_0)
+        ldx = nb
+        n_k = nb
+    with parallel(num_threads=ws.n_threads):
+        acc = ws.acc + threadid() * ws.acc_per_thread
+        for g in prange(n_groups, schedule='static'):
+            matmul_rows(w, g * ROW_GROUP, min(ROW_GROUP, w.rows - g * ROW_GROUP), xin, x_bytes,
+                        ldx, n_k, x, T, y, acc)
+
+
+# ---------------------------------------------------------------------------- elementwise
+
+cdef void c_rmsnorm(float *out, const float *x, const float *weight, int T, int dim,
+                    float eps) noexcept nogil:
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight."""
+    cdef int t, i
+    cdef float ss, scale
+    cdef const float *xt
+    for t in range(T):
+        xt = x + <size_t>t * dim
+        ss = 0.0
+        for i in range(dim):
+            ss = ss + xt[i] * xt[i]
+        scale = 1.0 / sqrtf(ss / dim + eps)
+        for i in range(dim):
+            out[<size_t>t * dim + i] = weight[i] * (scale * xt[i])
+
+
+cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_dim,
+                 const float *table) noexcept nogil:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of every head by pos * theta^(-2i/head_dim)."""
+    cdef int t, h, i
+    cdef float x0, x1, c, s
+    cdef float *v
+    cdef const float *cs
+    cdef int half = head_dim // 2
+    for t in range(T):
+        cs = table + <size_t>pos[t] * half * 2
+        for h in range(n_heads):
+            v = vec + (<size_t>t * n_heads + h) * head_dim
+            for i in range(half):
+                c = cs[2 * i]
+                s = cs[2 * i + 1]
+                x0 = v[2 * i]
+                x1 = v[2 * i + 1]
+                v[2 * i] = x0 * c - x1 * s
+                v[2 * i + 1] = x0 * s + x1 * c
+
+
+cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil:
+    """gate = silu(gate) * up."""
+    cdef int i
+    cdef float g
+    for i in range(n):
+        g = gate[i]
+        gate[i] = g / (1.0 + expf(-g)) * up[i]
+
+
+cdef void c_add_inplace(float *x, const float *y, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        x[i] = x[i] + y[i]
+
+
+cdef void c_softmax(float *x, int n) noexcept nogil:
+    cdef int i
+    cdef float m = -INFINITY
+    cdef float s = 0.0
+    for i in range(n):
+        if x[i] > m:
+            m = x[i]
+    for i in range(n):
+        x[i] = expf(x[i] - m)
+        s = s + x[i]
+    for i in range(n):
+        x[i] = x[i] / s
+
+
+# ---------------------------------------------------------------------------- attention
+
+cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *table, int p,
+                     const float *q, int kv_head, float *out, float *scratch) noexcept nogil:
+    """out = softmax(q . K[0..p] / sqrt(head_dim)) . V[0..p] over the paged cache.
+
+    Online softmax, one block at a time: a running max and sum rescale the accumulator,
+    so memory stays bounded by the block size at any context length.
+    """
+    cdef int hd = d.head_dim
+    cdef float *scores = scratch              # (block_size,)
+    cdef float scale = 1.0 / sqrtf(hd)
+    cdef float m = -INFINITY
+    cdef float l = 0.0
+    cdef float m_new, corr, e
+    cdef int bi, j, n_pos, i
+    cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
+    cdef const float *kb
+    cdef const float *vb
+    memset(out, 0, hd * sizeof(float))
+    for bi in range(p // kv.block_size + 1):
+        n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
+        kb = kv.k + (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
+        vb = kv.v + (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
+        m_new = m
+        for j in range(n_pos):
+            scores[j] = xllm_dot_f32(q, kb + <size_t>j * d.kv_dim, hd) * scale
+            if scores[j] > m_new:
+                m_new = scores[j]
+        corr = expf(m - m_new)
+        if corr != 1.0:
+            l = l * corr
+            for i in range(hd):
+                out[i] = out[i] * corr
+        for j in range(n_pos):
+            e = expf(scores[j] - m_new)
+            l = l + e
+            xllm_axpy_f32(e, vb + <size_t>j * d.kv_dim, out, hd)
+        m = m_new
+    for i in range(hd):
+        out[i] = out[i] / l
+
+
+cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b,
+                      Workspace *ws) noexcept nogil:
+    """Causal attention of every batch token over its own sequence; writes ws.xb (T, q_dim).
+
+    Parallel over (token, query head); query heads of one KV head are adjacent, so the
+    thread that takes them finds that head's keys and values in cache (GQA sharing).
+    """
+    cdef int item, t, h
+    cdef int group = d.n_heads // d.n_kv_heads
+    cdef float *scratch = NULL
+    with parallel(num_threads=ws.n_threads):
+        scratch = ws.att + threadid() * ws.att_per_thread
+        for item in prange(b.n_tokens * d.n_heads, schedule='static'):
+            t = item // d.n_heads
+            h = item % d.n_heads
+            attend_one(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
+                       ws.q + <size_t>t * d.q_dim + h * d.head_dim, h // group,
+                       ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch)
+
+
+cdef void write_kv(const Dims *d, const KVPool *kv, int layer, const Batch *b,
+                   const float *k, const float *v) noexcept nogil:
+    """Store each token's key and value at its position's slot in its sequence's blocks."""
+    cdef int t, p, block
+    cdef size_t slot
+    for t in range(b.n_tokens):
+        p = b.pos[t]
+        block = b.blocks[<size_t>b.seq[t] * b.max_blocks + p // kv.block_size]
+        slot = ((<size_t>layer * kv.n_blocks + block) * kv.block_size + p % kv.block_size) * d.kv_dim
+        memcpy(kv.k + slot, k + <size_t>t * d.kv_dim, d.kv_dim * sizeof(float))
+        memcpy(kv.v + slot, v + <size_t>t * d.kv_dim, d.kv_dim * sizeof(float))
+
+
+# ---------------------------------------------------------------------------- decoder step
+
+cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed,
+                         const float *final_norm, const Matrix *classifier, const KVPool *kv,
+                         const Batch *b, Workspace *ws, float *logits) noexcept nogil:
+    """One forward pass of all batch tokens through every layer; logits for b.out_rows."""
+    cdef int T = b.n_tokens
+    cdef int l, t
+    cdef const Layer *L
+    cdef double clock = now()
+
+    # token embedding
+    for t in range(T):
+        xllm_dequantize_row(embed.type, embed.data + <size_t>b.tokens[t] * embed.row_bytes,
+                            ws.x + <size_t>t * d.dim, d.dim)
+    tick(ws, OP_EMBED, &clock)
+
+    for l in range(d.n_layers):
+        L = &layers[l]
+        # attention: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn),  xn = rmsnorm(x)
+        c_rmsnorm(ws.xb, ws.x, L.attn_norm, T, d.dim, d.norm_eps)
+        tick(ws, OP_NORM, &clock)
+        c_matmul(&L.wq, ws.xb, T, ws.q, ws)
+        c_matmul(&L.wk, ws.xb, T, ws.k, ws)
+        c_matmul(&L.wv, ws.xb, T, ws.v, ws)
+        tick(ws, OP_QKV, &clock)
+        c_rope(ws.q, b.pos, T, d.n_heads, d.head_dim, ws.rope)
+        c_rope(ws.k, b.pos, T, d.n_kv_heads, d.head_dim, ws.rope)
+        tick(ws, OP_ROPE, &clock)
+        write_kv(d, kv, l, b, ws.k, ws.v)
+        tick(ws, OP_KV_WRITE, &clock)
+        c_attention(d, kv, l, b, ws)
+        tick(ws, OP_ATTENTION, &clock)
+        c_matmul(&L.wo, ws.xb, T, ws.xout, ws)
+        tick(ws, OP_ATTN_OUT, &clock)
+        c_add_inplace(ws.x, ws.xout, T * d.dim)
+        tick(ws, OP_RESIDUAL, &clock)
+
+        # feed-forward: x += W2 . (silu(W1 xn) * W3 xn),  xn = rmsnorm(x)
+        c_rmsnorm(ws.xb, ws.x, L.ffn_norm, T, d.dim, d.norm_eps)
+        tick(ws, OP_NORM, &clock)
+        c_matmul(&L.w_gate, ws.xb, T, ws.hb, ws)
+        c_matmul(&L.w_up, ws.xb, T, ws.hb2, ws)
+        tick(ws, OP_FFN_GATE_UP, &clock)
+        c_swiglu(ws.hb, ws.hb2, T * d.hidden_dim)
+        tick(ws, OP_SWIGLU, &clock)
+        c_matmul(&L.w_down, ws.hb, T, ws.xout, ws)
+        tick(ws, OP_FFN_DOWN, &clock)
+        c_add_inplace(ws.x, ws.xout, T * d.dim)
+        tick(ws, OP_RESIDUAL, &clock)
+
+    # final norm and classifier, only for the rows that need logits
+    if b.n_out > 0:
+        for t in range(b.n_out):
+            c_rmsnorm(ws.xb + <size_t>t * d.dim, ws.x + <size_t>b.out_rows[t] * d.dim,
+                      final_norm, 1, d.dim, d.norm_eps)
+        c_matmul(classifier, ws.xb, b.n_out, logits, ws)
+        tick(ws, OP_CLASSIFIER, &clock)
+
+
+# ---------------------------------------------------------------------------- workspace
+
+cdef class _Buffers:
+    """Owns the malloc'd workspace of a Decoder (freed with it)."""
+    cdef Workspace ws
+    cdef list _blocks
+
+    def __cinit__(self):
+        memset(&self.ws, 0, sizeof(Workspace))
+        self._blocks = []
+
+    cdef void *alloc(self, size_t nbytes) except NULL:
+        # zeroed, 64-byte aligned through numpy (kept alive in _blocks)
+        arr = np.zeros(nbytes + 64, dtype=np.uint8)
+        self._blocks.append(arr)
+        cdef uintptr_t p = <uintptr_t>cnp.PyArray_DATA(arr)
+        return <void *>((p + 63) & ~(<uintptr_t>63))
+
+
+cdef Matrix make_matrix(object tensor, str name) except *:
+    """A Matrix over a weights.Tensor's memory (no copy)."""
+    cdef Matrix m
+    data = tensor.data
+    if tensor.ggml_type not in SUPPORTED_TYPES:
+        raise ValueError(f"tensor {name!r}: unsupported type {tensor.ggml_type}")
+    if len(tensor.shape) != 2:
+        raise ValueError(f"tensor {name!r}: expected 2 dimensions, found shape {tensor.shape}")
+    if not data.flags.c_contiguous:
+        raise ValueError(f"tensor {name!r}: data is not contiguous")
+    m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]
+    m.type = tensor.ggml_type
+    m.rows = tensor.shape[0]
+    m.cols = tensor.shape[1]
+    m.row_bytes = data.nbytes // m.rows
+    return m
+
+
+cdef class Decoder:
+    """A llama model's weights bound to a workspace: `step` runs one batched forward pass.
+
+    `weights` maps GGUF tensor names to weights.Tensor; norms must be float32 arrays.
+    The KV pool arrays are owned by the caller (kv_cache.KVCache) and must outlive this.
+    """
+    cdef Dims dims
+    cdef Layer *layers
+    cdef Matrix embed
+    cdef Matrix classifier
+    cdef const float *final_norm
+    cdef KVPool kv
+    cdef _Buffers buffers
+    cdef object _keep
+    cdef double op_seconds[N_OPS]
+    cdef readonly int max_tokens
+    cdef readonly int threads
+    cdef readonly int max_threads
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def __init__(self, config, dict weights, dict norms, k_pool, v_pool, int block_size,
+                 int max_tokens, int threads, rope_table):
+        cdef int l
+        cdef Workspace *ws
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens = {max_tokens}, expected >= 1")
+        if threads < 1:
+            raise ValueError(f"threads = {threads}, expected >= 1")
+        self.dims.dim = config.dim
+        self.dims.hidden_dim = config.hidden_dim
+        self.dims.n_layers = config.n_layers
+        self.dims.n_heads = config.n_heads
+        self.dims.n_kv_heads = config.n_kv_heads
+        self.dims.head_dim = config.head_dim
+        self.dims.q_dim = config.q_dim
+        self.dims.kv_dim = config.kv_dim
+        self.dims.vocab_size = config.vocab_size
+        self.dims.max_seq_len = config.max_seq_len
+        self.dims.norm_eps = config.norm_eps
+        keep = [weights, norms, k_pool, v_pool, rope_table]
+
+        def norm_ptr(name):
+            arr = norms[name]
+            if arr.dtype != np.float32 or arr.shape != (config.dim,) or not arr.flags.c_contiguous:
+                raise ValueError(f"norm {name!r}: expected contiguous float32 ({config.dim},)")
+            return <uintptr_t>arr.__array_interface__["data"][0]
+
+        self.layers = <Layer *>calloc(config.n_layers, sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        for l in range(config.n_layers):
+            p = f"blk.{l}."
+            self.layers[l].attn_norm = <const float *><uintptr_t>norm_ptr(p + "attn_norm.weight")
+            self.layers[l].ffn_norm = <const float *><uintptr_t>norm_ptr(p + "ffn_norm.weight")
+            self.layers[l].wq = make_matrix(weights[p + "attn_q.weight"], p + "attn_q.weight")
+            self.layers[l].wk = make_matrix(weights[p + "attn_k.weight"], p + "attn_k.weight")
+            self.layers[l].wv = make_matrix(weights[p + "attn_v.weight"], p + "attn_v.weight")
+            self.layers[l].wo = make_matrix(weights[p + "attn_output.weight"], p + "attn_output.weight")
+            self.layers[l].w_gate = make_matrix(weights[p + "ffn_gate.weight"], p + "ffn_gate.weight")
+            self.layers[l].w_up = make_matrix(weights[p + "ffn_up.weight"], p + "ffn_up.weight")
+            self.layers[l].w_down = make_matrix(weights[p + "ffn_down.weight"], p + "ffn_down.weight")
+        self.embed = make_matrix(weights["token_embd.weight"], "token_embd.weight")
+        cls_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
+        self.classifier = make_matrix(weights[cls_name], cls_name)
+        self.final_norm = <const float *><uintptr_t>norm_ptr("output_norm.weight")
+
+        # KV pool (n_layers, n_blocks, block_size, kv_dim) float32, owned by the caller
+        for pool in (k_pool, v_pool):
+            if (pool.dtype != np.float32 or pool.ndim != 4 or not pool.flags.c_contiguous
+                    or pool.shape[0] != config.n_layers or pool.shape[2] != block_size
+                    or pool.shape[3] != config.kv_dim):
+                raise ValueError(f"KV pool: expected contiguous float32 (n_layers={config.n_layers}, "
+                                 f"n_blocks, {block_size}, {config.kv_dim}), found {pool.dtype} {pool.shape}")
+        self.kv.k = <float *><uintptr_t>k_pool.__array_interface__["data"][0]
+        self.kv.v = <float *><uintptr_t>v_pool.__array_interface__["data"][0]
+        self.kv.n_blocks = k_pool.shape[1]
+        self.kv.block_size = block_size
+        half = config.head_dim // 2
+        if rope_table.dtype != np.float32 or rope_table.shape != (config.max_seq_len, half, 2):
+            raise ValueError("rope table: expected float32 (max_seq_len, head_dim/2, 2)")
+        self._keep = keep
+
+        # workspace: every activation buffer, sized once for max_tokens tokens
+        self.max_tokens = max_tokens
+        self.threads = threads
+        self.max_threads = threads
+        self.buffers = _Buffers()
+        ws = &self.buffers.ws
+        T = max_tokens
+        max_cols = max(config.dim, config.q_dim, config.hidden_dim)
+        F = sizeof(float)
+        ws.max_tokens = T
+        ws.n_threads = threads
+        ws.x = <float *>self.buffers.alloc(T * config.dim * F)
+        ws.xb = <float *>self.buffers.alloc(T * max(config.dim, config.q_dim) * F)
+        ws.q = <float *>self.buffers.alloc(T * config.q_dim * F)
+        ws.k = <float *>self.buffers.alloc(T * config.kv_dim * F)
+        ws.v = <float *>self.buffers.alloc(T * config.kv_dim * F)
+        ws.hb = <float *>self.buffers.alloc(T * config.hidden_dim * F)
+        ws.hb2 = <float *>self.buffers.alloc(T * config.hidden_dim * F)
+        ws.xout = <float *>self.buffers.alloc(T * config.dim * F)
+        ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_0))
+        ws.acc_per_thread = <size_t>T * ROW_GROUP * 8 + 16
+        ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
+        ws.att_per_thread = config.head_dim + block_size + 16
+        ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
+        ws.rope = <const float *><uintptr_t>rope_table.__array_interface__["data"][0]
+        ws.op_seconds = NULL
+        memset(self.op_seconds, 0, sizeof(self.op_seconds))
+
+    def workspace_bytes(self):
+        """Bytes of activation workspace allocated once for this decoder."""
+        return sum(a.nbytes for a in self.buffers._blocks)
+
+    def set_threads(self, int threads):
+        """Use `threads` OpenMP threads (at most the count this decoder was sized for)."""
+        if not 1 <= threads <= self.max_threads:
+            raise ValueError(f"threads = {threads}, expected 1..{self.max_threads}")
+        self.threads = threads
+        self.buffers.ws.n_threads = threads
+
+    def profile(self, bint enabled):
+        """Time every operator of each step (see op_times); off by default."""
+        self.buffers.ws.op_seconds = self.op_seconds if enabled else NULL
+
+    def op_times(self, bint reset=False):
+        """{operator name: seconds} accumulated while profiling."""
+        out = {OP_NAMES[i]: self.op_seconds[i] for i in range(N_OPS)}
+        if reset:
+            memset(self.op_seconds, 0, sizeof(self.op_seconds))
+        return out
+
+    def step(self, const int32_t[::1] tokens, const int32_t[::1] pos, const int32_t[::1] seq,
+             const int32_t[:, ::1] blocks, const int32_t[::1] out_rows, float[:, ::1] logits):
+        """Run all layers for a batch; logits[i] = next-token logits of token out_rows[i].
+
+        tokens/pos/seq: (T,) int32 grouped by sequence; blocks: (n_seqs, max_blocks) block
+        table of each sequence; every index is checked here, before the kernels run.
+        """
+        cdef Batch b
+        cdef int T = tokens.shape[0]
+        cdef int t, i, s, p, blk
+        if T < 1 or T > self.max_tokens:
+            raise ValueError(f"batch of {T} tokens, expected 1..{self.max_tokens}")
+        if pos.shape[0] != T or seq.shape[0] != T:
+            raise ValueError("tokens, pos and seq must have the same length")
+        n_seqs = blocks.shape[0]
+        for t in range(T):
+            if not 0 <= tokens[t] < self.dims.vocab_size:
+                raise ValueError(f"token id {tokens[t]} out of range [0, {self.dims.vocab_size})")
+            s = seq[t]
+            p = pos[t]
+            if not 0 <= s < n_seqs:
+                raise ValueError(f"sequence index {s} out of range [0, {n_seqs})")
+            if not 0 <= p < self.dims.max_seq_len:
+                raise ValueError(f"position {p} out of range [0, {self.dims.max_seq_len}) (context length)")
+            if p // self.kv.block_size >= blocks.shape[1]:
+                raise ValueError(f"position {p} has no block in the block table")
+            for i in range(p // self.kv.block_size + 1):
+                blk = blocks[s, i]
+                if not 0 <= blk < self.kv.n_blocks:
+                    raise ValueError(f"block id {blk} out of range [0, {self.kv.n_blocks})")
+        if out_rows.shape[0] != logits.shape[0] or (logits.shape[0] and logits.shape[1] != self.dims.vocab_size):
+            raise ValueError(f"logits must be ({out_rows.shape[0]}, {self.dims.vocab_size})")
+        for i in range(out_rows.shape[0]):
+            if not 0 <= out_rows[i] < T:
+                raise ValueError(f"output row {out_rows[i]} out of range [0, {T})")
+        b.n_tokens = T
+        b.tokens = &tokens[0]
+        b.pos = &pos[0]
+        b.seq = &seq[0]
+        b.blocks = &blocks[0, 0]
+        b.max_blocks = blocks.shape[1]
+        b.n_out = out_rows.shape[0]
+        b.out_rows = &out_rows[0] if b.n_out else NULL
+        with nogil:
+            c_decoder_step(&self.dims, self.layers, &self.embed, self.final_norm, &self.classifier,
+                           &self.kv, &b, &self.buffers.ws, &logits[0, 0] if b.n_out else NULL)
+
+
+# ---------------------------------------------------------------------------- wrappers for tests and tools
+
+def _tensor_matrix(data, int ggml_type, int rows, int cols):
+    if ggml_type not in SUPPORTED_TYPES:
+        raise ValueError(f"unsupported tensor type {ggml_type}")
+    if ggml_type in (TYPE_Q8_0, TYPE_Q4_0) and cols % XLLM_QK:
+        raise ValueError(f"row length {cols} is not a multiple of {XLLM_QK}")
+    dtype = {0: np.float32, 1: np.float16}.get(ggml_type, np.uint8)
+    data = np.ascontiguousarray(data)
+    if data.dtype != dtype:
+        raise ValueError(f"weights for type {ggml_type}: expected dtype {np.dtype(dtype)}, found {data.dtype}")
+    bytes_per_row = {0: 4 * cols, 1: 2 * cols, 8: cols // 32 * 34, 2: cols // 32 * 18}[ggml_type]
+    if data.nbytes != rows * bytes_per_row:
+        raise ValueError(f"weights hold {data.nbytes} bytes, expected {rows * bytes_per_row}")
+    return data
+
+
+def matmul(w, int ggml_type, x, int threads=1):
+    """y = x @ W.T with W (rows, cols) stored as `ggml_type` (bytes for quantized types).
+
+    x: float32 (T, cols); returns float32 (T, rows).  The same kernel as the decoder step.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x: expected 2 dimensions, found {x.ndim}")
+    cdef int T = x.shape[0]
+    cdef int cols = x.shape[1]
+    rows = w.shape[0]
+    w = _tensor_matrix(w, ggml_type, rows, cols)
+    if T < 1 or rows < 1 or cols < 1:
+        raise ValueError("empty matmul")
+    if threads < 1:
+        raise ValueError(f"threads = {threads}, expected >= 1")
+    cdef Matrix m
+    m.data = <const char *><uintptr_t>w.__array_interface__["data"][0]
+    m.type = ggml_type
+    m.rows = rows
+    m.cols = cols
+    m.row_bytes = w.nbytes // rows
+    buffers = _Buffers()
+    cdef Workspace *ws = &buffers.ws
+    ws.n_threads = threads
+    ws.acc_per_thread = <size_t>T * ROW_GROUP * 8
+    ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
+    ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_0))
+    y = np.empty((T, rows), dtype=np.float32)
+    cdef float[:, ::1] yv = y
+    cdef const float[:, ::1] xv = x
+    with nogil:
+        c_matmul(&m, &xv[0, 0], T, &yv[0, 0], ws)
+    return y
+
+
+def quantize_q8_0(x):
+    """Q8_0 bytes of float32 rows (row length a multiple of 32): the activation quantizer."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % XLLM_QK:
+        raise ValueError(f"expected (rows, multiple of 32) float32, found shape {x.shape}")
+    rows, cols = x.shape
+    out = np.empty((rows, cols // 32 * 34), dtype=np.uint8)
+    cdef const float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] ov = out
+    cdef int r
+    for r in range(rows):
+        if cols:
+            xllm_quantize_row_q8_0(&xv[r, 0], <xllm_block_q8_0 *>&ov[r, 0], cols)
+    return out
+
+
+def dequantize(data, int ggml_type, int rows, int cols):
+    """Float32 (rows, cols) from tensor bytes of any supported type (the embedding lookup path)."""
+    data = _tensor_matrix(data, ggml_type, rows, cols)
+    out = np.empty((rows, cols), dtype=np.float32)
+    cdef size_t rb = data.nbytes // rows
+    cdef const char *src = <const char *><uintptr_t>data.__array_interface__["data"][0]
+    cdef float[:, ::1] ov = out
+    cdef int r
+    for r in range(rows):
+        xllm_dequantize_row(ggml_type, src + r * rb, &ov[r, 0], cols)
+    return out
+
+
+def fp16_to_fp32(h):
+    """Software fp16 -> fp32 conversion (the scalar path's), elementwise over uint16 bits."""
+    h = np.ascontiguousarray(h, dtype=np.uint16).ravel()
+    out = np.empty(h.shape[0], dtype=np.float32)
+    cdef const uint16_t[::1] hv = h
+    cdef float[::1] ov = out
+    cdef Py_ssize_t i
+    for i in range(h.shape[0]):
+        ov[i] = xllm_fp16_to_fp32(hv[i])
+    return out
+
+
+def fp32_to_fp16(f):
+    """Software fp32 -> fp16 bits (round to nearest even), elementwise."""
+    f = np.ascontiguousarray(f, dtype=np.float32).ravel()
+    out = np.empty(f.shape[0], dtype=np.uint16)
+    cdef const float[::1] fv = f
+    cdef uint16_t[::1] ov = out
+    cdef Py_ssize_t i
+    for i in range(f.shape[0]):
+        ov[i] = xllm_fp32_to_fp16(fv[i])
+    return out
+
+
+def rmsnorm(x, weight, float eps):
+    """Float32 (T, dim) rows normalized by their RMS and scaled by weight (dim,)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    if x.ndim != 2 or weight.shape != (x.shape[1],):
+        raise ValueError(f"x (T, dim) and weight (dim,) expected, found {x.shape} and {weight.shape}")
+    out = np.empty_like(x)
+    cdef const float[:, ::1] xv = x
+    cdef const float[::1] wv = weight
+    cdef float[:, ::1] ov = out
+    if x.size:
+        c_rmsnorm(&ov[0, 0], &xv[0, 0], &wv[0], x.shape[0], x.shape[1], eps)
+    return out
+
+
+def rope_table(int max_seq_len, int head_dim, double theta):
+    """cos/sin of pos * theta^(-2i/head_dim), computed in float64: (max_seq_len, head_dim/2, 2)."""
+    if head_dim % 2 or head_dim < 2:
+        raise ValueError(f"head_dim = {head_dim}, expected an even number")
+    i = np.arange(head_dim // 2, dtype=np.float64)
+    freqs = theta ** (-2.0 * i / head_dim)
+    angles = np.arange(max_seq_len, dtype=np.float64)[:, None] * freqs[None, :]
+    return np.ascontiguousarray(np.stack([np.cos(angles), np.sin(angles)], axis=-1), dtype=np.float32)
+
+
+def rope(x, positions, int n_heads, int head_dim, double theta):
+    """Rotate adjacent pairs of every head of x (T, n_heads*head_dim) in place and return it."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    positions = np.ascontiguousarray(positions, dtype=np.int32)
+    if x.ndim != 2 or x.shape[1] != n_heads * head_dim or positions.shape != (x.shape[0],):
+        raise ValueError("x (T, n_heads*head_dim) and positions (T,) expected")
+    if positions.size and positions.min() < 0:
+        raise ValueError("negative position")
+    table = rope_table(int(positions.max()) + 1 if positions.size else 1, head_dim, theta)
+    cdef float[:, ::1] xv = x
+    cdef const int32_t[::1] pv = positions
+    cdef const float[:, :, ::1] tv = table
+    if x.size:
+        c_rope(&xv[0, 0], &pv[0], x.shape[0], n_heads, head_dim, &tv[0, 0, 0])
+    return x
+
+
+def softmax(x):
+    """Softmax of a float32 vector (a new array)."""
+    x = np.array(x, dtype=np.float32).ravel()
+    cdef float[::1] xv = x
+    if x.size:
+        c_softmax(&xv[0], x.shape[0])
+    return x
+
+
+def swiglu(gate, up):
+    """silu(gate) * up, elementwise (new array)."""
+    g = np.array(gate, dtype=np.float32)
+    u = np.ascontiguousarray(up, dtype=np.float32)
+    if g.shape != u.shape:
+        raise ValueError(f"gate {g.shape} and up {u.shape} differ")
+    cdef float[::1] gv = g.reshape(-1)
+    cdef const float[::1] uv = u.reshape(-1)
+    if g.size:
+        c_swiglu(&gv[0], &uv[0], g.size)
+    return g
+
+
+def add(x, y):
+    """x + y elementwise through the residual kernel (new array)."""
+    a = np.array(x, dtype=np.float32)
+    bb = np.ascontiguousarray(y, dtype=np.float32)
+    if a.shape != bb.shape:
+        raise ValueError(f"shapes {a.shape} and {bb.shape} differ")
+    cdef float[::1] av = a.reshape(-1)
+    cdef const float[::1] bv = bb.reshape(-1)
+    if a.size:
+        c_add_inplace(&av[0], &bv[0], a.size)
+    return a
+
+
+def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int threads=1):
+    """Causal attention of T query rows of one sequence over its paged cache (layer 0).
+
+    q: (T, n_heads*head_dim); k_pool/v_pool: (n_blocks, block_size, n_kv_heads*head_dim);
+    block_table: (max_blocks,) int32; positions: (T,) int32.  Returns (T, n_heads*head_dim).
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    k_pool = np.ascontiguousarray(k_pool, dtype=np.float32)
+    v_pool = np.ascontiguousarray(v_pool, dtype=np.float32)
+    block_table = np.ascontiguousarray(block_table, dtype=np.int32).reshape(1, -1)
+    positions = np.ascontiguousarray(positions, dtype=np.int32)
+    if k_pool.ndim != 3 or k_pool.shape != v_pool.shape:
+        raise ValueError("k_pool and v_pool: (n_blocks, block_size, kv_dim) of one shape expected")
+    n_blocks, block_size, kv_dim = k_pool.shape
+    if kv_dim % n_kv_heads:
+        raise ValueError(f"kv_dim {kv_dim} is not a multiple of n_kv_heads {n_kv_heads}")
+    head_dim = kv_dim // n_kv_heads
+    T = q.shape[0]
+    if q.ndim != 2 or q.shape[1] % head_dim or positions.shape != (T,):
+        raise ValueError("q (T, n_heads*head_dim) and positions (T,) expected")
+    n_heads = q.shape[1] // head_dim
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+    for p in positions:
+        if p < 0 or p // block_size >= block_table.shape[1]:
+            raise ValueError(f"position {p} has no block")
+        if np.any(block_table[0, :p // block_size + 1] < 0) or np.any(block_table[0, :p // block_size + 1] >= n_blocks):
+            raise ValueError("block table refers to a block outside the pool")
+    cdef Dims d
+    cdef KVPool kv
+    cdef Batch b
+    d.head_dim = head_dim
+    d.n_heads = n_heads
+    d.n_kv_heads = n_kv_heads
+    d.q_dim = q.shape[1]
+    d.kv_dim = kv_dim
+    kv.k = <float *><uintptr_t>k_pool.__array_interface__["data"][0]
+    kv.v = <float *><uintptr_t>v_pool.__array_interface__["data"][0]
+    kv.n_blocks = n_blocks
+    kv.block_size = block_size
+    seq = np.zeros(T, dtype=np.int32)
+    out = np.zeros_like(q)
+    buffers = _Buffers()
+    cdef Workspace *ws = &buffers.ws
+    ws.n_threads = threads
+    ws.att_per_thread = head_dim + block_size + 16
+    ws.att = <float *>buffers.alloc(threads * ws.att_per_thread * sizeof(float))
+    ws.q = <float *><uintptr_t>q.__array_interface__["data"][0]
+    ws.xb = <float *><uintptr_t>out.__array_interface__["data"][0]
+    b.n_tokens = T
+    b.pos = <const int32_t *><uintptr_t>positions.__array_interface__["data"][0]
+    b.seq = <const int32_t *><uintptr_t>seq.__array_interface__["data"][0]
+    b.blocks = <const int32_t *><uintptr_t>block_table.__array_interface__["data"][0]
+    b.max_blocks = block_table.shape[1]
+    if T:
+        with nogil:
+            c_attention(&d, &kv, 0, &b, ws)
+    return out
