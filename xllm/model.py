@@ -1,0 +1,134 @@
+"""Model: a checkpoint's weights bound to the kernels, a workspace and a paged KV cache.
+
+    model = Model(open_checkpoint("model.gguf"), threads=2)
+    logits = model.step([Chunk(seq_id=0, tokens=[1, 403, 407], start_pos=0)])
+
+`step` runs one decoder pass for a batch of chunks (a prefill chunk or one decode token per
+sequence): for each layer, in one Cython call without the GIL,
+
+    x  += Wo . attention(rope(Wq . rmsnorm(x)), rope(Wk . rmsnorm(x)), Wv . rmsnorm(x))
+    x  += W2 . (silu(W1 . rmsnorm(x)) * W3 . rmsnorm(x))
+
+then the final rmsnorm and the classifier for the positions that need logits.  Every
+projection is one matmul over all batch tokens, so each weight is read once per step.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _kernels
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .weights import Checkpoint, F32, layer_tensor_shapes
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity mask), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_threads(threads: Optional[int]) -> int:
+    """None -> usable cores; more than usable cores warns on stderr (it only slows down)."""
+    cores = usable_cores()
+    if threads is None:
+        return cores
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads = {threads!r}, expected a positive integer")
+    if threads > cores:
+        print(f"xllm: warning: {threads} threads requested but only {cores} cores are usable; "
+              f"expect slower, not faster, runs", file=sys.stderr)
+    return threads
+
+
+@dataclass
+class Chunk:
+    """Tokens of one sequence to process in a step."""
+    seq_id: int                 # key of the sequence's block table in the KV cache
+    tokens: Sequence[int]       # token ids at positions start_pos, start_pos + 1, ...
+    start_pos: int              # position of tokens[0]
+    logits: str = "last"        # which of its positions need logits: "last", "all" or "none"
+
+
+class Model:
+    def __init__(self, ckpt: Checkpoint, threads: Optional[int] = None, max_batch_tokens: int = 256,
+                 kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1):
+        cfg = ckpt.config
+        self.config: ModelConfig = cfg
+        self.checkpoint = ckpt
+        self.threads = resolve_threads(threads)
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens = {max_batch_tokens}, expected >= 1")
+        self.max_batch_tokens = max_batch_tokens
+        if kv_blocks is None:   # room for max_seqs full contexts; pages are touched only when used
+            kv_blocks = max(1, max_seqs) * -(-cfg.max_seq_len // block_size)
+        self.kv = KVCache(cfg, kv_blocks, block_size)
+        # norms are tiny: keep float32 copies; matrices stay views of the (mapped) file
+        shapes = layer_tensor_shapes(cfg)
+        norms = {name: np.ascontiguousarray(ckpt.tensors[name].to_float32(), dtype=np.float32)
+                 for name, shape in shapes.items() if len(shape) == 1}
+        matrices = {name: ckpt.tensors[name] for name, shape in shapes.items() if len(shape) == 2}
+        if cfg.tied_embeddings:
+            matrices.pop("output.weight", None)
+        self.rope_table = _kernels.rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.decoder = _kernels.Decoder(cfg, matrices, norms, self.kv.k, self.kv.v, block_size,
+                                        max_batch_tokens, self.threads, self.rope_table)
+
+    def set_threads(self, threads: int) -> None:
+        self.decoder.set_threads(threads)
+        self.threads = threads
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights a decode step streams (every tensor of the checkpoint once)."""
+        shapes = layer_tensor_shapes(self.config)
+        return sum(self.checkpoint.tensors[n].data.nbytes for n in shapes)
+
+    def step(self, chunks: Sequence[Chunk]) -> list:
+        """Run one decoder pass over `chunks`; returns, per chunk, its logits as float32
+        (n, vocab) for the positions it asked for (None for "none").
+
+        KV blocks for the new positions must be reserved (kv.reserve) by the caller.
+        """
+        n_tok = sum(len(c.tokens) for c in chunks)
+        if n_tok == 0:
+            raise ValueError("a step needs at least one token")
+        if n_tok > self.max_batch_tokens:
+            raise ValueError(f"{n_tok} tokens in one step exceed max_batch_tokens = {self.max_batch_tokens}")
+        tokens = np.empty(n_tok, dtype=np.int32)
+        pos = np.empty(n_tok, dtype=np.int32)
+        seq = np.empty(n_tok, dtype=np.int32)
+        out_rows, spans = [], []
+        t = 0
+        for i, c in enumerate(chunks):
+            n = len(c.tokens)
+            if n == 0:
+                raise ValueError(f"chunk of sequence {c.seq_id} has no tokens")
+            if c.start_pos < 0 or c.start_pos + n > self.config.max_seq_len:
+                raise ValueError(f"positions {c.start_pos}..{c.start_pos + n - 1} exceed the context "
+                                 f"length {self.config.max_seq_len}")
+            tokens[t:t + n] = c.tokens
+            pos[t:t + n] = np.arange(c.start_pos, c.start_pos + n)
+            seq[t:t + n] = i
+            first = len(out_rows)
+            if c.logits == "all":
+                out_rows.extend(range(t, t + n))
+            elif c.logits == "last":
+                out_rows.append(t + n - 1)
+            elif c.logits != "none":
+                raise ValueError(f"Chunk.logits = {c.logits!r}, expected 'last', 'all' or 'none'")
+            spans.append((first, len(out_rows)))
+            t += n
+        width = max(self.kv.blocks_for(c.start_pos + len(c.tokens)) for c in chunks)
+        tables = self.kv.block_table([c.seq_id for c in chunks], width)
+        rows = np.asarray(out_rows, dtype=np.int32)
+        logits = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
+        self.decoder.step(tokens, pos, seq, tables, rows, logits)
+        return [logits[a:b] if b > a else None for a, b in spans]
