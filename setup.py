@@ -38,6 +38,7 @@ CYTHON_DIRECTIVES = {
 EXTENSIONS = [
     # (module, sources)
     ("xllm._kernels", ["xllm/_kernels.pyx"]),
+    ("xllm._probe", ["xllm/_probe.pyx"]),      # machine-limit probes for the benchmarks
 ]
 
 
