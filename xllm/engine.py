@@ -172,10 +172,12 @@ class LLM:
             if not ids:
                 raise ValueError("a prompt of token ids needs at least one token")
         params.validate()
-        total = len(ids) + params.max_tokens
+        # positions the sequence occupies: the prompt and every generated token but the
+        # last, which is sampled and never fed back
+        total = len(ids) + max(params.max_tokens - 1, 0)
         if total > self.config.max_seq_len:
-            raise ValueError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} = {total} "
-                             f"exceeds the model's context length {self.config.max_seq_len}")
+            raise ValueError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} needs {total} "
+                             f"positions, more than the model's context length {self.config.max_seq_len}")
         kv = self.model.kv
         if kv.blocks_for(total) > kv.n_blocks:
             raise ValueError(f"prompt + max_tokens need {kv.blocks_for(total)} KV blocks, "
@@ -220,7 +222,8 @@ class LLM:
         finally:
             for req in list(sched.running):     # an abandoned generator frees its blocks
                 sched.kv.release(req.id)
-            self.last_stats = {"steps": steps, "preemptions": sched.preemptions}
+            self.last_stats = {"steps": steps, "preemptions": sched.preemptions,
+                               "generated": sum(len(r.generated) for r in requests)}
 
     def _output(self, req: Request) -> RequestOutput:
         gen = req.generated
