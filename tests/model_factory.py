@@ -1,0 +1,81 @@
+"""Random llama checkpoints of any shape for tests, in memory or as GGUF files."""
+import numpy as np
+from gguf import GGUFWriter, GGMLQuantizationType
+from gguf.quants import quantize
+
+from xllm.config import ModelConfig
+from xllm.weights import Checkpoint, Tensor, F32, F16, Q8_0, Q4_0, layer_tensor_shapes
+
+
+def random_weights(cfg: ModelConfig, seed=0, scale=0.5):
+    """GGUF name -> float32 array; norms around 1, matrices ~ N(0, scale^2 / fan_in)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in layer_tensor_shapes(cfg).items():
+        if len(shape) == 1:
+            out[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            out[name] = (scale * rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+    out["token_embd.weight"] *= np.sqrt(cfg.dim)          # embeddings of unit-ish size
+    return out
+
+
+def stored(weights, ggml_type):
+    """name -> Tensor stored as ggml_type (matrices only; norms stay F32)."""
+    tensors = {}
+    for name, a in weights.items():
+        t = F32 if a.ndim == 1 else ggml_type
+        if t == F32:
+            data = a
+        elif t == F16:
+            data = a.astype(np.float16)
+        else:
+            data = quantize(a, GGMLQuantizationType(t))
+        tensors[name] = Tensor(name, t, a.shape, data)
+    return tensors
+
+
+def dequantized64(tensors):
+    """name -> float64 array of what the engine actually multiplies by."""
+    return {n: t.to_float32().astype(np.float64) for n, t in tensors.items()}
+
+
+def random_checkpoint(cfg: ModelConfig, ggml_type=F32, seed=0):
+    tensors = stored(random_weights(cfg, seed), ggml_type)
+    return Checkpoint("<random>", cfg, tensors, None, "memory")
+
+
+def write_gguf(path, cfg: ModelConfig, tensors, vocab=None):
+    """A llama GGUF of these tensors (and a vocabulary) for file-level tests."""
+    w = GGUFWriter(str(path), "llama")
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.n_layers)
+    w.add_feed_forward_length(cfg.hidden_dim)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim * cfg.n_heads != cfg.dim:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    if vocab is not None:
+        for key, value in vocab.gguf_fields().items():
+            if isinstance(value, str):
+                w.add_string(key, value)
+            elif isinstance(value, bool):
+                w.add_bool(key, value)
+            elif isinstance(value, int):
+                w.add_uint32(key, value)
+            else:
+                w.add_array(key, list(value))
+    for name, t in tensors.items():
+        if t.ggml_type in (Q8_0, Q4_0):
+            w.add_tensor(name, np.asarray(t.data), raw_dtype=GGMLQuantizationType(t.ggml_type))
+        else:
+            w.add_tensor(name, np.asarray(t.data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -1,0 +1,191 @@
+"""Each kernel against numpy, through both the AVX2 and the scalar path, at odd sizes."""
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GT
+from gguf.quants import dequantize, quantize
+
+from xllm import _kernels as K
+
+SIZES = [(1, 7), (7, 33), (33, 100), (100, 64), (29, 300)]     # (rows, cols), none a multiple of 8/32/64 only
+TOKENS = [1, 2, 4, 7, 13]
+
+
+def rel_err(a, ref):
+    return float(np.abs(np.asarray(a, np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+@pytest.mark.parametrize("rows,cols", SIZES)
+@pytest.mark.parametrize("T", TOKENS)
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_matmul_float(simd, rows, cols, T, dtype):
+    rng = np.random.default_rng(rows * 1000 + cols + T)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    if dtype == "f16":
+        w = w.astype(np.float16)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    for threads in (1, 2):
+        y = K.matmul(w, 0 if dtype == "f32" else 1, x, threads)
+        assert y.shape == (T, rows) and y.dtype == np.float32
+        assert rel_err(y, ref) < 2e-6
+
+
+@pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
+@pytest.mark.parametrize("rows,cols", [(1, 32), (7, 96), (33, 160), (100, 64), (5, 352)])
+@pytest.mark.parametrize("T", TOKENS)
+def test_matmul_quantized(simd, qtype, rows, cols, T):
+    """int8 dot products equal a float64 dot of the dequantized weights with the
+    Q8_0-rounded activations."""
+    rng = np.random.default_rng(rows + cols + T)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    wq = quantize(w, qtype)
+    w64 = dequantize(wq, qtype).astype(np.float64)
+    x64 = dequantize(quantize(x, GT.Q8_0), GT.Q8_0).astype(np.float64)
+    ref = x64 @ w64.T
+    for threads in (1, 2):
+        y = K.matmul(wq, int(qtype), x, threads)
+        assert rel_err(y, ref) < 1e-6
+
+
+@pytest.mark.parametrize("qtype", [0, 1, 8, 2])
+def test_matmul_batch_equals_alone_bitwise(simd, qtype):
+    """Each token's output row is the same bits alone, inside a batch, on any thread count."""
+    rng = np.random.default_rng(qtype)
+    w = rng.standard_normal((61, 288)).astype(np.float32)
+    data = {0: w, 1: w.astype(np.float16)}.get(qtype)
+    if data is None:
+        data = quantize(w, GT(qtype))
+    x = rng.standard_normal((11, 288)).astype(np.float32)
+    batch = K.matmul(data, qtype, x, 2)
+    alone = np.stack([K.matmul(data, qtype, x[i:i + 1], 1)[0] for i in range(len(x))])
+    assert np.array_equal(batch, alone)
+
+
+def test_matmul_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        K.matmul(np.zeros((2, 34), np.uint8), 8, np.zeros((1, 33), np.float32))
+    with pytest.raises(ValueError, match="bytes"):
+        K.matmul(np.zeros((2, 3), np.float32), 0, np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="unsupported"):
+        K.matmul(np.zeros((2, 4), np.float32), 6, np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        K.matmul(np.zeros((2, 4), np.float64), 0, np.zeros((1, 4), np.float32))
+
+
+def test_quantize_q8_0_matches_gguf():
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal(256), np.zeros(256), np.r_[1e4, np.ones(255)],
+            -np.abs(rng.standard_normal(256)) * 100, rng.standard_normal(256) * 1e-3,
+            np.tile([0.5, -0.5, 1.5, -2.5], 64), np.r_[np.full(31, 0.0), -3.0, rng.standard_normal(224)]]
+    x = np.stack(rows).astype(np.float32)
+    assert np.array_equal(K.quantize_q8_0(x), quantize(x, GT.Q8_0))
+
+
+@pytest.mark.parametrize("gtype,ours", [(GT.F16, 1), (GT.Q8_0, 8), (GT.Q4_0, 2)])
+def test_dequantize(gtype, ours):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((5, 96)).astype(np.float32)
+    data = w.astype(np.float16) if gtype == GT.F16 else quantize(w, gtype)
+    ref = data.astype(np.float32) if gtype == GT.F16 else dequantize(data, gtype)
+    assert np.array_equal(K.dequantize(data, ours, 5, 96), ref)
+
+
+def test_fp16_conversion_all_values():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    ref = bits.view(np.float16).astype(np.float32)
+    ours = K.fp16_to_fp32(bits)
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(ours), nan)
+    assert np.array_equal(ours[~nan].view(np.uint32), ref[~nan].view(np.uint32))
+    rng = np.random.default_rng(3)
+    f = np.concatenate([rng.standard_normal(100000) * 10.0 ** rng.integers(-9, 6, 100000),
+                        [0.0, -0.0, 65504, 65519.99, 65520, 1e6, -1e6, 6e-8, 2.98e-8, 2.99e-8, 3e-5, np.inf, -np.inf]]
+                       ).astype(np.float32)
+    with np.errstate(over="ignore"):           # numpy warns when it rounds to inf
+        ref16 = f.astype(np.float16).view(np.uint16)
+    assert np.array_equal(K.fp32_to_fp16(f), ref16)
+
+
+@pytest.mark.parametrize("T,dim", [(1, 7), (3, 64), (5, 100)])
+def test_rmsnorm(T, dim):
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((T, dim)).astype(np.float32)
+    w = rng.standard_normal(dim).astype(np.float32)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    assert rel_err(K.rmsnorm(x, w, 1e-5), ref) < 1e-6
+
+
+@pytest.mark.parametrize("theta", [1e4, 5e5])
+@pytest.mark.parametrize("n_heads,head_dim", [(1, 2), (3, 10), (4, 64)])
+def test_rope(theta, n_heads, head_dim):
+    from reference import rope
+    rng = np.random.default_rng(head_dim)
+    pos = np.array([0, 1, 5, 77, 300], dtype=np.int32)
+    x = rng.standard_normal((5, n_heads * head_dim)).astype(np.float32)
+    ref = rope(x.astype(np.float64).reshape(5, n_heads, head_dim), pos, theta).reshape(5, -1)
+    assert rel_err(K.rope(x.copy(), pos, n_heads, head_dim, theta), ref) < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 7, 33, 100])
+def test_softmax_swiglu_add(n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 5).astype(np.float32)
+    e = np.exp(x.astype(np.float64) - x.max())
+    assert rel_err(K.softmax(x), e / e.sum()) < 1e-6
+    g, u = rng.standard_normal((2, n)).astype(np.float32)
+    g64 = g.astype(np.float64)
+    assert rel_err(K.swiglu(g, u), g64 / (1 + np.exp(-g64)) * u) < 1e-6
+    assert np.array_equal(K.add(g, u), g + u)
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim", [(4, 4, 16), (8, 2, 10), (6, 3, 64), (1, 1, 2)])
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_attention_paged(simd, n_heads, n_kv_heads, head_dim, block_size):
+    """Causal GQA attention over scattered blocks equals a dense float64 softmax."""
+    rng = np.random.default_rng(n_heads * head_dim + block_size)
+    T = 37
+    kv_dim = n_kv_heads * head_dim
+    n_blocks = -(-T // block_size) + 5
+    table = rng.permutation(n_blocks)[: -(-T // block_size)].astype(np.int32)  # scattered blocks
+    k = rng.standard_normal((T, kv_dim)).astype(np.float32)
+    v = rng.standard_normal((T, kv_dim)).astype(np.float32)
+    k_pool = np.full((n_blocks, block_size, kv_dim), np.nan, np.float32)       # unused slots poison
+    v_pool = np.full((n_blocks, block_size, kv_dim), np.nan, np.float32)
+    for p in range(T):
+        k_pool[table[p // block_size], p % block_size] = k[p]
+        v_pool[table[p // block_size], p % block_size] = v[p]
+    q = rng.standard_normal((T, n_heads * head_dim)).astype(np.float32)
+    positions = np.arange(T, dtype=np.int32)
+    group = n_heads // n_kv_heads
+    ref = np.zeros((T, n_heads * head_dim))
+    for t in range(T):
+        for h in range(n_heads):
+            qh = q[t, h * head_dim:(h + 1) * head_dim].astype(np.float64)
+            kh = k[:t + 1, (h // group) * head_dim:(h // group + 1) * head_dim].astype(np.float64)
+            vh = v[:t + 1, (h // group) * head_dim:(h // group + 1) * head_dim].astype(np.float64)
+            s = kh @ qh / np.sqrt(head_dim)
+            p = np.exp(s - s.max())
+            ref[t, h * head_dim:(h + 1) * head_dim] = (p / p.sum()) @ vh
+    for threads in (1, 2):
+        out = K.attention(q, k_pool, v_pool, table, positions, n_kv_heads, threads)
+        assert rel_err(out, ref) < 1e-5
+
+
+def test_attention_rejects_missing_block():
+    q = np.zeros((1, 8), np.float32)
+    pool = np.zeros((2, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="no block"):
+        K.attention(q, pool, pool, np.array([0], np.int32), np.array([4], np.int32), 1)
+    with pytest.raises(ValueError, match="outside the pool"):
+        K.attention(q, pool, pool, np.array([5], np.int32), np.array([0], np.int32), 1)
+
+
+def test_simd_switch():
+    before = K.simd_level()
+    assert K.set_simd_level("scalar") == "scalar"
+    assert K.set_simd_level("avx2") == ("avx2" if K.has_avx2() else "scalar")
+    with pytest.raises(ValueError, match="'sse'"):
+        K.set_simd_level("sse")
+    K.set_simd_level(before)
