@@ -22,7 +22,7 @@ import numpy as np
 from .model import Chunk, Model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
-from .weights import open_checkpoint
+from .weights import Checkpoint, open_checkpoint
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "data", "stories260K.gguf")
 
@@ -126,16 +126,20 @@ class LLM:
     """A model ready to generate.
 
     LLM(path=None, tokenizer=None, threads=None, max_batch_tokens=256, max_seqs=16, ...)
-    path: a GGUF file, a llama2.c .bin or a Hugging Face directory (None: the small model
-    shipped in the package); tokenizer: a sentencepiece .model or llama2.c tokenizer .bin
+    path: a GGUF file, a llama2.c .bin, a Hugging Face directory or an opened Checkpoint
+    (None: the small model shipped in the package); tokenizer: a sentencepiece .model or llama2.c tokenizer .bin
     (None: the vocabulary embedded in the file).
     """
 
     def __init__(self, path=None, tokenizer=None, threads: Optional[int] = None,
                  max_batch_tokens: int = 256, max_seqs: int = 16, kv_blocks: Optional[int] = None,
                  block_size: int = 16):
-        path = DEFAULT_MODEL if path is None else os.fspath(path)
-        self.checkpoint = open_checkpoint(path)
+        if isinstance(path, Checkpoint):          # already opened (converters, tests)
+            self.checkpoint = path
+            path = path.path
+        else:
+            path = DEFAULT_MODEL if path is None else os.fspath(path)
+            self.checkpoint = open_checkpoint(path)
         cfg = self.checkpoint.config
         if tokenizer is not None:
             self.tokenizer = Tokenizer.from_file(os.fspath(tokenizer))

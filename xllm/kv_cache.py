@@ -73,10 +73,10 @@ class KVCache:
             self._owner[block] = -1
             self._free.append(block)
 
-    def block_table(self, seq_ids, width: int) -> np.ndarray:
-        """(len(seq_ids), width) int32 block tables, -1 past each sequence's last block."""
-        out = np.full((len(seq_ids), max(width, 1)), -1, dtype=np.int32)
-        for row, sid in enumerate(seq_ids):
-            table = self.tables.get(sid, ())
+    def block_table(self, seq_ids) -> np.ndarray:
+        """(len(seq_ids), longest table) int32 block tables, -1 past each sequence's last block."""
+        tables = [self.tables.get(sid, ()) for sid in seq_ids]
+        out = np.full((len(seq_ids), max(1, max(map(len, tables), default=1))), -1, dtype=np.int32)
+        for row, table in enumerate(tables):
             out[row, :len(table)] = table
         return out

@@ -126,8 +126,7 @@ class Model:
                 raise ValueError(f"Chunk.logits = {c.logits!r}, expected 'last', 'all' or 'none'")
             spans.append((first, len(out_rows)))
             t += n
-        width = max(self.kv.blocks_for(c.start_pos + len(c.tokens)) for c in chunks)
-        tables = self.kv.block_table([c.seq_id for c in chunks], width)
+        tables = self.kv.block_table([c.seq_id for c in chunks])
         rows = np.asarray(out_rows, dtype=np.int32)
         logits = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
         self.decoder.step(tokens, pos, seq, tables, rows, logits)
