@@ -389,8 +389,6 @@ def test_ak42_converts_to_gguf_keeping_its_blocks(tmp_path, stories, vocab512):
     assert GGUFReader(out).fields["general.file_type"].contents() == 7
 
 
-@pytest.mark.xfail(strict=True, reason="xllm/weights.py dispatches on b'ak42', but llama2.c writes "
-                                       "the magic as a little-endian uint32: b'24ka'")
 def test_ak42_through_open_checkpoint(tmp_path, stories):
     path = tmp_path / "int8.bin"
     write_ak42(path, stories, 64)

@@ -104,6 +104,7 @@ ctypedef struct Workspace:
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil
+cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int n_tokens, Workspace *ws) noexcept nogil
 cdef void c_rmsnorm(float *out, const float *x, const float *weight, int n_tokens, int dim, float eps) noexcept nogil
 cdef void c_rope(float *vec, const int32_t *pos, int n_tokens, int n_heads, int head_dim, const float *table) noexcept nogil
 cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil

@@ -19,6 +19,7 @@ cimport numpy as cnp
 cnp.import_array()
 
 cdef enum:
+    MAX_FUSED = 3           # matrices one fused matmul may cover (Q, K, V)
     ROW_GROUP = 24          # weight rows per parallel work item (a multiple of XLLM_TILE_ROWS)
     K_CHUNK = 256           # values per k-chunk when several tokens share each weight row
 
@@ -124,36 +125,62 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_b
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
-    """y[t, o] = sum_i W[o, i] * x[t, i]  for T tokens; x (T, cols), y (T, rows).
+    """y[t, o] = sum_i W[o, i] * x[t, i]  for T tokens; x (T, cols), y (T, rows)."""
+    cdef const Matrix *ms[1]
+    cdef float *ys[1]
+    ms[0] = w
+    ys[0] = y
+    c_matmul_multi(ms, ys, 1, x, T, ws)
 
+
+cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int T,
+                         Workspace *ws) noexcept nogil:
+    """y[m] = x . W[m]^T for up to MAX_FUSED matrices sharing the input x (T, cols).
+
+    One parallel region over the row groups of all the matrices (Q, K and V; or gate and
+    up), so small matrices do not each pay a fork/join and threads stay balanced.
     Quantized weights: x is quantized to Q8_0 once, then int8 dot products per block.
-    Work is split across threads by groups of output rows, so every thread count computes
-    each output with the same operations.
+    Work is split by groups of output rows, so every thread count computes each output
+    with the same operations.
     """
-    cdef int t, g, nb
-    cdef int n_groups = (w.rows + ROW_GROUP - 1) // ROW_GROUP
-    cdef const char *xin = <const char *>x
-    cdef size_t x_bytes = sizeof(float)
-    cdef size_t ldx = w.cols
-    cdef int n_k = w.cols
+    cdef int t, g, m, nb, total
+    cdef int cols = w[0].cols
+    cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
+    cdef bint any_quantized = False
+    cdef const char *xin
+    cdef size_t x_bytes, ldx
+    cdef int n_k
     cdef float *acc = NULL
-    if is_quantized(w.type):
-        nb = w.cols // XLLM_QK
+    first[0] = 0
+    for m in range(n):
+        first[m + 1] = first[m] + (w[m].rows + ROW_GROUP - 1) // ROW_GROUP
+        any_quantized = any_quantized or is_quantized(w[m].type)
+    total = first[n]
+    nb = cols // XLLM_QK
+    if any_quantized:
         if T == 1:
-            xllm_quantize_row_q8_0(x, <xllm_block_q8_0 *>ws.xq, w.cols)
+            xllm_quantize_row_q8_0(x, <xllm_block_q8_0 *>ws.xq, cols)
         else:
             for t in prange(T, schedule='static', num_threads=ws.n_threads):
-                xllm_quantize_row_q8_0(x + <size_t>t * w.cols,
-                                       <xllm_block_q8_0 *>ws.xq + <size_t>t * nb, w.cols)
-        xin = ws.xq
-        x_bytes = sizeof(xllm_block_q8_0)
-        ldx = nb
-        n_k = nb
+                xllm_quantize_row_q8_0(x + <size_t>t * cols, <xllm_block_q8_0 *>ws.xq + <size_t>t * nb, cols)
     with parallel(num_threads=ws.n_threads):
         acc = ws.acc + threadid() * ws.acc_per_thread
-        for g in prange(n_groups, schedule='static'):
-            matmul_rows(w, g * ROW_GROUP, min(ROW_GROUP, w.rows - g * ROW_GROUP), xin, x_bytes,
-                        ldx, n_k, x, T, y, acc)
+        for g in prange(total, schedule='static'):
+            m = 0
+            while g >= first[m + 1]:
+                m = m + 1
+            if is_quantized(w[m].type):
+                xin = ws.xq
+                x_bytes = sizeof(xllm_block_q8_0)
+                ldx = nb
+                n_k = nb
+            else:
+                xin = <const char *>x
+                x_bytes = sizeof(float)
+                ldx = cols
+                n_k = cols
+            matmul_rows(w[m], (g - first[m]) * ROW_GROUP, min(ROW_GROUP, w[m].rows - (g - first[m]) * ROW_GROUP),
+                        xin, x_bytes, ldx, n_k, x, T, y[m], acc)
 
 
 # ---------------------------------------------------------------------------- elementwise
@@ -309,6 +336,10 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     cdef int T = b.n_tokens
     cdef int l, t
     cdef const Layer *L
+    cdef const Matrix *qkv[3]
+    cdef float *qkv_out[3]
+    cdef const Matrix *gate_up[2]
+    cdef float *gate_up_out[2]
     cdef double clock = now()
 
     # token embedding
@@ -322,9 +353,13 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         # attention: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn),  xn = rmsnorm(x)
         c_rmsnorm(ws.xb, ws.x, L.attn_norm, T, d.dim, d.norm_eps)
         tick(ws, OP_NORM, &clock)
-        c_matmul(&L.wq, ws.xb, T, ws.q, ws)
-        c_matmul(&L.wk, ws.xb, T, ws.k, ws)
-        c_matmul(&L.wv, ws.xb, T, ws.v, ws)
+        qkv[0] = &L.wq
+        qkv[1] = &L.wk
+        qkv[2] = &L.wv
+        qkv_out[0] = ws.q
+        qkv_out[1] = ws.k
+        qkv_out[2] = ws.v
+        c_matmul_multi(qkv, qkv_out, 3, ws.xb, T, ws)
         tick(ws, OP_QKV, &clock)
         c_rope(ws.q, b.pos, T, d.n_heads, d.head_dim, ws.rope)
         c_rope(ws.k, b.pos, T, d.n_kv_heads, d.head_dim, ws.rope)
@@ -341,8 +376,11 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         # feed-forward: x += W2 . (silu(W1 xn) * W3 xn),  xn = rmsnorm(x)
         c_rmsnorm(ws.xb, ws.x, L.ffn_norm, T, d.dim, d.norm_eps)
         tick(ws, OP_NORM, &clock)
-        c_matmul(&L.w_gate, ws.xb, T, ws.hb, ws)
-        c_matmul(&L.w_up, ws.xb, T, ws.hb2, ws)
+        gate_up[0] = &L.w_gate
+        gate_up[1] = &L.w_up
+        gate_up_out[0] = ws.hb
+        gate_up_out[1] = ws.hb2
+        c_matmul_multi(gate_up, gate_up_out, 2, ws.xb, T, ws)
         tick(ws, OP_FFN_GATE_UP, &clock)
         c_swiglu(ws.hb, ws.hb2, T * d.hidden_dim)
         tick(ws, OP_SWIGLU, &clock)

@@ -87,9 +87,11 @@ class Model:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights a decode step streams (every tensor of the checkpoint once)."""
-        shapes = layer_tensor_shapes(self.config)
-        return sum(self.checkpoint.tensors[n].data.nbytes for n in shapes)
+        """Bytes of weights a decode step streams: every tensor once, except an untied
+        embedding table, of which it reads one row per token."""
+        names = [n for n in layer_tensor_shapes(self.config)
+                 if n != "token_embd.weight" or self.config.tied_embeddings]
+        return sum(self.checkpoint.tensors[n].data.nbytes for n in names)
 
     def step(self, chunks: Sequence[Chunk]) -> list:
         """Run one decoder pass over `chunks`; returns, per chunk, its logits as float32

@@ -116,7 +116,7 @@ def open_checkpoint(path) -> Checkpoint:
         head = f.read(4)
     if head == b"GGUF":
         return open_gguf(path)
-    if head == b"ak42":
+    if head == b"24ka":                   # llama2.c writes the magic "ak42" as a little-endian uint32
         return open_llama2c_int8(path)
     if len(head) == 4:
         return open_llama2c(path)
