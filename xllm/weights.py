@@ -119,7 +119,12 @@ def open_checkpoint(path) -> Checkpoint:
     if head == b"24ka":                   # llama2.c writes the magic "ak42" as a little-endian uint32
         return open_llama2c_int8(path)
     if len(head) == 4:
-        return open_llama2c(path)
+        try:
+            return open_llama2c(path)
+        except ValueError as exc:       # no magic to go by: say what the file is not
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise ValueError(f"{path}: not a GGUF file (magic {head!r}, expected b'GGUF') nor a "
+                             f"llama2.c checkpoint ({reason})") from None
     raise ValueError(f"{path}: file is {len(head)} bytes long, too short to be a checkpoint")
 
 

@@ -1,0 +1,234 @@
+"""xllm-main end to end: the known llama2.c output, the shipped model, the modes and every
+bad input (exit code 2, one line on stderr, no traceback)."""
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from conftest import KNOWN_IDS, KNOWN_PROMPT, KNOWN_TEXT
+from model_factory import random_checkpoint, write_gguf
+from xllm import LLM, SamplingParams
+from xllm.config import ModelConfig
+from xllm.convert import main as convert_main
+from xllm.weights import open_checkpoint
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "xllm.cli", *map(str, args)], capture_output=True,
+                          text=True, input=stdin, timeout=120)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, shared_models):
+    out = tmp_path_factory.mktemp("gguf") / "stories260K.gguf"
+    assert convert_main([str(shared_models / "stories260K.bin"), "-o", str(out),
+                         "--token", str(shared_models / "tok512.bin")]) == 0
+    return out
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_known_output_llama2c_checkpoint(shared_models, threads):
+    args = ["--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
+            "--prompt", KNOWN_PROMPT, "--steps", 64, "--temperature", 0]
+    if threads:
+        args += ["--threads", threads]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == KNOWN_TEXT + "\n"
+    assert "tok/s" in r.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_known_output_converted_gguf(converted, threads):
+    r = run("--weight", converted, "--prompt", KNOWN_PROMPT, "--steps", 64, "--temperature", 0,
+            "--threads", threads)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == KNOWN_TEXT + "\n"
+
+
+def test_known_ids_through_api(converted):
+    llm = LLM(converted, threads=2)
+    out = llm.generate(KNOWN_PROMPT, SamplingParams(max_tokens=60, temperature=0))[0]
+    assert out.prompt_token_ids + out.token_ids == KNOWN_IDS
+    assert out.finish_reason == "length"
+
+
+def test_converted_file_has_llama_cpp_layout(converted, shared_models):
+    r = GGUFReader(str(converted))
+    assert r.fields["general.architecture"].contents() == "llama"
+    for key in ("llama.context_length", "llama.embedding_length", "llama.block_count",
+                "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
+                "llama.attention.layer_norm_rms_epsilon", "llama.rope.freq_base",
+                "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert key in r.fields, key
+    names = {t.name for t in r.tensors}
+    assert {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.4.ffn_down.weight"} <= names
+    src = open_checkpoint(shared_models / "stories260K.bin")
+    back = open_checkpoint(converted)
+    for name, t in src.tensors.items():
+        assert np.array_equal(back.tensors[name].data, t.data), name
+
+
+def test_shipped_model_no_arguments():
+    r = run("--temperature", 0, "--steps", 64)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == KNOWN_TEXT + "\n"
+    r = run("--seed", 7)                                  # the plain no-argument run: a story
+    assert r.returncode == 0 and r.stdout.startswith(KNOWN_PROMPT) and len(r.stdout) > 100
+
+
+def test_seed_reproducible():
+    a = run("--seed", 11, "--steps", 80)
+    b = run("--seed", 11, "--steps", 80)
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+def test_interactive_loop(converted):
+    r = run("--weight", converted, "--temperature", 0, "--steps", 64, stdin=f"{KNOWN_PROMPT}\n\nLily\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(">>> " + KNOWN_TEXT + "\n>>> ")
+    assert r.stdout.count(">>> ") == 4                    # three lines read, then EOF
+
+
+def test_prompts_file(converted, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text(f"{KNOWN_PROMPT}\n\n   \nLily went\n")
+    r = run("--weight", converted, "--file", f, "--temperature", 0, "--steps", 64, "--max-seqs", 1)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(KNOWN_TEXT + "\n\nLily went")
+
+
+def test_console_scripts_installed():
+    names = {e.name for e in entry_points(group="console_scripts")}
+    assert {"xllm-main", "xllm-convert", "xllm-quant", "xllm-perplexity", "xllm-benchmark",
+            "xllm-benchmark-batch"} <= names
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return ModelConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=16)
+
+
+def test_threads_zero():
+    assert_one_line_error(run("--threads", 0), "--threads", "'0'")
+
+
+def test_missing_file():
+    assert_one_line_error(run("--weight", "/nonexistent/model.gguf"), "/nonexistent/model.gguf")
+
+
+def test_truncated_llama2c(shared_models, tmp_path):
+    bad = tmp_path / "cut.bin"
+    bad.write_bytes((shared_models / "stories260K.bin").read_bytes()[:500000])
+    assert_one_line_error(run("--weight", bad, "--token", shared_models / "tok512.bin", "--prompt", "x"),
+                          "cut.bin", "truncated")
+
+
+def test_truncated_gguf(converted, tmp_path):
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(converted.read_bytes()[:700000])
+    assert_one_line_error(run("--weight", bad, "--prompt", "x"), "cut.gguf")
+    with pytest.raises(ValueError, match="cut.gguf"):
+        open_checkpoint(bad)
+
+
+def test_wrong_magic(tmp_path):
+    bad = tmp_path / "junk.gguf"
+    bad.write_bytes(b"GGUX" + bytes(100))
+    assert_one_line_error(run("--weight", bad, "--prompt", "x"), "junk.gguf", "not a GGUF file")
+
+
+def test_bad_llama2c_header(shared_models, tmp_path):
+    data = bytearray((shared_models / "stories260K.bin").read_bytes())
+    data[12:16] = (0).to_bytes(4, "little")            # n_heads = 0
+    bad = tmp_path / "heads.bin"
+    bad.write_bytes(bytes(data))
+    assert_one_line_error(run("--weight", bad, "--token", shared_models / "tok512.bin", "--prompt", "x"),
+                          "n_heads = 0")
+
+
+def test_bad_gguf_header_value(tiny_cfg, tmp_path):
+    from dataclasses import replace
+    bad_cfg = replace(tiny_cfg, n_kv_heads=3)           # 4 heads cannot share 3 kv heads
+    ckpt = random_checkpoint(tiny_cfg)
+    path = tmp_path / "kv.gguf"
+    write_gguf(path, bad_cfg, ckpt.tensors)
+    with pytest.raises(ValueError, match="n_kv_heads = 3"):
+        open_checkpoint(path)
+
+
+def test_missing_tensor(tiny_cfg, tmp_path):
+    ckpt = random_checkpoint(tiny_cfg)
+    del ckpt.tensors["blk.0.attn_q.weight"]
+    path = tmp_path / "missing.gguf"
+    write_gguf(path, tiny_cfg, ckpt.tensors)
+    with pytest.raises(ValueError, match="missing tensor 'blk.0.attn_q.weight'"):
+        open_checkpoint(path)
+    assert_one_line_error(run("--weight", path, "--token", "x", "--prompt", "x"), "blk.0.attn_q.weight")
+
+
+def test_wrong_shape(tiny_cfg, tmp_path):
+    from xllm.weights import Tensor
+    ckpt = random_checkpoint(tiny_cfg)
+    w = ckpt.tensors["blk.0.ffn_down.weight"]
+    ckpt.tensors[w.name] = Tensor(w.name, w.ggml_type, w.shape[::-1], np.ascontiguousarray(w.data.T))
+    path = tmp_path / "shape.gguf"
+    write_gguf(path, tiny_cfg, ckpt.tensors)
+    with pytest.raises(ValueError, match=r"'blk.0.ffn_down.weight' has shape \(64, 32\), expected \(32, 64\)"):
+        open_checkpoint(path)
+
+
+def test_vocabulary_model_mismatch(shared_models):
+    assert_one_line_error(run("--weight", shared_models / "stories260K.bin", "--token",
+                              shared_models / "tokenizer.model", "--prompt", "x"), "32000", "512")
+
+
+def test_no_tokenizer_for_llama2c(shared_models):
+    assert_one_line_error(run("--weight", shared_models / "stories260K.bin", "--prompt", "x"), "tokenizer")
+
+
+def test_prompt_over_context(shared_models):
+    long_prompt = "Once upon a time " * 60                # ~ 240 tokens; aidreams has 128 positions
+    r = run("--weight", shared_models / "aidreams260K.bin", "--token", shared_models / "aidreams260K_tok512.bin",
+            "--prompt", long_prompt)
+    assert_one_line_error(r, "context length 128")
+    llm = LLM(shared_models / "aidreams260K.bin", tokenizer=shared_models / "aidreams260K_tok512.bin", threads=1)
+    with pytest.raises(ValueError, match="context length 128"):
+        llm.generate(long_prompt, SamplingParams(max_tokens=1))
+
+
+def test_steps_over_context(shared_models):
+    assert_one_line_error(run("--steps", 513, "--prompt", "x"), "--steps 513", "512")
+
+
+def test_bad_sampling_values():
+    assert_one_line_error(run("--temperature", "hot"), "--temperature", "'hot'")
+    assert_one_line_error(run("--top-k", -1), "--top-k")
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0).validate()
+
+
+def test_prompt_and_file_exclusive(tmp_path):
+    assert_one_line_error(run("--prompt", "x", "--file", tmp_path / "p.txt"), "--prompt", "--file")
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "no prompts"), (b"\n  \n\n", "no prompts"),
+                                            (b"good line\n\xff\xfe bad\n", ":2: not valid UTF-8")])
+def test_bad_prompts_file(tmp_path, content, needle):
+    f = tmp_path / "p.txt"
+    f.write_bytes(content)
+    assert_one_line_error(run("--file", f), needle)
