@@ -450,3 +450,54 @@ def test_convert_dtype_f16_from_bf16(tmp_path):
     for name, t in hf.tensors.items():
         np.testing.assert_array_equal(gg.tensors[name].to_float32(),
                                       t.to_float32().astype(np.float16).astype(np.float32), err_msg=name)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+def _engine_logits(path, ids):
+    from xllm import LLM
+    return np.asarray(LLM(str(path)).logits(ids), dtype=np.float64)
+
+
+def _assert_close_1e4(got, ref):
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("geometry,dtype,shards", CASES, ids=CASE_IDS)
+def test_engine_logits_equal_hf_reference(tmp_path, geometry, dtype, shards):
+    m = make_hf_dir(tmp_path, geometry, dtype=dtype, shards=shards)
+    _assert_close_1e4(_engine_logits(m.path, IDS), hf_reference.forward(m.config, m.weights, IDS))
+
+
+@pytest.mark.parametrize("geometry,dtype,shards", CASES, ids=CASE_IDS)
+def test_engine_logits_after_conversion_equal_hf_reference(tmp_path, geometry, dtype, shards):
+    m = make_hf_dir(tmp_path, geometry, dtype=dtype, shards=shards)
+    out = _convert(m, tmp_path)
+    _assert_close_1e4(_engine_logits(out, IDS), hf_reference.forward(m.config, m.weights, IDS))
+
+
+def test_engine_on_padded_vocab_and_f16_conversion(tmp_path):
+    """vocab_size past the tokenizer (padded ids) and --dtype f16: the reference then uses the
+    f16-rounded matrices the file holds."""
+    m = make_hf_dir(tmp_path, "gqa", dtype="BF16", vocab_size=520)
+    ids = IDS + [519]
+    _assert_close_1e4(_engine_logits(m.path, ids), hf_reference.forward(m.config, m.weights, ids))
+    out = _convert(m, tmp_path, "--dtype", "f16")
+    rounded = {k: (v.astype(np.float16) if v.ndim == 2 else v) for k, v in m.weights.items()}
+    _assert_close_1e4(_engine_logits(out, ids), hf_reference.forward(m.config, rounded, ids))
+
+
+def test_engine_generates_from_hf_dir_with_its_tokenizer(tmp_path):
+    """LLM(dir) tokenizes with the directory's tokenizer.model and decodes greedily like the
+    HF-convention reference."""
+    import sentencepiece as spm
+    from xllm import LLM, SamplingParams
+    m = make_hf_dir(tmp_path, "smollm", dtype="BF16", shards=2)
+    prompt = "Once upon a time"
+    ids = [1] + spm.SentencePieceProcessor(model_file=str(TOKENIZERS["tok512"])).encode(prompt)
+    want = []
+    for _ in range(6):
+        want.append(int(np.argmax(hf_reference.forward(m.config, m.weights, ids + want)[-1])))
+    out = LLM(str(m.path)).generate([prompt], SamplingParams(max_tokens=6, temperature=0.0))
+    assert list(out[0].token_ids) == want

@@ -42,3 +42,11 @@ def test_reference_matches_transformers(tmp_path, geometry, dtype, shards):
     """tests/hf_reference.py (float64) against torch float32: only rounding differs."""
     m = make_hf_dir(tmp_path, geometry, dtype=dtype, shards=shards)
     assert_close(transformers_logits(m.path, IDS), hf_reference.forward(m.config, m.weights, IDS), 1e-5)
+
+
+@pytest.mark.parametrize("geometry,dtype,shards", CASES, ids=CASE_IDS)
+def test_engine_matches_transformers(tmp_path, geometry, dtype, shards):
+    from xllm import LLM
+    m = make_hf_dir(tmp_path, geometry, dtype=dtype, shards=shards)
+    got = np.asarray(LLM(str(m.path)).logits(IDS), dtype=np.float64)
+    assert_close(got, transformers_logits(m.path, IDS), 1e-4)
