@@ -1,2 +1,138 @@
 # cython: language_level=3
-"""Machine-limit probes for the benchmarks (read bandwidth, FMA and int8 throughput)."""
+"""Machine-limit probes for the benchmarks (read bandwidth, FMA and int8 throughput).
+
+The kernels are in probe.h (C with OpenMP and AVX2/FMA through `target` attributes, chosen at
+run time).  Each function here runs a probe several times on `threads` threads and returns
+the per-run figures; xllm.benchmark takes medians and turns them into the roofline limits.
+
+    read_bandwidth(nbytes=1 << 30, threads=2, passes=5) -> [GB/s per pass]
+    fma_peak(threads=2, iters=..., repeats=5)            -> [GFLOP/s per run] (2 per FMA lane)
+    int8_peak(threads=2, iters=..., repeats=5)           -> [GOP/s per run] (2 per int8 multiply-add)
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uintptr_t
+
+cnp.import_array()
+
+cdef extern from "probe.h" nogil:
+    int xllm_probe_has_avx2()
+    int xllm_probe_max_threads()
+    double xllm_probe_read(const float *buf, size_t n, int threads, int use_avx2, double *sum)
+    void xllm_probe_fill(float *buf, size_t n, int threads)
+    double xllm_probe_fma(long iters, int threads, int use_avx2, double *checksum)
+    double xllm_probe_int8(long iters, int threads, int use_avx2, int method, double *checksum)
+    int xllm_probe_has_vnni()
+    int XLLM_PROBE_FMA_CHAINS
+    int XLLM_PROBE_INT8_CHAINS
+    int XLLM_PROBE_VNNI_CHAINS
+
+
+def has_avx2():
+    """True when the probes run their AVX2/FMA versions on this CPU."""
+    return bool(xllm_probe_has_avx2())
+
+
+def has_vnni():
+    """True when the CPU has AVX-512 VNNI on 256-bit registers (vpdpbusd ymm)."""
+    return bool(xllm_probe_has_vnni())
+
+
+def max_threads():
+    """OpenMP's default team size (1 when built without OpenMP)."""
+    return xllm_probe_max_threads()
+
+
+cdef int _use_avx2(simd) except -1:
+    if simd is None or simd == "avx2":
+        return xllm_probe_has_avx2()
+    if simd == "scalar":
+        return 0
+    raise ValueError(f"simd = {simd!r}, expected 'avx2', 'scalar' or None")
+
+
+cdef int _check(int threads, int repeats) except -1:
+    if threads < 1:
+        raise ValueError(f"threads = {threads}, expected >= 1")
+    if repeats < 1:
+        raise ValueError(f"repeats = {repeats}, expected >= 1")
+    return 0
+
+
+def read_bandwidth(size_t nbytes=1 << 30, int threads=1, int passes=5, simd=None):
+    """Read bandwidth in GB/s (1e9 bytes/s) of each of `passes` stream-sums over a buffer of
+    `nbytes` (make it much larger than the last-level cache), after one warm-up pass."""
+    _check(threads, passes)
+    cdef int avx2 = _use_avx2(simd)
+    cdef size_t n = (nbytes // 4) // <size_t>(64 * threads) * <size_t>(64 * threads)
+    if n < <size_t>(64 * threads):
+        raise ValueError(f"nbytes = {nbytes}, expected at least {256 * threads}")
+    raw = np.empty(n + 16, dtype=np.float32)          # 64-byte aligned view below
+    cdef uintptr_t base = <uintptr_t>cnp.PyArray_DATA(raw)
+    cdef float *buf = <float *>((base + 63) & ~(<uintptr_t>63))
+    cdef double secs, total
+    with nogil:
+        xllm_probe_fill(buf, n, threads)
+        xllm_probe_read(buf, n, threads, avx2, &total)      # warm-up (page-table, TLB)
+    out = []
+    for _ in range(passes):
+        with nogil:
+            secs = xllm_probe_read(buf, n, threads, avx2, &total)
+        if total != <double>n:                              # every float is 1.0: all were read
+            raise RuntimeError(f"read probe summed {total}, expected {n}")
+        out.append(n * 4.0 / secs / 1e9)
+    del raw
+    return out
+
+
+def fma_peak(int threads=1, long iters=20_000_000, int repeats=5, simd=None):
+    """fp32 FMA throughput in GFLOP/s (2 flops per lane per FMA) of each of `repeats` runs:
+    every thread runs `iters` x 12 independent 8-lane FMA chains."""
+    _check(threads, repeats)
+    if iters < 1:
+        raise ValueError(f"iters = {iters}, expected >= 1")
+    cdef int avx2 = _use_avx2(simd)
+    cdef double secs, checksum
+    cdef double flops = <double>iters * XLLM_PROBE_FMA_CHAINS * 8 * 2 * threads
+    with nogil:
+        xllm_probe_fma(iters // 10 + 1, threads, avx2, &checksum)   # warm-up (clocks up)
+    out = []
+    for _ in range(repeats):
+        with nogil:
+            secs = xllm_probe_fma(iters, threads, avx2, &checksum)
+        if checksum != checksum:
+            raise RuntimeError("FMA probe produced NaN")
+        out.append(flops / secs / 1e9)
+    return out
+
+
+def int8_peak(int threads=1, long iters=20_000_000, int repeats=5, simd=None, method="maddubs"):
+    """int8 multiply-add throughput in GOP/s (2 ops per multiply-add) of each of `repeats`
+    runs.  method "maddubs": every thread runs `iters` x 6 independent chains of maddubs +
+    madd + add, each 32 u8 x s8 multiply-adds (the Q8_0 dot product's integer core, AVX2);
+    "vnni": `iters` x 10 chains of AVX-512 VNNI vpdpbusd on 256-bit registers (ValueError
+    when the CPU lacks it)."""
+    _check(threads, repeats)
+    if iters < 1:
+        raise ValueError(f"iters = {iters}, expected >= 1")
+    cdef int avx2 = _use_avx2(simd)
+    cdef int m
+    cdef int chains
+    if method == "maddubs":
+        m, chains = 0, XLLM_PROBE_INT8_CHAINS
+    elif method == "vnni":
+        if not xllm_probe_has_vnni():
+            raise ValueError("method 'vnni': this CPU has no AVX-512 VNNI (avx512vnni + avx512vl)")
+        m, chains = 1, XLLM_PROBE_VNNI_CHAINS
+    else:
+        raise ValueError(f"method = {method!r}, expected 'maddubs' or 'vnni'")
+    cdef double secs, checksum
+    cdef double ops = <double>iters * chains * 32 * 2 * threads
+    with nogil:
+        xllm_probe_int8(iters // 10 + 1, threads, avx2, m, &checksum)
+    out = []
+    for _ in range(repeats):
+        with nogil:
+            secs = xllm_probe_int8(iters, threads, avx2, m, &checksum)
+        out.append(ops / secs / 1e9)
+    return out

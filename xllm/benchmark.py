@@ -1,0 +1,1282 @@
+"""Measurement logic for the benchmark CLIs: this machine's limits, random models of real
+shapes, one-sequence and continuous-batching benchmarks.
+
+    xllm-benchmark --weight M [--threads N] [--prompt-tokens 128] [--gen-tokens 128] [--json]
+    xllm-benchmark-batch --weight M --file prompts.txt [--batch 16] [--max-tokens 128] [--json]
+    python -m xllm.benchmark make-model --shape tinyllama-1.1b --dtype q8_0 -o model.gguf
+
+Limits are measured on the spot by the probes in `xllm._probe` (read bandwidth of a buffer
+much larger than the last-level cache, fp32 FMA and int8 multiply-add throughput), and every
+figure is given as a fraction of them: decode streams every weight once per token, so its
+floor is (weight bytes per token) / bandwidth; prefill is FLOP-bound, so its ceiling is the
+FMA (or, for quantized weights, the int8) peak.  Medians over repeats throughout.
+
+The per-operator table comes from the decoder's profiler (`Decoder.profile`): every step's
+operator times, with the bytes each operator must move and the FLOPs it must do (a model of
+the compulsory traffic: each weight once per step, activations read and written once, K/V of
+every attended position once per query token and kv head), so each row shows achieved GB/s
+and GFLOP/s and how close it runs to its roofline min(peak, intensity x bandwidth).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
+from .weights import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
+
+# ----------------------------------------------------------------------------- machine limits
+
+GB = 1e9
+
+
+def _median(xs):
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def _percentile(xs, q):
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5,
+                   compute_iters: int = 20_000_000, repeats: int = 5) -> dict:
+    """This machine's limits on `threads` threads, medians of several runs:
+
+    read_gbps        stream-sum of a `bandwidth_bytes` buffer with 256-bit loads (GB = 1e9 B)
+    fma_gflops       fp32 FMA throughput, 2 flops per lane (AVX2 FMA chains)
+    int8_gops        int8 multiply-add throughput, 2 ops per multiply-add (maddubs + madd)
+    int8_vnni_gops   the same with AVX-512 VNNI vpdpbusd (None when the CPU lacks it)
+    """
+    from . import _probe
+    if threads < 1:
+        raise ValueError(f"threads = {threads}, expected >= 1")
+    read = _probe.read_bandwidth(bandwidth_bytes, threads, passes)
+    fma = _probe.fma_peak(threads, compute_iters, repeats)
+    int8 = _probe.int8_peak(threads, compute_iters, repeats)
+    vnni = _probe.int8_peak(threads, compute_iters, repeats, method="vnni") if _probe.has_vnni() else None
+    return {
+        "threads": threads,
+        "simd": "avx2" if _probe.has_avx2() else "scalar",
+        "read_gbps": _median(read),
+        "fma_gflops": _median(fma),
+        "int8_gops": _median(int8),
+        "int8_vnni_gops": _median(vnni) if vnni else None,
+        "bandwidth_buffer_bytes": int(bandwidth_bytes),
+        "runs": {"read_gbps": read, "fma_gflops": fma, "int8_gops": int8, "int8_vnni_gops": vnni},
+    }
+
+
+# ----------------------------------------------------------------------------- /proc readers
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def proc_self_stat() -> dict:
+    """utime/stime (seconds), state, threads, vsize and rss (bytes) from /proc/self/stat."""
+    try:
+        with open("/proc/self/stat") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    rest = text[text.rindex(")") + 2:].split()      # fields from 3 (state) on; comm may hold spaces
+    hz = _clock_ticks()
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    return {
+        "state": rest[0],
+        "utime_s": int(rest[11]) / hz,
+        "stime_s": int(rest[12]) / hz,
+        "num_threads": int(rest[17]),
+        "vsize_bytes": int(rest[20]),
+        "rss_bytes": int(rest[21]) * page,
+    }
+
+
+def proc_status_bytes(key: str) -> Optional[int]:
+    """A kB field of /proc/self/status (VmHWM: peak RSS, VmRSS: RSS now) in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _system_busy_seconds() -> Optional[float]:
+    """CPU-seconds all processes have spent busy since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return None
+    vals = [int(v) for v in parts[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)     # idle + iowait
+    steal = vals[7] if len(vals) > 7 else 0
+    return (sum(vals[:8]) - idle - steal) / _clock_ticks()
+
+
+class CpuMonitor:
+    """Samples /proc/self/stat every `interval` seconds in a thread while a benchmark runs;
+    also measures how much CPU *other* processes used meanwhile (they skew the figures)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.samples: List[dict] = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.start = proc_self_stat()
+        self.sys0 = _system_busy_seconds()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            s = proc_self_stat()
+            if s:
+                s["t_s"] = round(time.perf_counter() - self.t0, 3)
+                self.samples.append(s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.wall = time.perf_counter() - self.t0
+        self.end = proc_self_stat()
+        self.sys1 = _system_busy_seconds()
+        return False
+
+    def summary(self) -> dict:
+        if not self.start or not self.end:
+            return {"wall_s": self.wall}
+        cpu = (self.end["utime_s"] - self.start["utime_s"]) + (self.end["stime_s"] - self.start["stime_s"])
+        out = {
+            "wall_s": self.wall,
+            "utime_s": self.end["utime_s"] - self.start["utime_s"],
+            "stime_s": self.end["stime_s"] - self.start["stime_s"],
+            "avg_cpu_pct": 100.0 * cpu / self.wall if self.wall > 0 else float("nan"),
+            "vsize_bytes": max([self.end["vsize_bytes"]] + [s["vsize_bytes"] for s in self.samples]),
+            "state": self.end["state"],
+            "num_threads": self.end["num_threads"],
+        }
+        if self.sys0 is not None and self.sys1 is not None and self.wall > 0:
+            out["other_processes_cpu_pct"] = max(0.0, 100.0 * ((self.sys1 - self.sys0) - cpu) / self.wall)
+        return out
+
+
+def _contention_warning(cpu: dict, prog: str) -> None:
+    other = cpu.get("other_processes_cpu_pct")
+    if other is not None and other > 20:
+        print(f"{prog}: warning: other processes used {other:.0f}% of a core during the run; "
+              f"figures are lower than this machine can reach", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- random models
+
+# Shapes of real models (hyperparameters only; the weights are random).
+SHAPES: Dict[str, dict] = {
+    "tinyllama-1.1b": dict(dim=2048, hidden_dim=5632, n_layers=22, n_heads=32, n_kv_heads=4,
+                           vocab_size=32000, max_seq_len=2048),
+    "llama2-7b-layers": dict(dim=4096, hidden_dim=11008, n_layers=2, n_heads=32, n_kv_heads=32,
+                             vocab_size=32000, max_seq_len=4096),
+    "stories110m": dict(dim=768, hidden_dim=2048, n_layers=12, n_heads=12, n_kv_heads=12,
+                        vocab_size=32000, max_seq_len=1024),
+    "tiny": dict(dim=64, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2,
+                 vocab_size=512, max_seq_len=256),            # for tests: fits in cache
+}
+DTYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0}
+_SHAPE_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
+               "norm_eps", "rope_theta")
+
+
+def synthetic_vocab(n: int):
+    """A SentencePiece-style vocabulary of exactly `n` pieces that needs no file: <unk>, <s>,
+    </s>, the 256 byte tokens, printable ASCII, '▁' + letters/digits, then letter bigrams and
+    trigrams with and without '▁' (enough for 32000).  Any text encodes (byte fallback)."""
+    from .tokenizer import BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, Vocab
+    if n < 259:
+        raise ValueError(f"vocab_size = {n}: a synthetic vocabulary needs at least 259 tokens "
+                         f"(3 specials + 256 bytes)")
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256
+    seen = set(pieces)
+
+    def gen():
+        yield SPACE
+        for c in range(33, 127):
+            yield chr(c)
+        alnum = [chr(c) for c in range(ord("a"), ord("z") + 1)] + \
+                [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [str(d) for d in range(10)]
+        for c in alnum:
+            yield SPACE + c
+        low = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        for a in low:
+            for b in low:
+                yield a + b
+                yield SPACE + a + b
+        for a in low:
+            for b in low:
+                for c in low:
+                    yield a + b + c
+                    yield SPACE + a + b + c
+        i = 0
+        while True:
+            yield f"tok{i}"
+            i += 1
+
+    it = gen()
+    while len(pieces) < n:
+        p = next(it)
+        if p not in seen:
+            seen.add(p)
+            pieces.append(p)
+            types.append(NORMAL)
+    scores = np.zeros(n, dtype=np.float32)
+    scores[259:] = -np.arange(n - 259, dtype=np.float32)       # shorter pieces merge first
+    return Vocab(pieces, scores, np.asarray(types, dtype=np.int32), bos_id=1, eos_id=2, unk_id=0)
+
+
+def resolve_shape(shape, n_layers: Optional[int] = None, **overrides) -> dict:
+    """Hyperparameters of a named shape (SHAPES) or a dict of them, with overrides."""
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ValueError(f"shape {shape!r}: expected one of {', '.join(SHAPES)} or a dict of "
+                             f"{', '.join(_SHAPE_KEYS[:7])}")
+        hp = dict(SHAPES[shape])
+    elif isinstance(shape, dict):
+        unknown = sorted(set(shape) - set(_SHAPE_KEYS))
+        if unknown:
+            raise ValueError(f"shape has unknown keys {unknown}, expected some of {list(_SHAPE_KEYS)}")
+        hp = dict(SHAPES["tiny"])
+        hp.update(shape)
+        hp.setdefault("n_kv_heads", hp["n_heads"])
+    else:
+        raise ValueError(f"shape = {shape!r}: expected a name or a dict")
+    for k, v in overrides.items():
+        if v is not None:
+            hp[k] = v
+    if n_layers is not None:
+        hp["n_layers"] = n_layers
+    hp.setdefault("norm_eps", 1e-5)
+    hp.setdefault("rope_theta", 10000.0)
+    from .config import ModelConfig
+    cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}).validate("shape")
+    if cfg.dim % 32 or cfg.hidden_dim % 32:
+        raise ValueError(f"shape: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be multiples "
+                         f"of 32 (Q8_0/Q4_0 blocks)")
+    return hp
+
+
+def _tensor_seed(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+def _random_tensor(name: str, shape: tuple, ggml_type: int, seed: int, std: float) -> np.ndarray:
+    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time."""
+    if len(shape) == 1:
+        return np.ones(shape, dtype=np.float32)
+    rows, cols = shape
+    rng = _tensor_seed(seed, name)
+    if ggml_type == F32:
+        out = np.empty((rows, cols), dtype=np.float32)
+    elif ggml_type == F16:
+        out = np.empty((rows, cols), dtype=np.float16)
+    else:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+        block = 34 if ggml_type == Q8_0 else 18
+        out = np.empty((rows, cols // 32 * block), dtype=np.uint8)
+    step = max(1, (1 << 22) // cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        x = rng.standard_normal((r1 - r0, cols), dtype=np.float32)
+        x *= std
+        if ggml_type in (F32, F16):
+            out[r0:r1] = x
+        else:
+            out[r0:r1] = quantize(x, GGMLQuantizationType(ggml_type))
+    return out
+
+
+def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers: Optional[int] = None,
+                      seed: int = 0, vocab=None, std: float = 0.02, progress: Optional[bool] = None) -> str:
+    """Write a llama GGUF file of a real model's shape with random weights ~ N(0, std).
+
+    shape: a name in SHAPES ("tinyllama-1.1b", "llama2-7b-layers", "stories110m", "tiny") or a
+    dict of hyperparameters; dtype: "f32", "f16", "q8_0" or "q4_0" for every matrix (norms
+    stay f32); n_layers overrides the shape's; vocab: a tokenizer file (sentencepiece .model,
+    llama2.c tokenizer.bin, GGUF), a tokenizer.Vocab, or None for a synthetic vocabulary of
+    the right size.  Tensors are made and written one at a time (memory: one tensor), to a
+    temporary file renamed into place at the end.  Returns the path.
+    """
+    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+    path = os.fspath(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype = {dtype!r}, expected one of {', '.join(DTYPES)}")
+    if n_layers is not None and (not isinstance(n_layers, int) or n_layers < 1):
+        raise ValueError(f"n_layers = {n_layers!r}, expected a positive integer")
+    if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
+        raise ValueError(f"std = {std!r}, expected a positive number")
+    hp = resolve_shape(shape, n_layers)
+    from .config import ModelConfig
+    from .tokenizer import Tokenizer, Vocab
+    if vocab is None:
+        vocab = synthetic_vocab(hp["vocab_size"])
+    elif not isinstance(vocab, Vocab):
+        vocab = Tokenizer.from_file(os.fspath(vocab)).vocab
+    if len(vocab.pieces) != hp["vocab_size"]:
+        raise ValueError(f"the vocabulary has {len(vocab.pieces)} tokens, the shape has vocab_size "
+                         f"{hp['vocab_size']}")
+    cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    gtype = DTYPES[dtype]
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"{path}: directory {out_dir} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, expected an output file name")
+
+    shapes = layer_tensor_shapes(cfg)
+    order = ["token_embd.weight"] + \
+        sorted((n for n in shapes if n.startswith("blk.")), key=lambda n: (int(n.split(".")[1]), n)) + \
+        ["output_norm.weight", "output.weight"]
+    tmp = path + f".{os.getpid()}.tmp"
+    writer = GGUFWriter(tmp, "llama")
+    bar = None
+    try:
+        name = shape if isinstance(shape, str) else "custom"
+        writer.add_name(f"random-{name}-{dtype}")
+        writer.add_uint32("llama.vocab_size", cfg.vocab_size)
+        writer.add_context_length(cfg.max_seq_len)
+        writer.add_embedding_length(cfg.dim)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_feed_forward_length(cfg.hidden_dim)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.n_kv_heads)
+        writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
+        writer.add_rope_freq_base(float(cfg.rope_theta))
+        writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
+        if gtype in (Q8_0, Q4_0):
+            writer.add_quantization_version(2)
+        writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
+        vocab.add_to_gguf(writer)
+        for n in order:
+            shp = shapes[n]
+            if len(shp) == 1:
+                writer.add_tensor_info(n, shp, np.dtype(np.float32), 4 * shp[0])
+            elif gtype in (F32, F16):
+                dt = np.dtype(np.float32 if gtype == F32 else np.float16)
+                writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
+            else:
+                nb = shp[0] * shp[1] // 32 * (34 if gtype == Q8_0 else 18)
+                writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
+                                       raw_dtype=GGMLQuantizationType(gtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        if progress is None:
+            progress = sys.stderr.isatty()
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(order), unit="tensor", desc=os.path.basename(path), leave=False)
+        for n in order:
+            data = _random_tensor(n, shapes[n], gtype, seed, std)
+            writer.write_tensor_data(data)
+            del data
+            if bar is not None:
+                bar.update(1)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return path
+
+
+# ----------------------------------------------------------------------------- cost model
+
+MATMUL_OPS = ("qkv_proj", "attn_out_proj", "ffn_gate_up", "ffn_down", "classifier")
+
+
+def _value_bytes(ggml_type: int) -> float:
+    return {F32: 4.0, F16: 2.0, Q8_0: 34 / 32, Q4_0: 18 / 32}[ggml_type]
+
+
+class CostModel:
+    """Bytes each operator must move and FLOPs it must do for a step (see module doc)."""
+
+    def __init__(self, ckpt):
+        cfg = self.cfg = ckpt.config
+        t = ckpt.tensors
+
+        def nbytes(name):
+            return int(t[name].data.nbytes)
+        L = cfg.n_layers
+        self.w = {
+            "qkv_proj": sum(nbytes(f"blk.{i}.attn_{x}.weight") for i in range(L) for x in "qkv"),
+            "attn_out_proj": sum(nbytes(f"blk.{i}.attn_output.weight") for i in range(L)),
+            "ffn_gate_up": sum(nbytes(f"blk.{i}.ffn_{x}.weight") for i in range(L) for x in ("gate", "up")),
+            "ffn_down": sum(nbytes(f"blk.{i}.ffn_down.weight") for i in range(L)),
+            "classifier": nbytes("output.weight" if "output.weight" in t else "token_embd.weight"),
+        }
+        self.types = {op: t[n].ggml_type for op, n in (
+            ("qkv_proj", "blk.0.attn_q.weight"), ("attn_out_proj", "blk.0.attn_output.weight"),
+            ("ffn_gate_up", "blk.0.ffn_gate.weight"), ("ffn_down", "blk.0.ffn_down.weight"),
+            ("classifier", "output.weight" if "output.weight" in t else "token_embd.weight"))}
+        self.embed_row_bytes = _value_bytes(t["token_embd.weight"].ggml_type) * cfg.dim
+        self.norm_bytes = 4 * cfg.dim
+
+    def decode_weight_bytes(self) -> float:
+        """Weight bytes one decode token streams: every matrix once, one embedding row, norms."""
+        return sum(self.w.values()) + self.embed_row_bytes + self.norm_bytes * (2 * self.cfg.n_layers + 1)
+
+    def step(self, chunks) -> Dict[str, tuple]:
+        """{op: (bytes, flops)} of one Model.step over `chunks` (seq_id, tokens, start_pos, logits)."""
+        c = self.cfg
+        L, d, h, q, kv, hd = c.n_layers, c.dim, c.hidden_dim, c.q_dim, c.kv_dim, c.head_dim
+        T = sum(len(ch.tokens) for ch in chunks)
+        n_out = sum(len(ch.tokens) if ch.logits == "all" else 1 if ch.logits == "last" else 0
+                    for ch in chunks)
+        # attended positions summed over tokens: token at position p attends p + 1 positions
+        att = sum(len(ch.tokens) * ch.start_pos + len(ch.tokens) * (len(ch.tokens) + 1) // 2
+                  for ch in chunks)
+        f4 = 4
+        out = {
+            "embed": (T * (self.embed_row_bytes + f4 * d), 0),
+            "rmsnorm": (L * 2 * (2 * f4 * T * d + self.norm_bytes) + n_out * 2 * f4 * d + self.norm_bytes,
+                        (L * 2 * T + n_out) * 4 * d),
+            "qkv_proj": (self.w["qkv_proj"] + L * f4 * T * (d + q + 2 * kv), L * 2 * T * d * (q + 2 * kv)),
+            "rope": (L * 2 * f4 * T * (q + kv), L * 3 * T * (q + kv)),
+            "kv_write": (L * 2 * 2 * f4 * T * kv, 0),
+            "attention": (L * (2 * f4 * att * kv + 2 * f4 * T * q), L * att * c.n_heads * (4 * hd + 5)),
+            "attn_out_proj": (self.w["attn_out_proj"] + L * f4 * T * (q + d), L * 2 * T * q * d),
+            "residual": (L * 2 * 3 * f4 * T * d, L * 2 * T * d),
+            "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + 2 * h), L * 2 * 2 * T * d * h),
+            "swiglu": (L * 3 * f4 * T * h, L * 6 * T * h),
+            "ffn_down": (self.w["ffn_down"] + L * f4 * T * (h + d), L * 2 * T * h * d),
+            "classifier": ((self.w["classifier"] + f4 * n_out * (d + c.vocab_size)) if n_out else 0,
+                           2 * n_out * d * c.vocab_size),
+        }
+        return out
+
+
+def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict, types: Dict[str, int],
+             steps: int = 1) -> List[dict]:
+    """Rows of the per-operator table: time share, bytes, FLOPs, achieved GB/s and GFLOP/s,
+    arithmetic intensity, memory/compute bound by the roofline of `limits`, and the fraction
+    of that roofline reached.  Quantized matmuls are measured against the int8 peak."""
+    total = sum(op_seconds.values()) or float("nan")
+    bw = limits["read_gbps"] * GB
+    rows = []
+    for op, secs in op_seconds.items():
+        nbytes, flops = costs.get(op, (0, 0))
+        if secs <= 0 and nbytes == 0 and flops == 0:
+            continue
+        quant = op in MATMUL_OPS and types.get(op) in (Q8_0, Q4_0)
+        peak = (limits["int8_gops"] if quant else limits["fma_gflops"]) * GB
+        intensity = flops / nbytes if nbytes else float("inf")
+        roof = min(peak, intensity * bw) if flops else None
+        gbps = nbytes / secs / GB if secs > 0 else float("nan")
+        gflops = flops / secs / GB if secs > 0 else float("nan")
+        if flops:
+            bound = "memory" if intensity * bw < peak else "compute"
+            frac = (flops / secs) / roof if secs > 0 else float("nan")
+        else:
+            bound = "memory"
+            frac = (nbytes / secs) / bw if secs > 0 else float("nan")
+        rows.append({
+            "op": op, "seconds": secs / steps, "share": secs / total, "bytes": nbytes / steps,
+            "flops": flops / steps, "gbps": gbps, "gflops": gflops, "intensity": intensity,
+            "bound": bound, "roof": "int8" if quant else "fp32", "roof_fraction": frac,
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- step recorder
+
+@dataclass
+class StepRecord:
+    t0: float
+    t1: float
+    n_prefill: int            # prompt tokens processed in this step
+    n_decode: int             # generated tokens fed back (one per decoding sequence)
+    ops: Optional[dict]       # operator seconds of this step (when profiling)
+    costs: Dict[str, tuple]
+    kv_blocks_used: int
+
+
+class StepRecorder:
+    """Wraps `llm.model.step` to time every step, split its tokens into prompt and generated
+    ones, read the profiler per step, and track KV blocks in use."""
+
+    def __init__(self, llm, profile: bool = True):
+        self.llm = llm
+        self.model = llm.model
+        self.cost = CostModel(llm.checkpoint)
+        self.records: List[StepRecord] = []
+        self.prompt_len: Dict[int, int] = {}       # seq id -> prompt length
+        self.profile = profile
+        self._orig = None
+
+    def __enter__(self):
+        model = self.model
+        self._orig = model.step
+        dec = model.decoder
+        dec.profile(self.profile)
+        if self.profile:
+            dec.op_times(reset=True)
+        kv = model.kv
+
+        def step(chunks):
+            t0 = time.perf_counter()
+            out = self._orig(chunks)
+            t1 = time.perf_counter()
+            ops = dec.op_times(reset=True) if self.profile else None
+            n_pre = n_dec = 0
+            for ch in chunks:
+                plen = self.prompt_len.get(ch.seq_id)
+                n = len(ch.tokens)
+                if plen is None:
+                    n_pre += n
+                else:
+                    pre = max(0, min(n, plen - ch.start_pos))
+                    n_pre += pre
+                    n_dec += n - pre
+            self.records.append(StepRecord(t0, t1, n_pre, n_dec, ops, self.cost.step(chunks),
+                                           kv.n_blocks - kv.n_free))
+            return out
+
+        model.step = step
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.step                  # back to the class method
+        self.model.decoder.profile(False)
+        return False
+
+    def watch(self, requests) -> None:
+        for r in requests:
+            self.prompt_len[r.id] = len(r.prompt_ids)
+
+    def clear(self) -> None:
+        self.records = []
+
+    @staticmethod
+    def sum_ops(records) -> tuple:
+        secs: Dict[str, float] = {}
+        costs: Dict[str, list] = {}
+        for r in records:
+            for op, s in (r.ops or {}).items():
+                secs[op] = secs.get(op, 0.0) + s
+            for op, (b, f) in r.costs.items():
+                acc = costs.setdefault(op, [0, 0])
+                acc[0] += b
+                acc[1] += f
+        return secs, {k: tuple(v) for k, v in costs.items()}
+
+
+# ----------------------------------------------------------------------------- one sequence
+
+def _model_info(llm, path) -> dict:
+    cfg = llm.config
+    counts: Dict[str, int] = {}
+    for name, shape in layer_tensor_shapes(cfg).items():
+        if len(shape) == 2:
+            tn = TYPE_NAMES[llm.checkpoint.tensors[name].ggml_type]
+            counts[tn] = counts.get(tn, 0) + 1
+    return {
+        "path": os.fspath(path),
+        "file_bytes": os.path.getsize(path) if os.path.isfile(path) else None,
+        "config": {k: getattr(cfg, k) for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
+                                                 "head_dim", "vocab_size", "max_seq_len")},
+        "matrix_types": counts,
+        "params": int(sum(int(np.prod(s)) for s in layer_tensor_shapes(cfg).values())),
+        "weight_bytes": int(llm.model.weight_bytes),
+    }
+
+
+def _memory(llm, kv_peak_blocks: int) -> dict:
+    kv = llm.model.kv
+    block_bytes = kv.bytes_per_token * kv.block_size
+    return {
+        "weights_bytes": int(llm.model.weight_bytes),
+        "kv_bytes_per_token": int(kv.bytes_per_token),
+        "kv_in_use_peak_bytes": int(kv_peak_blocks * block_bytes),
+        "kv_pool_bytes": int(kv.nbytes),
+        "kv_block_size": kv.block_size,
+        "workspace_bytes": int(llm.model.decoder.workspace_bytes()),
+        "peak_rss_bytes": proc_status_bytes("VmHWM"),
+        "rss_bytes": proc_status_bytes("VmRSS"),
+    }
+
+
+def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, gen_tokens: int = 128,
+                 repeats: int = 3, tokenizer=None, seed: int = 0, limits: Optional[dict] = None,
+                 limits_kwargs: Optional[dict] = None) -> dict:
+    """Benchmark one sequence: prefill of `prompt_tokens` (random ids after BOS) in one step,
+    then `gen_tokens` greedy decode steps, `repeats` times after a warm-up; medians.
+    `limits` (from measure_limits) are measured here when not given."""
+    from .engine import LLM
+    from .model import resolve_threads
+    from .sampling import SamplingParams
+    for name, v in (("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} = {v!r}, expected a positive integer")
+    threads = resolve_threads(threads)
+    t0 = time.perf_counter()
+    llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=1,
+              max_batch_tokens=max(prompt_tokens, 1))
+    load_s = time.perf_counter() - t0
+    cfg = llm.config
+    if prompt_tokens + gen_tokens > cfg.max_seq_len:
+        raise ValueError(f"--prompt-tokens {prompt_tokens} + --gen-tokens {gen_tokens} = "
+                         f"{prompt_tokens + gen_tokens} exceeds the model's context length {cfg.max_seq_len}")
+    if limits is None:
+        limits = measure_limits(threads, **(limits_kwargs or {}))
+    rng = np.random.default_rng(seed)
+    low = min(3, cfg.vocab_size - 1)
+    ids = [cfg.bos_id] + rng.integers(low, cfg.vocab_size, size=prompt_tokens - 1).tolist()
+    def run(n_gen):
+        req = llm._request(ids, SamplingParams(max_tokens=n_gen, temperature=0.0, stop_at_eos=False), 0)
+        rec.watch([req])
+        stamps = []
+        start = time.perf_counter()
+        for _ in llm.generate_step([req]):
+            stamps.append(time.perf_counter())
+        return start, stamps, req
+
+    runs = []
+    with CpuMonitor() as mon, StepRecorder(llm, profile=True) as rec:
+        run(min(2, gen_tokens))                   # warm-up: maps every weight page in
+        rec.clear()
+        op_pre: Dict[str, float] = {}
+        op_dec: Dict[str, float] = {}
+        cost_pre = cost_dec = None
+        kv_peak = 0
+        for _ in range(repeats):
+            rec.clear()
+            start, stamps, req = run(gen_tokens)
+            recs = rec.records
+            pre = [r for r in recs if r.n_prefill > 0]
+            dec = [r for r in recs if r.n_prefill == 0]
+            prefill_s = sum(r.t1 - r.t0 for r in pre)
+            dec_steps = [r.t1 - r.t0 for r in dec]
+            gaps = np.diff(stamps).tolist()
+            runs.append({
+                "ttft_s": stamps[0] - start,
+                "prefill_s": prefill_s,
+                "decode_s": stamps[-1] - stamps[0],
+                "decode_step_s": sum(dec_steps),
+                "token_gaps_s": gaps,
+                "tokens": list(req.generated),
+            })
+            kv_peak = max([kv_peak] + [r.kv_blocks_used for r in recs])
+            s_pre, c_pre = StepRecorder.sum_ops(pre)
+            s_dec, c_dec = StepRecorder.sum_ops(dec)
+            for op, s in s_pre.items():
+                op_pre[op] = op_pre.get(op, 0.0) + s / repeats
+            for op, s in s_dec.items():
+                op_dec[op] = op_dec.get(op, 0.0) + s / repeats
+            cost_pre, cost_dec = c_pre, c_dec
+            n_dec_steps = len(dec)
+            pre_overhead = prefill_s - sum(s_pre.values())
+            dec_overhead = sum(dec_steps) - sum(s_dec.values())
+            runs[-1]["step_overhead_s"] = {"prefill": pre_overhead, "decode": dec_overhead}
+    cpu = mon.summary()
+
+    cost = CostModel(llm.checkpoint)
+    types = cost.types
+    quant = any(t in (Q8_0, Q4_0) for t in types.values())
+    prefill_s = _median([r["prefill_s"] for r in runs])
+    n_decode = gen_tokens - 1                       # tokens after the first come from decode steps
+    decode_s = _median([r["decode_s"] for r in runs])
+    dec_tok_s = n_decode / decode_s if n_decode and decode_s > 0 else float("nan")
+    pre_flops = sum(f for _, f in cost_pre.values()) if cost_pre else 0
+    wbytes = cost.decode_weight_bytes()
+    gaps = [g for r in runs for g in r["token_gaps_s"]]
+    result = {
+        "model": _model_info(llm, path),
+        "machine": {"cpu": cpu_model(), "usable_cores": usable_cores(), "threads": threads,
+                    "limits": limits},
+        "settings": {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats,
+                     "seed": seed},
+        "load_s": load_s,
+        "ttft_s": _median([r["ttft_s"] for r in runs]),
+        "prefill": {
+            "tokens": prompt_tokens,
+            "seconds": prefill_s,
+            "tok_s": prompt_tokens / prefill_s,
+            "flops": pre_flops,
+            "gflops": pre_flops / prefill_s / GB,
+            "fraction_of_fma_peak": pre_flops / prefill_s / GB / limits["fma_gflops"],
+            "fraction_of_int8_peak": (pre_flops / prefill_s / GB / limits["int8_gops"]) if quant else None,
+            "runs_s": [r["prefill_s"] for r in runs],
+        },
+        "decode": {
+            "tokens": n_decode,
+            "tok_s": dec_tok_s,
+            "ms_per_token": 1e3 / dec_tok_s if dec_tok_s == dec_tok_s else float("nan"),
+            "token_latency_ms": {"p50": 1e3 * _percentile(gaps, 50), "p95": 1e3 * _percentile(gaps, 95)},
+            "weight_bytes_per_token": wbytes,
+            "gbps": wbytes * dec_tok_s / GB,
+            "fraction_of_bandwidth": wbytes * dec_tok_s / GB / limits["read_gbps"],
+            "runs_tok_s": [n_decode / r["decode_s"] if r["decode_s"] > 0 else None for r in runs],
+        },
+        "ops": {
+            "prefill": op_table(op_pre, cost_pre or {}, limits, types, 1),
+            "decode": op_table(op_dec, cost_dec or {}, limits, types, max(1, n_dec_steps)),
+            "overhead_s": {"prefill": _median([r["step_overhead_s"]["prefill"] for r in runs]),
+                           "decode_per_step": _median([r["step_overhead_s"]["decode"] for r in runs])
+                           / max(1, n_dec_steps),
+                           "engine_per_token": (decode_s - _median([r["decode_step_s"] for r in runs]))
+                           / max(1, n_decode)},
+        },
+        "memory": _memory(llm, kv_peak),
+        "cpu": cpu,
+        "deterministic": all(r["tokens"] == runs[0]["tokens"] for r in runs),
+    }
+    return result
+
+
+# ----------------------------------------------------------------------------- prompts file
+
+@dataclass
+class PromptFile:
+    prompts: List[str]
+    lines: List[int]               # 1-based line number of each prompt
+    blank_lines: int = 0
+    replaced_lines: List[int] = field(default_factory=list)   # lines with invalid UTF-8 (replaced)
+
+
+def read_prompts(path, errors: str = "strict") -> PromptFile:
+    """One prompt per line.  Blank (whitespace-only) lines are skipped; a trailing '\\r' is
+    dropped; invalid UTF-8 is an error naming the line (errors="strict") or decoded with
+    U+FFFD (errors="replace"); a file with no prompt is an error."""
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors = {errors!r}, expected 'strict' or 'replace'")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, expected a text file with one prompt per line")
+    with open(path, "rb") as f:
+        data = f.read()
+    prompts, lines, replaced = [], [], []
+    blank = 0
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()                      # the newline ending the last line starts no new line
+    for i, raw in enumerate(raw_lines, start=1):
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if errors == "strict":
+                raise ValueError(f"{path}: line {i}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1}); fix the file or pass --errors replace") from None
+            text = raw.decode("utf-8", errors="replace")
+            replaced.append(i)
+        if not text.strip():
+            blank += 1
+            continue
+        prompts.append(text)
+        lines.append(i)
+    if not prompts:
+        raise ValueError(f"{path}: no prompts (the file is empty or has only blank lines)")
+    return PromptFile(prompts, lines, blank, replaced)
+
+
+# ----------------------------------------------------------------------------- batch
+
+def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None) -> dict:
+    """Run `requests` with continuous batching (at most max_seqs at once); timings."""
+    rec.clear()
+    rec.watch(requests)
+    first: Dict[int, float] = {}
+    last: Dict[int, float] = {}
+    gaps: List[float] = []
+    start = time.perf_counter()
+    for req, _ in llm.generate_step(requests, max_seqs=max_seqs):
+        now = time.perf_counter()
+        if req.id in last:
+            gaps.append(now - last[req.id])
+        else:
+            first[req.id] = now - start
+        last[req.id] = now
+        if bar is not None:
+            bar.update(1)
+    wall = time.perf_counter() - start
+    recs = rec.records
+    n_prompt = sum(len(r.prompt_ids) for r in requests)
+    n_gen = sum(len(r.generated) for r in requests)
+    pre_steps = [r for r in recs if r.n_prefill > 0]
+    dec_steps = [r for r in recs if r.n_prefill == 0]
+    pre_s = sum(r.t1 - r.t0 for r in pre_steps)
+    dec_s = sum(r.t1 - r.t0 for r in dec_steps)
+    dec_tokens = sum(r.n_decode for r in dec_steps)
+    ttft = list(first.values())
+    return {
+        "wall_s": wall,
+        "requests": len(requests),
+        "prompt_tokens": n_prompt,
+        "generated_tokens": n_gen,
+        "steps": len(recs),
+        "preemptions": llm.last_stats.get("preemptions", 0),
+        "total_tok_s": (n_prompt + n_gen) / wall,
+        "generation_tok_s": n_gen / wall,
+        "prefill_tok_s": sum(r.n_prefill for r in pre_steps) / pre_s if pre_s > 0 else None,
+        "decode_tok_s": dec_tokens / dec_s if dec_s > 0 else None,
+        "prefill_steps_s": pre_s,
+        "decode_steps_s": dec_s,
+        "mean_decode_batch": dec_tokens / len(dec_steps) if dec_steps else None,
+        "ttft_s": {"p50": _percentile(ttft, 50), "p95": _percentile(ttft, 95), "mean": float(np.mean(ttft))},
+        "token_latency_ms": {"p50": 1e3 * _percentile(gaps, 50), "p95": 1e3 * _percentile(gaps, 95)},
+        "kv_blocks_peak": max([r.kv_blocks_used for r in recs] or [0]),
+    }
+
+
+def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, threads: Optional[int] = None,
+                tokenizer=None, truncate: bool = False, errors: str = "strict", baseline: bool = True,
+                max_batch_tokens: int = 256, ignore_eos: bool = False, progress: Optional[bool] = None) -> dict:
+    """Continuous batching of every prompt in `prompts_file` with at most `batch` sequences
+    at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time."""
+    from .engine import LLM
+    from .model import resolve_threads
+    from .sampling import SamplingParams
+    for name, v in (("batch", batch), ("max_tokens", max_tokens), ("max_batch_tokens", max_batch_tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} = {v!r}, expected a positive integer")
+    pf = read_prompts(prompts_file, errors)
+    threads = resolve_threads(threads)
+    t0 = time.perf_counter()
+    llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=batch, max_batch_tokens=max_batch_tokens)
+    load_s = time.perf_counter() - t0
+    cfg = llm.config
+    room = cfg.max_seq_len - max_tokens
+    if room < 1:
+        raise ValueError(f"--max-tokens {max_tokens} leaves no room for a prompt in the model's "
+                         f"context length {cfg.max_seq_len}")
+    encoded, truncated = [], []
+    for text, line in zip(pf.prompts, pf.lines):
+        ids = llm.tokenizer.encode(text, bos=True)
+        if len(ids) > room:
+            if not truncate:
+                raise ValueError(f"{os.fspath(prompts_file)}: line {line}: prompt of {len(ids)} tokens + "
+                                 f"--max-tokens {max_tokens} exceeds the model's context length "
+                                 f"{cfg.max_seq_len} (shorten it or pass --truncate)")
+            ids = ids[:1] + ids[len(ids) - (room - 1):] if room > 1 else ids[:1]
+            truncated.append(line)
+        encoded.append(ids)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_at_eos=not ignore_eos)
+
+    def make_requests():
+        return [llm._request(ids, params, i) for i, ids in enumerate(encoded)]
+
+    total_tokens = len(encoded) * max_tokens
+    if progress is None:
+        progress = sys.stderr.isatty()
+    result = {
+        "model": _model_info(llm, path),
+        "machine": {"cpu": cpu_model(), "usable_cores": usable_cores(), "threads": threads},
+        "settings": {"batch": batch, "max_tokens": max_tokens, "max_batch_tokens": max_batch_tokens,
+                     "truncate": truncate, "errors": errors, "ignore_eos": ignore_eos, "greedy": True},
+        "load_s": load_s,
+        "prompts": {"file": os.fspath(prompts_file), "count": len(encoded),
+                    "blank_lines_skipped": pf.blank_lines, "truncated_lines": truncated,
+                    "replaced_lines": pf.replaced_lines,
+                    "tokens": {"total": sum(map(len, encoded)), "min": min(map(len, encoded)),
+                               "mean": float(np.mean([len(e) for e in encoded])),
+                               "max": max(map(len, encoded))}},
+    }
+    with StepRecorder(llm, profile=False) as rec:
+        warm = [llm._request(encoded[0], SamplingParams(max_tokens=1, temperature=0.0), 0)]
+        _run_requests(llm, warm, 1, rec)               # warm-up: maps the weights in
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total_tokens, unit="tok", desc=f"batch {batch}", leave=False,
+                       file=sys.stderr, dynamic_ncols=True)
+        try:
+            with CpuMonitor() as mon:
+                reqs = make_requests()
+                result["batch"] = _run_requests(llm, reqs, batch, rec, bar)
+            result["cpu"] = mon.summary()
+            result["cpu"]["samples"] = mon.samples
+            batch_tokens = [list(r.generated) for r in reqs]
+            result["memory"] = _memory(llm, result["batch"]["kv_blocks_peak"])
+            if baseline and batch > 1:
+                if bar is not None:
+                    bar.reset(total=total_tokens)
+                    bar.set_description("batch 1")
+                with CpuMonitor() as mon1:
+                    reqs1 = make_requests()
+                    result["baseline"] = _run_requests(llm, reqs1, 1, rec, bar)
+                result["baseline"]["cpu"] = mon1.summary()
+                b, s = result["batch"], result["baseline"]
+                result["speedup"] = {
+                    "generation": b["generation_tok_s"] / s["generation_tok_s"],
+                    "total": b["total_tok_s"] / s["total_tok_s"],
+                    "decode_steps": (b["decode_tok_s"] / s["decode_tok_s"])
+                    if b["decode_tok_s"] and s["decode_tok_s"] else None,
+                }
+                result["outputs_identical"] = batch_tokens == [list(r.generated) for r in reqs1]
+            else:
+                result["baseline"] = None
+                result["speedup"] = None
+        finally:
+            if bar is not None:
+                bar.close()
+    return result
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def _fmt_num(x, spec=".1f") -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "-"
+    return format(x, spec)
+
+
+def _table(headers, rows, left: int = 1) -> str:
+    """Plain-text table; the first `left` columns left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i < left else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt_count(x) -> str:
+    """1234567 -> '1.23 M' (FLOPs)."""
+    x = float(x)
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(x) < 1000 or unit == "T":
+            return f"{x:.0f}" if unit == "" else f"{x:.2f} {unit}"
+        x /= 1000
+    return f"{x:.2f} T"
+
+
+def _limits_text(lim: dict) -> str:
+    vnni = lim.get("int8_vnni_gops")
+    return (f"read bandwidth {lim['read_gbps']:.1f} GB/s, fp32 FMA {lim['fma_gflops']:.0f} GFLOP/s, "
+            f"int8 {lim['int8_gops']:.0f} GOP/s (maddubs)"
+            + (f", {vnni:.0f} GOP/s (VNNI)" if vnni else "")
+            + f"  [{lim['threads']} threads, {lim['simd']}]")
+
+
+def _ops_text(rows) -> str:
+    return _table(
+        ["op", "ms/step", "share", "bytes", "FLOPs", "GB/s", "GFLOP/s", "flop/B", "bound", "% roof"],
+        [[r["op"], _fmt_num(r["seconds"] * 1e3, ".3f"), f"{100 * r['share']:.1f}%", _fmt_bytes(r["bytes"]),
+          _fmt_count(r["flops"]), _fmt_num(r["gbps"]), _fmt_num(r["gflops"]),
+          _fmt_num(r["intensity"], ".2f"), r["bound"] + ("" if r["roof"] == "fp32" or r["bound"] == "memory"
+                                                          else " (int8)"),
+          _fmt_num(100 * r["roof_fraction"], ".0f") + "%"] for r in rows])
+
+
+def _memory_text(m: dict) -> str:
+    return _table(["memory", "bytes"], [
+        ["weights (mapped)", _fmt_bytes(m["weights_bytes"])],
+        ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
+        ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
+        ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],
+        ["workspace", _fmt_bytes(m["workspace_bytes"])],
+        ["peak RSS", _fmt_bytes(m["peak_rss_bytes"])],
+    ])
+
+
+def format_single(r: dict) -> str:
+    m, p, d = r["model"], r["prefill"], r["decode"]
+    lim = r["machine"]["limits"]
+    c = m["config"]
+    out = [
+        f"model    {m['path']}: dim {c['dim']}, hidden {c['hidden_dim']}, {c['n_layers']} layers, "
+        f"{c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}; "
+        f"{', '.join(f'{n} {k}' for k, n in m['matrix_types'].items())} matrices; "
+        f"{_fmt_bytes(m['weight_bytes'])} of weights",
+        f"machine  {r['machine']['cpu']}, {r['machine']['usable_cores']} usable cores",
+        f"limits   {_limits_text(lim)}",
+        "",
+        _table(["", ""], [
+            ["load", f"{r['load_s'] * 1e3:.0f} ms"],
+            [f"prefill ({p['tokens']} tokens)", f"{p['tok_s']:.1f} tok/s  ({p['gflops']:.1f} GFLOP/s = "
+             f"{100 * p['fraction_of_fma_peak']:.0f}% of FMA peak"
+             + (f", {100 * p['fraction_of_int8_peak']:.0f}% of int8 peak" if p["fraction_of_int8_peak"] else "")
+             + ")"],
+            ["time to first token", f"{r['ttft_s'] * 1e3:.1f} ms"],
+            [f"decode ({d['tokens']} tokens)", f"{d['tok_s']:.2f} tok/s  ({d['ms_per_token']:.1f} ms/token, "
+             f"p50 {d['token_latency_ms']['p50']:.1f} / p95 {d['token_latency_ms']['p95']:.1f} ms)"],
+            ["decode weight streaming", f"{_fmt_bytes(d['weight_bytes_per_token'])}/token x tok/s = "
+             f"{d['gbps']:.1f} GB/s = {100 * d['fraction_of_bandwidth']:.0f}% of measured bandwidth"],
+        ], left=2),
+        "",
+        f"prefill operators (one step of {p['tokens']} tokens)",
+        _ops_text(r["ops"]["prefill"]),
+        "",
+        "decode operators (per step of 1 token)",
+        _ops_text(r["ops"]["decode"]),
+        f"outside the operators: prefill {r['ops']['overhead_s']['prefill'] * 1e3:.2f} ms, decode "
+        f"{r['ops']['overhead_s']['decode_per_step'] * 1e3:.3f} ms/step in Model.step + "
+        f"{r['ops']['overhead_s']['engine_per_token'] * 1e3:.3f} ms/token in the engine (sampling, scheduling)",
+        "",
+        _memory_text(r["memory"]),
+        "",
+        f"cpu      {r['cpu'].get('avg_cpu_pct', float('nan')):.0f}% average"
+        + (f"; other processes {r['cpu']['other_processes_cpu_pct']:.0f}%"
+           if "other_processes_cpu_pct" in r["cpu"] else ""),
+    ]
+    return "\n".join(out)
+
+
+def format_batch(r: dict) -> str:
+    b, s, pr = r["batch"], r.get("baseline"), r["prompts"]
+    st = r["settings"]
+
+    def row(name, x):
+        return [name, f"{x['wall_s']:.2f} s", f"{x['total_tok_s']:.1f}", _fmt_num(x["prefill_tok_s"]),
+                _fmt_num(x["decode_tok_s"]), f"{x['generation_tok_s']:.1f}",
+                f"{x['ttft_s']['p50'] * 1e3:.0f} / {x['ttft_s']['p95'] * 1e3:.0f}",
+                f"{x['token_latency_ms']['p50']:.1f} / {x['token_latency_ms']['p95']:.1f}"]
+    rows = [row(f"batch {st['batch']}", b)]
+    if s:
+        rows.append(row("batch 1", s))
+    out = [
+        f"model    {r['model']['path']}  ({', '.join(f'{n} {k}' for k, n in r['model']['matrix_types'].items())})",
+        f"machine  {r['machine']['cpu']}, {r['machine']['threads']} threads",
+        f"prompts  {pr['count']} from {pr['file']} ({pr['tokens']['total']} tokens, "
+        f"{pr['tokens']['min']}-{pr['tokens']['max']} each), {st['max_tokens']} new tokens each, greedy"
+        + (f"; {pr['blank_lines_skipped']} blank lines skipped" if pr["blank_lines_skipped"] else "")
+        + (f"; truncated lines {pr['truncated_lines']}" if pr["truncated_lines"] else "")
+        + (f"; invalid UTF-8 replaced on lines {pr['replaced_lines']}" if pr["replaced_lines"] else ""),
+        "",
+        _table(["run", "wall", "total tok/s", "prefill tok/s", "decode tok/s", "gen tok/s",
+                "TTFT p50/p95 ms", "token ms p50/p95"], rows),
+    ]
+    if r.get("speedup"):
+        sp = r["speedup"]
+        out.append(f"speed-up over one at a time: {sp['generation']:.2f}x generated tokens/s, "
+                   f"{_fmt_num(sp['decode_steps'], '.2f')}x in decode steps; outputs identical: "
+                   f"{r['outputs_identical']}")
+    out += [f"steps {b['steps']}, mean decode batch {_fmt_num(b['mean_decode_batch'])}, "
+            f"preemptions {b['preemptions']}", "", _memory_text(r["memory"]), ""]
+    c = r["cpu"]
+    out.append(f"cpu      utime {c['utime_s']:.1f} s, stime {c['stime_s']:.1f} s, average {c['avg_cpu_pct']:.0f}%, "
+               f"vsize {_fmt_bytes(c['vsize_bytes'])}, state {c['state']}, {c['num_threads']} threads"
+               + (f"; other processes {c['other_processes_cpu_pct']:.0f}%" if "other_processes_cpu_pct" in c else ""))
+    return "\n".join(out)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+def _dump_json(obj) -> str:
+    def clean(x):
+        if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=2, default=_json_default)
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+def _parse(parser, argv):
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def _check_weight(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+@cli_entry("xllm-benchmark")
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="xllm-benchmark",
+                       description="One-sequence speed of a model: prefill, decode, per-operator roofline, "
+                                   "against this machine's measured limits.")
+    p.add_argument("--weight", required=True, help="model: GGUF, llama2.c .bin or HF directory")
+    p.add_argument("--token", help="tokenizer (when the model file has no vocabulary)")
+    p.add_argument("--threads", type=positive_int, help="threads (default: usable cores)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default 128)")
+    p.add_argument("--gen-tokens", type=positive_int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="measured runs; medians (default 3)")
+    p.add_argument("--bandwidth-mb", type=positive_int, default=1024,
+                   help="buffer of the bandwidth probe in MB (default 1024; keep it >> L3)")
+    p.add_argument("--probe-iters", type=positive_int, default=20_000_000,
+                   help="iterations of the FMA / int8 probes per thread (default 20000000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = _parse(p, argv)
+    if isinstance(args, int):
+        return args
+    _check_weight(args.weight)
+    r = bench_single(args.weight, threads=args.threads, prompt_tokens=args.prompt_tokens,
+                     gen_tokens=args.gen_tokens, repeats=args.repeats, tokenizer=args.token,
+                     seed=args.seed, limits_kwargs={"bandwidth_bytes": args.bandwidth_mb << 20,
+                                    "compute_iters": args.probe_iters})
+    print(_dump_json(r) if args.json else format_single(r))
+    _contention_warning(r["cpu"], "xllm-benchmark")
+    return 0
+
+
+@cli_entry("xllm-benchmark-batch")
+def batch_main(argv=None) -> int:
+    p = ArgumentParser(prog="xllm-benchmark-batch",
+                       description="Continuous-batching throughput and latency over a file of prompts "
+                                   "(one per line), compared with running them one at a time.")
+    p.add_argument("--weight", required=True, help="model: GGUF, llama2.c .bin or HF directory")
+    p.add_argument("--file", required=True, help="prompts, one per line (UTF-8; blank lines skipped)")
+    p.add_argument("--token", help="tokenizer (when the model file has no vocabulary)")
+    p.add_argument("--batch", type=positive_int, default=16, help="sequences at once (max_seqs, default 16)")
+    p.add_argument("--max-tokens", type=positive_int, default=128, help="new tokens per prompt (default 128)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=256,
+                   help="token budget of one step (default 256)")
+    p.add_argument("--threads", type=positive_int, help="threads (default: usable cores)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut prompts that do not fit the context (keeps BOS and the end) instead of failing")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8 in the file: fail naming the line (strict, default) or use U+FFFD")
+    p.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time run")
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = _parse(p, argv)
+    if isinstance(args, int):
+        return args
+    _check_weight(args.weight)
+    if not os.path.exists(args.file):
+        raise FileNotFoundError(f"{args.file}: no such file")
+    r = bench_batch(args.weight, args.file, batch=args.batch, max_tokens=args.max_tokens, threads=args.threads,
+                    tokenizer=args.token, truncate=args.truncate, errors=args.errors,
+                    baseline=not args.no_baseline, max_batch_tokens=args.max_batch_tokens,
+                    ignore_eos=args.ignore_eos)
+    if args.json:
+        print(_dump_json(r))
+    else:
+        print(format_batch(r))
+    _contention_warning(r["cpu"], "xllm-benchmark-batch")
+    return 0
+
+
+@cli_entry("xllm-benchmark make-model")
+def make_model_main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m xllm.benchmark make-model",
+                       description="Write a random-weight llama GGUF model of a real shape.")
+    p.add_argument("--shape", default="tinyllama-1.1b",
+                   help=f"one of {', '.join(SHAPES)}, or 'custom' with --dim etc. (default tinyllama-1.1b)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="f32", help="type of every matrix (default f32)")
+    p.add_argument("--layers", type=positive_int, help="number of layers (default: the shape's)")
+    for flag, key in (("--dim", "dim"), ("--hidden-dim", "hidden_dim"), ("--heads", "n_heads"),
+                      ("--kv-heads", "n_kv_heads"), ("--vocab", "vocab_size"), ("--ctx", "max_seq_len")):
+        p.add_argument(flag, dest=key, type=positive_int, help=f"override {key}")
+    p.add_argument("--token", help="vocabulary to embed (sentencepiece .model, llama2.c tokenizer.bin, GGUF); "
+                                   "default: a synthetic byte-level vocabulary of the shape's size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="output .gguf file")
+    args = _parse(p, argv)
+    if isinstance(args, int):
+        return args
+    overrides = {k: getattr(args, k) for k in ("dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size",
+                                               "max_seq_len")}
+    if args.shape == "custom":
+        shape = {k: v for k, v in overrides.items() if v is not None}
+        overrides = {}
+    else:
+        shape = args.shape
+        if shape not in SHAPES:
+            raise UsageError(f"--shape {shape!r}: expected one of {', '.join(SHAPES)} or custom")
+    vocab = args.token
+    if vocab is not None and not os.path.exists(vocab):
+        raise FileNotFoundError(f"{vocab}: no such file")
+    hp = resolve_shape(shape, args.layers, **overrides)
+    if any(v is not None for v in overrides.values()):
+        shape = hp                            # a named shape with overrides is a custom one
+    t0 = time.perf_counter()
+    make_random_model(args.output, shape, args.dtype, n_layers=args.layers, seed=args.seed, vocab=vocab)
+    print(f"wrote {args.output}: {args.shape} shape, {hp['n_layers']} layers, {args.dtype}, "
+          f"{_fmt_bytes(os.path.getsize(args.output))} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _module_main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "make-model":
+        return make_model_main(argv[1:])
+    if argv and argv[0] == "batch":
+        return batch_main(argv[1:])
+    if argv and argv[0] == "limits":
+        threads = int(argv[1]) if len(argv) > 1 else usable_cores()
+        print(_dump_json(measure_limits(threads)))
+        return 0
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_module_main())
