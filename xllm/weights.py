@@ -152,11 +152,8 @@ def _int_field(reader, key, path, required=True, default=None):
 
 
 def open_gguf(path: str) -> Checkpoint:
-    from gguf import GGUFReader
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    from .gguf_file import GGUFFile
+    reader = GGUFFile(path)
     arch = _field(reader, "general.architecture", path)
     if arch != "llama":
         raise ValueError(f"{path}: general.architecture = {arch!r}, expected 'llama'")
@@ -173,17 +170,12 @@ def open_gguf(path: str) -> Checkpoint:
     if scaling not in ("none", None):
         raise ValueError(f"{path}: {a}rope.scaling.type = {scaling!r}, expected 'none' (not supported)")
     tensors = {}
-    file_size = os.path.getsize(path)
-    for rt in reader.tensors:
-        ggml_type = int(rt.tensor_type)
-        shape = tuple(int(d) for d in reversed(list(rt.shape)))
-        if rt.data_offset + int(rt.n_bytes) > file_size:
-            raise ValueError(f"{path}: tensor {rt.name!r} ends at byte {rt.data_offset + int(rt.n_bytes)}, "
-                             f"past the end of the file ({file_size} bytes): truncated file")
+    for rt in reader.tensors:      # offsets and sizes already checked against the file
+        shape = tuple(int(d) for d in reversed(rt.shape))
         data = rt.data
-        if ggml_type in BLOCK_BYTES and data.ndim == 1:
+        if rt.tensor_type in BLOCK_BYTES and data.ndim == 1:
             data = data.reshape(1, -1)
-        tensors[rt.name] = Tensor(rt.name, ggml_type, shape, data)
+        tensors[rt.name] = Tensor(rt.name, rt.tensor_type, shape, data)
     vocab_size = _int_field(reader, a + "vocab_size", path, False, None)
     embd = tensors.get("token_embd.weight")
     if vocab_size is None:
