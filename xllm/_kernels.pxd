@@ -17,6 +17,11 @@ cdef extern from "simd.h" nogil:
     ctypedef struct xllm_block_q8_0:
         uint16_t d
         int8_t qs[32]
+    ctypedef struct xllm_block_q8_act:
+        float d
+        int32_t corr[8]
+        int8_t qs[32]
+    void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n)
     int xllm_cpu_has_avx2()
     int xllm_set_simd_level(int level)
     float xllm_fp16_to_fp32(uint16_t h)
@@ -94,7 +99,7 @@ ctypedef struct Workspace:
     float *hb               # (T, hidden_dim) gate, then SwiGLU output
     float *hb2              # (T, hidden_dim) up
     float *xout             # (T, dim) projection output before the residual add
-    char *xq                # (T, max_cols/32) Q8_0 blocks: activations quantized once per matmul
+    char *xq                # (T, max_cols/32) xllm_block_q8_act: activations quantized once per matmul
     float *acc              # (n_threads, acc_per_thread) matmul lane accumulators
     size_t acc_per_thread
     float *att              # (n_threads, head_dim + block_size) attention scratch

@@ -93,7 +93,7 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_b
                       int n_k, const float *xf, int T, float *y, float *acc) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens: tiles of 3 rows x 4 tokens over k-chunks.
 
-    x is float (F32/F16 weights; ldx, n_k in values) or Q8_0 blocks (ldx, n_k in blocks).
+    x is float (F32/F16 weights; ldx, n_k in values) or xllm_block_q8_act (ldx, n_k in blocks).
     One token streams each row once (a single k-chunk); several tokens walk k in chunks so
     the rows and token slices in use stay in cache.
     """
@@ -159,10 +159,10 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     nb = cols // XLLM_QK
     if any_quantized:
         if T == 1:
-            xllm_quantize_row_q8_0(x, <xllm_block_q8_0 *>ws.xq, cols)
+            xllm_quantize_row_q8_act(x, <xllm_block_q8_act *>ws.xq, cols)
         else:
             for t in prange(T, schedule='static', num_threads=ws.n_threads):
-                xllm_quantize_row_q8_0(x + <size_t>t * cols, <xllm_block_q8_0 *>ws.xq + <size_t>t * nb, cols)
+                xllm_quantize_row_q8_act(x + <size_t>t * cols, <xllm_block_q8_act *>ws.xq + <size_t>t * nb, cols)
     with parallel(num_threads=ws.n_threads):
         acc = ws.acc + threadid() * ws.acc_per_thread
         for g in prange(total, schedule='static'):
@@ -171,7 +171,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
                 m = m + 1
             if is_quantized(w[m].type):
                 xin = ws.xq
-                x_bytes = sizeof(xllm_block_q8_0)
+                x_bytes = sizeof(xllm_block_q8_act)
                 ldx = nb
                 n_k = nb
             else:
@@ -541,7 +541,7 @@ cdef class Decoder:
         ws.hb = <float *>self.buffers.alloc(T * config.hidden_dim * F)
         ws.hb2 = <float *>self.buffers.alloc(T * config.hidden_dim * F)
         ws.xout = <float *>self.buffers.alloc(T * config.dim * F)
-        ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_0))
+        ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
         ws.acc_per_thread = <size_t>T * ROW_GROUP * 8 + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
         ws.att_per_thread = config.head_dim + block_size + 16
@@ -664,7 +664,7 @@ def matmul(w, int ggml_type, x, int threads=1):
     ws.n_threads = threads
     ws.acc_per_thread = <size_t>T * ROW_GROUP * 8
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
-    ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_0))
+    ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
     y = np.empty((T, rows), dtype=np.float32)
     cdef float[:, ::1] yv = y
     cdef const float[:, ::1] xv = x

@@ -141,6 +141,27 @@ static void xllm_quantize_row_q8_0(const float *x, xllm_block_q8_0 *y, int n) {
     }
 }
 
+/* Activations as the quantized kernels read them: the Q8_0 block of the activation (same
+ * values and fp16-rounded scale as xllm_quantize_row_q8_0), with the scale already widened
+ * and, for Q4_0 weights, corr[j] = 8 * (qs[4j] + .. + qs[4j+3]): Q4_0 stores w + 8 as an
+ * unsigned nibble n, and sum((n - 8) * x) = sum(n * x) - corr, lane by lane, exactly. */
+typedef struct {
+    float d;                    /* scale (an fp16 value) */
+    int32_t corr[8];            /* 8 * sum of qs over each group of 4 */
+    int8_t qs[XLLM_QK];
+} xllm_block_q8_act;
+
+static void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n) {
+    xllm_block_q8_0 q;
+    for (int b = 0; b < n / XLLM_QK; b++) {
+        xllm_quantize_row_q8_0(x + b * XLLM_QK, &q, XLLM_QK);
+        y[b].d = xllm_fp16_to_fp32(q.d);
+        memcpy(y[b].qs, q.qs, XLLM_QK);
+        for (int j = 0; j < 8; j++)
+            y[b].corr[j] = 8 * ((int)q.qs[4 * j] + q.qs[4 * j + 1] + q.qs[4 * j + 2] + q.qs[4 * j + 3]);
+    }
+}
+
 /* Dequantize one row of n values of the given type into floats. */
 static void xllm_dequantize_row(int type, const void *src, float *dst, int n) {
     if (type == XLLM_F32) {
@@ -232,11 +253,14 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
  * (token t at x + t*ldx), the products over the k-range [k0, k1) into acc[(t*ldacc + r)*8 ..+8].
  * For F32/F16, k counts values and x is float; [k0, k1) is a multiple of 8 except for a
  * final range reaching n, whose leftover (< 8) is added by `finish`.  For Q8_0/Q4_0, k
- * counts 32-value blocks and x is the activation quantized to Q8_0.
+ * counts 32-value blocks and x is the activation quantized to Q8_0 (xllm_block_q8_act).
  */
 
 #define XLLM_TILE_ROWS 3     /* rows per micro-tile: 3 rows x 4 tokens = 12 accumulators */
 #define XLLM_TILE_TOKENS 4
+#ifndef XLLM_PREFETCH_BYTES
+#define XLLM_PREFETCH_BYTES 4096   /* software prefetch distance for decode's weight stream */
+#endif
 
 /* scalar F32/F16: emulates the 8-lane accumulation */
 static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, const float *x,
@@ -260,10 +284,10 @@ static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, 
 }
 
 static void xllm_tile_quant_scalar(int type, const char *w, size_t ldw, int nr,
-                                   const xllm_block_q8_0 *x, size_t ldx, int nt, int b0, int b1,
+                                   const xllm_block_q8_act *x, size_t ldx, int nt, int b0, int b1,
                                    float *acc, int ldacc) {
     for (int t = 0; t < nt; t++) {
-        const xllm_block_q8_0 *xt = x + t * ldx;
+        const xllm_block_q8_act *xt = x + t * ldx;
         for (int r = 0; r < nr; r++) {
             float *a = acc + ((size_t)t * ldacc + r) * 8;
             for (int b = b0; b < b1; b++) {
@@ -272,14 +296,14 @@ static void xllm_tile_quant_scalar(int type, const char *w, size_t ldw, int nr,
                 if (type == XLLM_Q8_0) {
                     const xllm_block_q8_0 *wb = (const xllm_block_q8_0 *)(w + r * ldw) + b;
                     for (int j = 0; j < 32; j++) lanes[j / 4] += (int)wb->qs[j] * (int)xt[b].qs[j];
-                    d = xllm_fp16_to_fp32(wb->d) * xllm_fp16_to_fp32(xt[b].d);
+                    d = xllm_fp16_to_fp32(wb->d) * xt[b].d;
                 } else {
                     const xllm_block_q4_0 *wb = (const xllm_block_q4_0 *)(w + r * ldw) + b;
                     for (int j = 0; j < 16; j++) {
                         lanes[j / 4] += ((wb->qs[j] & 0x0f) - 8) * (int)xt[b].qs[j];
                         lanes[(j + 16) / 4] += ((wb->qs[j] >> 4) - 8) * (int)xt[b].qs[j + 16];
                     }
-                    d = xllm_fp16_to_fp32(wb->d) * xllm_fp16_to_fp32(xt[b].d);
+                    d = xllm_fp16_to_fp32(wb->d) * xt[b].d;
                 }
                 for (int l = 0; l < 8; l++) a[l] += d * (float)lanes[l];
             }
@@ -359,23 +383,23 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
     }
 }
 
-/* 32 signed weights (as int8 in a register) times 32 int8 activations: 8 int32 lanes of
- * 4 products each, via maddubs on |w| and sign-transferred x (the ggml sign trick). */
-XLLM_AVX2_FN static inline __m256 xllm_q8dot_avx2(__m256i w, __m256i x) {
+/* One weight block times one activation block: 8 int32 lanes of 4 products each, as float.
+ * Q8_0: maddubs on |w| and x with w's sign (the ggml sign trick).  Q4_0: maddubs on the
+ * unsigned nibbles and x, minus the activation's precomputed 8 * sum(x) per lane. */
+XLLM_AVX2_FN static inline __m256 xllm_qdot_avx2(int type, const char *row, int b,
+                                                 const xllm_block_q8_act *xb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i aw = _mm256_sign_epi8(w, w);
-    __m256i sx = _mm256_sign_epi8(x, w);
-    __m256i p16 = _mm256_maddubs_epi16(aw, sx);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-}
-
-XLLM_AVX2_FN static inline __m256i xllm_load_q_avx2(int type, const char *row, int b) {
-    if (type == XLLM_Q8_0)
-        return _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)row)[b].qs));
+    __m256i x = _mm256_loadu_si256((const __m256i *)xb->qs);
+    if (type == XLLM_Q8_0) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)row)[b].qs));
+        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+    }
     __m128i packed = _mm_loadu_si128((const __m128i *)(((const xllm_block_q4_0 *)row)[b].qs));
     __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
                                    _mm256_set1_epi8(0x0f));
-    return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+    __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(p32, _mm256_loadu_si256((const __m256i *)xb->corr)));
 }
 
 XLLM_AVX2_FN static inline float xllm_load_qd(int type, const char *row, int b) {
@@ -385,57 +409,39 @@ XLLM_AVX2_FN static inline float xllm_load_qd(int type, const char *row, int b) 
 }
 
 XLLM_AVX2_FN static void xllm_tile_quant_avx2(int type, const char *w, size_t ldw, int nr,
-                                              const xllm_block_q8_0 *x, size_t ldx, int nt,
+                                              const xllm_block_q8_act *x, size_t ldx, int nt,
                                               int b0, int b1, float *acc, int ldacc) {
+    const size_t block_bytes = type == XLLM_Q8_0 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
     if (nr == 3 && nt == 4) {
         __m256 c[3][4];
         for (int t = 0; t < 4; t++)
             for (int r = 0; r < 3; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
         for (int b = b0; b < b1; b++) {
-            __m256i wq[3];
             float wd[3];
-            for (int r = 0; r < 3; r++) {
-                wq[r] = xllm_load_q_avx2(type, w + r * ldw, b);
-                wd[r] = xllm_load_qd(type, w + r * ldw, b);
-            }
+            for (int r = 0; r < 3; r++) wd[r] = xllm_load_qd(type, w + r * ldw, b);
             for (int t = 0; t < 4; t++) {
-                const xllm_block_q8_0 *xb = x + t * ldx + b;
-                __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
-                float xd = _cvtsh_ss(xb->d);
+                const xllm_block_q8_act *xb = x + t * ldx + b;
                 for (int r = 0; r < 3; r++)
-                    c[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * xd), xllm_q8dot_avx2(wq[r], xq), c[r][t]);
+                    c[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * xb->d),
+                                              xllm_qdot_avx2(type, w + r * ldw, b, xb), c[r][t]);
             }
         }
         for (int t = 0; t < 4; t++)
             for (int r = 0; r < 3; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
         return;
     }
+    /* one token (decode), and edge tiles: each row on its own, rows one after another, so a
+     * thread's weights are one sequential stream (prefetched ahead in software) */
     for (int t = 0; t < nt; t++) {
-        const xllm_block_q8_0 *xt = x + t * ldx;
-        int r = 0;
-        for (; r + 2 <= nr; r += 2) {          /* two rows share each activation block */
-            const char *w0 = w + r * ldw, *w1 = w0 + ldw;
-            float *a = acc + ((size_t)t * ldacc + r) * 8;
-            __m256 c0 = _mm256_loadu_ps(a), c1 = _mm256_loadu_ps(a + 8);
-            for (int b = b0; b < b1; b++) {
-                __m256i xq = _mm256_loadu_si256((const __m256i *)xt[b].qs);
-                float xd = _cvtsh_ss(xt[b].d);
-                c0 = _mm256_fmadd_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b) * xd),
-                                     xllm_q8dot_avx2(xllm_load_q_avx2(type, w0, b), xq), c0);
-                c1 = _mm256_fmadd_ps(_mm256_set1_ps(xllm_load_qd(type, w1, b) * xd),
-                                     xllm_q8dot_avx2(xllm_load_q_avx2(type, w1, b), xq), c1);
-            }
-            _mm256_storeu_ps(a, c0); _mm256_storeu_ps(a + 8, c1);
-        }
-        for (; r < nr; r++) {
+        const xllm_block_q8_act *xt = x + t * ldx;
+        for (int r = 0; r < nr; r++) {
             const char *w0 = w + r * ldw;
             float *a = acc + ((size_t)t * ldacc + r) * 8;
             __m256 c0 = _mm256_loadu_ps(a);
             for (int b = b0; b < b1; b++) {
-                float xd = _cvtsh_ss(xt[b].d);
-                c0 = _mm256_fmadd_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b) * xd),
-                                     xllm_q8dot_avx2(xllm_load_q_avx2(type, w0, b),
-                                                     _mm256_loadu_si256((const __m256i *)xt[b].qs)), c0);
+                _mm_prefetch(w0 + (size_t)b * block_bytes + XLLM_PREFETCH_BYTES, _MM_HINT_T0);
+                c0 = _mm256_fmadd_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b) * xt[b].d),
+                                     xllm_qdot_avx2(type, w0, b, xt + b), c0);
             }
             _mm256_storeu_ps(a, c0);
         }
@@ -443,7 +449,7 @@ XLLM_AVX2_FN static void xllm_tile_quant_avx2(int type, const char *w, size_t ld
 }
 #endif
 
-/* Accumulate one tile; `x` is float (F32/F16 weights) or Q8_0 blocks (Q8_0/Q4_0 weights). */
+/* Accumulate one tile; `x` is float (F32/F16 weights) or xllm_block_q8_act (Q8_0/Q4_0 weights). */
 static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                              int nt, int k0, int k1, float *acc, int ldacc) {
     if (type == XLLM_F32 || type == XLLM_F16) {
@@ -457,11 +463,11 @@ static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const 
     } else {
 #if XLLM_X86
         if (xllm_simd_level == XLLM_SIMD_AVX2) {
-            xllm_tile_quant_avx2(type, w, ldw, nr, (const xllm_block_q8_0 *)x, ldx, nt, k0, k1, acc, ldacc);
+            xllm_tile_quant_avx2(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
             return;
         }
 #endif
-        xllm_tile_quant_scalar(type, w, ldw, nr, (const xllm_block_q8_0 *)x, ldx, nt, k0, k1, acc, ldacc);
+        xllm_tile_quant_scalar(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
     }
 }
 
