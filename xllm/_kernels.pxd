@@ -13,6 +13,8 @@ cdef extern from "simd.h" nogil:
     int XLLM_QK
     int XLLM_TILE_ROWS
     int XLLM_TILE_TOKENS
+    int XLLM_ROW_GROUP
+    int XLLM_K_CHUNK
     int xllm_simd_level
     ctypedef struct xllm_block_q8_0:
         uint16_t d

@@ -20,8 +20,6 @@ cnp.import_array()
 
 cdef enum:
     MAX_FUSED = 3           # matrices one fused matmul may cover (Q, K, V)
-    ROW_GROUP = 24          # weight rows per parallel work item (a multiple of XLLM_TILE_ROWS)
-    K_CHUNK = 256           # values per k-chunk when several tokens share each weight row
 
 # Operators timed when profiling (Decoder.profile); names in OP_NAMES, same order.
 cdef enum:
@@ -97,10 +95,10 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_b
     One token streams each row once (a single k-chunk); several tokens walk k in chunks so
     the rows and token slices in use stay in cache.
     """
-    cdef int kc = n_k if T == 1 else (K_CHUNK if not is_quantized(w.type) else K_CHUNK // XLLM_QK)
+    cdef int kc = n_k if T == 1 else (XLLM_K_CHUNK if not is_quantized(w.type) else XLLM_K_CHUNK // XLLM_QK)
     cdef int k0, k1, t0, nt, rr, nrr
     cdef const char *wrow = w.data + <size_t>r0 * w.row_bytes
-    memset(acc, 0, <size_t>T * ROW_GROUP * 8 * sizeof(float))
+    memset(acc, 0, <size_t>T * XLLM_ROW_GROUP * 8 * sizeof(float))
     k0 = 0
     while k0 < n_k:
         k1 = min(k0 + kc, n_k)
@@ -109,18 +107,18 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_b
             nt = min(XLLM_TILE_TOKENS, T - t0)
             if nt == 1:
                 xllm_tile(w.type, wrow, w.row_bytes, nr, x + t0 * ldx * x_bytes, ldx, 1,
-                          k0, k1, acc + <size_t>t0 * ROW_GROUP * 8, ROW_GROUP)
+                          k0, k1, acc + <size_t>t0 * XLLM_ROW_GROUP * 8, XLLM_ROW_GROUP)
             else:
                 rr = 0
                 while rr < nr:
                     nrr = min(XLLM_TILE_ROWS, nr - rr)
                     xllm_tile(w.type, wrow + rr * w.row_bytes, w.row_bytes, nrr,
                               x + t0 * ldx * x_bytes, ldx, nt, k0, k1,
-                              acc + (<size_t>t0 * ROW_GROUP + rr) * 8, ROW_GROUP)
+                              acc + (<size_t>t0 * XLLM_ROW_GROUP + rr) * 8, XLLM_ROW_GROUP)
                     rr += XLLM_TILE_ROWS
             t0 += XLLM_TILE_TOKENS
         k0 = k1
-    xllm_tile_finish(w.type, wrow, w.row_bytes, nr, xf, w.cols, T, w.cols, acc, ROW_GROUP,
+    xllm_tile_finish(w.type, wrow, w.row_bytes, nr, xf, w.cols, T, w.cols, acc, XLLM_ROW_GROUP,
                      y + r0, w.rows)
 
 
@@ -153,7 +151,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     cdef float *acc = NULL
     first[0] = 0
     for m in range(n):
-        first[m + 1] = first[m] + (w[m].rows + ROW_GROUP - 1) // ROW_GROUP
+        first[m + 1] = first[m] + (w[m].rows + XLLM_ROW_GROUP - 1) // XLLM_ROW_GROUP
         any_quantized = any_quantized or is_quantized(w[m].type)
     total = first[n]
     nb = cols // XLLM_QK
@@ -179,7 +177,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
                 x_bytes = sizeof(float)
                 ldx = cols
                 n_k = cols
-            matmul_rows(w[m], (g - first[m]) * ROW_GROUP, min(ROW_GROUP, w[m].rows - (g - first[m]) * ROW_GROUP),
+            matmul_rows(w[m], (g - first[m]) * XLLM_ROW_GROUP, min(XLLM_ROW_GROUP, w[m].rows - (g - first[m]) * XLLM_ROW_GROUP),
                         xin, x_bytes, ldx, n_k, x, T, y[m], acc)
 
 
@@ -542,7 +540,7 @@ cdef class Decoder:
         ws.hb2 = <float *>self.buffers.alloc(T * config.hidden_dim * F)
         ws.xout = <float *>self.buffers.alloc(T * config.dim * F)
         ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
-        ws.acc_per_thread = <size_t>T * ROW_GROUP * 8 + 16
+        ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8 + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
         ws.att_per_thread = config.head_dim + block_size + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
@@ -662,7 +660,7 @@ def matmul(w, int ggml_type, x, int threads=1):
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.acc_per_thread = <size_t>T * ROW_GROUP * 8
+    ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
     ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
     y = np.empty((T, rows), dtype=np.float32)

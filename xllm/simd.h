@@ -258,6 +258,12 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
 
 #define XLLM_TILE_ROWS 3     /* rows per micro-tile: 3 rows x 4 tokens = 12 accumulators */
 #define XLLM_TILE_TOKENS 4
+#ifndef XLLM_ROW_GROUP
+#define XLLM_ROW_GROUP 24    /* weight rows per parallel work item (a multiple of XLLM_TILE_ROWS) */
+#endif
+#ifndef XLLM_K_CHUNK
+#define XLLM_K_CHUNK 2048    /* values per k-chunk when several tokens share each weight row (tuned: larger chunks amortize the accumulator round trip) */
+#endif
 #ifndef XLLM_PREFETCH_BYTES
 #define XLLM_PREFETCH_BYTES 4096   /* software prefetch distance for decode's weight stream */
 #endif
