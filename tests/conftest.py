@@ -21,10 +21,12 @@ def shared_models():
     return SHARED_MODELS
 
 
-@pytest.fixture(params=["avx2", "scalar"])
+@pytest.fixture(params=["avx512", "avx2", "scalar"])
 def simd(request):
-    """Run a test through both kernel paths (AVX2 skipped only on a CPU without it)."""
+    """Run a test through every kernel path this CPU has (a level it lacks is skipped)."""
     from xllm import _kernels
+    if request.param == "avx512" and not _kernels.has_avx512():
+        pytest.skip("this CPU has no AVX-512 VNNI")
     if request.param == "avx2" and not _kernels.has_avx2():
         pytest.skip("this CPU has no AVX2/FMA")
     before = _kernels.simd_level()

@@ -186,6 +186,27 @@ def test_simd_switch():
     before = K.simd_level()
     assert K.set_simd_level("scalar") == "scalar"
     assert K.set_simd_level("avx2") == ("avx2" if K.has_avx2() else "scalar")
+    assert K.set_simd_level("avx512") == ("avx512" if K.has_avx512() else K.set_simd_level("avx2"))
     with pytest.raises(ValueError, match="'sse'"):
         K.set_simd_level("sse")
     K.set_simd_level(before)
+
+
+@pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
+def test_vnni_path_same_bits_as_avx2(qtype):
+    """vpdpbusd computes the same integer lanes as maddubs/madd: identical results."""
+    if not K.has_avx512():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(5)
+    w = quantize(rng.standard_normal((37, 320)).astype(np.float32), qtype)
+    x = rng.standard_normal((9, 320)).astype(np.float32)
+    before = K.simd_level()
+    try:
+        K.set_simd_level("avx2")
+        a = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
+        K.set_simd_level("avx512")
+        b = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
+    finally:
+        K.set_simd_level(before)
+    for p, q in zip(a, b):
+        assert np.array_equal(p, q)

@@ -6,6 +6,7 @@ from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
 cdef extern from "simd.h" nogil:
     int XLLM_SIMD_SCALAR
     int XLLM_SIMD_AVX2
+    int XLLM_SIMD_AVX512
     int XLLM_F32
     int XLLM_F16
     int XLLM_Q4_0
@@ -21,10 +22,11 @@ cdef extern from "simd.h" nogil:
         int8_t qs[32]
     ctypedef struct xllm_block_q8_act:
         float d
-        int32_t corr[8]
+        int32_t neg8sum[8]
         int8_t qs[32]
     void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n)
     int xllm_cpu_has_avx2()
+    int xllm_cpu_has_avx512vnni()
     int xllm_set_simd_level(int level)
     float xllm_fp16_to_fp32(uint16_t h)
     uint16_t xllm_fp32_to_fp16(float f)

@@ -43,7 +43,9 @@ OP_NAMES = ("embed", "rmsnorm", "qkv_proj", "rope", "kv_write", "attention", "at
 TYPE_F32, TYPE_F16, TYPE_Q4_0, TYPE_Q8_0 = 0, 1, 2, 8
 SUPPORTED_TYPES = (0, 1, 2, 8)
 
-xllm_set_simd_level(XLLM_SIMD_AVX2)   # the best path this CPU has
+xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
+
+SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512}
 
 
 # ---------------------------------------------------------------------------- SIMD switch
@@ -53,16 +55,22 @@ def has_avx2():
     return bool(xllm_cpu_has_avx2())
 
 
+def has_avx512():
+    """True when this CPU runs the AVX-512 VNNI int8 kernels (AVX512F/VL/BW/VNNI)."""
+    return bool(xllm_cpu_has_avx512vnni())
+
+
 def simd_level():
-    """'avx2' or 'scalar': the path the kernels take now."""
-    return "avx2" if xllm_simd_level == XLLM_SIMD_AVX2 else "scalar"
+    """'avx512', 'avx2' or 'scalar': the path the kernels take now."""
+    return {v: k for k, v in SIMD_LEVELS.items()}[xllm_simd_level]
 
 
 def set_simd_level(str level):
-    """Select 'avx2' or 'scalar' (tests run both); returns the level in force."""
-    if level not in ("avx2", "scalar"):
-        raise ValueError(f"SIMD level {level!r}: expected 'avx2' or 'scalar'")
-    xllm_set_simd_level(XLLM_SIMD_AVX2 if level == "avx2" else XLLM_SIMD_SCALAR)
+    """Select 'avx512', 'avx2' or 'scalar' (tests run each); the CPU's best level at or
+    below the one asked for is used.  Returns the level in force."""
+    if level not in SIMD_LEVELS:
+        raise ValueError(f"SIMD level {level!r}: expected one of {sorted(SIMD_LEVELS)}")
+    xllm_set_simd_level(SIMD_LEVELS[level])
     return simd_level()
 
 

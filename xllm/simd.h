@@ -30,8 +30,14 @@
 
 /* ------------------------------------------------------------------ dispatch */
 
-enum { XLLM_SIMD_SCALAR = 0, XLLM_SIMD_AVX2 = 1 };
+/* Levels, each a superset of the one before: AVX512 adds VNNI int8 dot products
+ * (vpdpbusd on 256-bit registers) to the quantized kernels; float kernels stay AVX2. */
+enum { XLLM_SIMD_SCALAR = 0, XLLM_SIMD_AVX2 = 1, XLLM_SIMD_AVX512 = 2 };
 static int xllm_simd_level = XLLM_SIMD_SCALAR;
+
+#if XLLM_X86
+#define XLLM_AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#endif
 
 static int xllm_cpu_has_avx2(void) {
 #if XLLM_X86 && defined(__GNUC__)
@@ -43,10 +49,22 @@ static int xllm_cpu_has_avx2(void) {
 #endif
 }
 
-/* Set the path: returns the level in force (AVX2 is refused on a CPU without it). */
+static int xllm_cpu_has_avx512vnni(void) {
+#if XLLM_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return xllm_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+/* Select a path: the highest level <= `level` this CPU has; returns the level in force. */
 static int xllm_set_simd_level(int level) {
-    xllm_simd_level = (level == XLLM_SIMD_AVX2 && xllm_cpu_has_avx2()) ? XLLM_SIMD_AVX2
-                                                                       : XLLM_SIMD_SCALAR;
+    if (level >= XLLM_SIMD_AVX512 && xllm_cpu_has_avx512vnni()) xllm_simd_level = XLLM_SIMD_AVX512;
+    else if (level >= XLLM_SIMD_AVX2 && xllm_cpu_has_avx2()) xllm_simd_level = XLLM_SIMD_AVX2;
+    else xllm_simd_level = XLLM_SIMD_SCALAR;
     return xllm_simd_level;
 }
 
@@ -143,11 +161,11 @@ static void xllm_quantize_row_q8_0(const float *x, xllm_block_q8_0 *y, int n) {
 
 /* Activations as the quantized kernels read them: the Q8_0 block of the activation (same
  * values and fp16-rounded scale as xllm_quantize_row_q8_0), with the scale already widened
- * and, for Q4_0 weights, corr[j] = 8 * (qs[4j] + .. + qs[4j+3]): Q4_0 stores w + 8 as an
- * unsigned nibble n, and sum((n - 8) * x) = sum(n * x) - corr, lane by lane, exactly. */
+ * and, for Q4_0 weights, neg8sum[j] = -8 * (qs[4j] + .. + qs[4j+3]): Q4_0 stores w + 8 as an
+ * unsigned nibble n, and sum((n - 8) * x) = sum(n * x) + neg8sum, lane by lane, exactly. */
 typedef struct {
     float d;                    /* scale (an fp16 value) */
-    int32_t corr[8];            /* 8 * sum of qs over each group of 4 */
+    int32_t neg8sum[8];         /* -8 * sum of qs over each group of 4 */
     int8_t qs[XLLM_QK];
 } xllm_block_q8_act;
 
@@ -158,7 +176,7 @@ static void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n
         y[b].d = xllm_fp16_to_fp32(q.d);
         memcpy(y[b].qs, q.qs, XLLM_QK);
         for (int j = 0; j < 8; j++)
-            y[b].corr[j] = 8 * ((int)q.qs[4 * j] + q.qs[4 * j + 1] + q.qs[4 * j + 2] + q.qs[4 * j + 3]);
+            y[b].neg8sum[j] = -8 * ((int)q.qs[4 * j] + q.qs[4 * j + 1] + q.qs[4 * j + 2] + q.qs[4 * j + 3]);
     }
 }
 
@@ -234,7 +252,7 @@ XLLM_AVX2_FN static void xllm_axpy_f32_avx2(float a, const float *x, float *y, i
 /* Dot product of two float vectors (attention scores). */
 static inline float xllm_dot_f32(const float *a, const float *b, int n) {
 #if XLLM_X86
-    if (xllm_simd_level == XLLM_SIMD_AVX2) return xllm_dot_f32_avx2(a, b, n);
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) return xllm_dot_f32_avx2(a, b, n);
 #endif
     return xllm_dot_f32_scalar(a, b, n);
 }
@@ -242,7 +260,7 @@ static inline float xllm_dot_f32(const float *a, const float *b, int n) {
 /* y += a * x (attention's weighted sum of values). */
 static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
 #if XLLM_X86
-    if (xllm_simd_level == XLLM_SIMD_AVX2) { xllm_axpy_f32_avx2(a, x, y, n); return; }
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) { xllm_axpy_f32_avx2(a, x, y, n); return; }
 #endif
     xllm_axpy_f32_scalar(a, x, y, n);
 }
@@ -391,7 +409,7 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
 
 /* One weight block times one activation block: 8 int32 lanes of 4 products each, as float.
  * Q8_0: maddubs on |w| and x with w's sign (the ggml sign trick).  Q4_0: maddubs on the
- * unsigned nibbles and x, minus the activation's precomputed 8 * sum(x) per lane. */
+ * unsigned nibbles and x, plus the activation's precomputed -8 * sum(x) per lane. */
 XLLM_AVX2_FN static inline __m256 xllm_qdot_avx2(int type, const char *row, int b,
                                                  const xllm_block_q8_act *xb) {
     const __m256i ones = _mm256_set1_epi16(1);
@@ -405,7 +423,7 @@ XLLM_AVX2_FN static inline __m256 xllm_qdot_avx2(int type, const char *row, int 
     __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
                                    _mm256_set1_epi8(0x0f));
     __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(p32, _mm256_loadu_si256((const __m256i *)xb->corr)));
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(p32, _mm256_loadu_si256((const __m256i *)xb->neg8sum)));
 }
 
 XLLM_AVX2_FN static inline float xllm_load_qd(int type, const char *row, int b) {
@@ -455,12 +473,95 @@ XLLM_AVX2_FN static void xllm_tile_quant_avx2(int type, const char *w, size_t ld
 }
 #endif
 
+#if XLLM_X86
+/* The same integer lanes as xllm_qdot_avx2, with vpdpbusd (unsigned x signed bytes, four
+ * products summed into each int32 lane of the accumulator operand):
+ *   Q8_0: x + 128 is unsigned (x ^ 0x80), and the accumulator starts at -128 * sum(w);
+ *   Q4_0: the nibbles are unsigned, and the accumulator starts at the activation's neg8sum.
+ * Results are bit-identical to the AVX2 path. */
+XLLM_AVX512_FN static inline __m256i xllm_q4_nibbles_vnni(const char *row, int b) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)(((const xllm_block_q4_0 *)row)[b].qs));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
+}
+
+XLLM_AVX512_FN static void xllm_tile_quant_vnni(int type, const char *w, size_t ldw, int nr,
+                                                const xllm_block_q8_act *x, size_t ldx, int nt,
+                                                int b0, int b1, float *acc, int ldacc) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    const __m256i zero = _mm256_setzero_si256();
+    const size_t block_bytes = type == XLLM_Q8_0 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
+    if (nr == 3 && nt == 4) {
+        __m256 c[3][4];
+        for (int t = 0; t < 4; t++)
+            for (int r = 0; r < 3; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
+        for (int b = b0; b < b1; b++) {
+            __m256i wv[3], start[3];
+            __m256 bw[3];
+            for (int r = 0; r < 3; r++) {
+                const char *row = w + r * ldw;
+                bw[r] = _mm256_set1_ps(xllm_load_qd(type, row, b));
+                if (type == XLLM_Q8_0) {
+                    wv[r] = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)row)[b].qs));
+                    start[r] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, wv[r]));
+                } else {
+                    wv[r] = xllm_q4_nibbles_vnni(row, b);
+                }
+            }
+            for (int t = 0; t < 4; t++) {
+                const xllm_block_q8_act *xb = x + t * ldx + b;
+                __m256 bx = _mm256_set1_ps(xb->d);
+                __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+                if (type == XLLM_Q8_0) {
+                    __m256i xu = _mm256_xor_si256(xq, bias);
+                    for (int r = 0; r < 3; r++)
+                        c[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(bw[r], bx),
+                                                  _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start[r], xu, wv[r])), c[r][t]);
+                } else {
+                    __m256i ns = _mm256_loadu_si256((const __m256i *)xb->neg8sum);
+                    for (int r = 0; r < 3; r++)
+                        c[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(bw[r], bx),
+                                                  _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(ns, wv[r], xq)), c[r][t]);
+                }
+            }
+        }
+        for (int t = 0; t < 4; t++)
+            for (int r = 0; r < 3; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
+        return;
+    }
+    for (int t = 0; t < nt; t++) {      /* decode and edge tiles: rows one after another */
+        const xllm_block_q8_act *xt = x + t * ldx;
+        for (int r = 0; r < nr; r++) {
+            const char *w0 = w + r * ldw;
+            float *a = acc + ((size_t)t * ldacc + r) * 8;
+            __m256 c0 = _mm256_loadu_ps(a);
+            for (int b = b0; b < b1; b++) {
+                _mm_prefetch(w0 + (size_t)b * block_bytes + XLLM_PREFETCH_BYTES, _MM_HINT_T0);
+                __m256i xq = _mm256_loadu_si256((const __m256i *)xt[b].qs);
+                __m256i p;
+                if (type == XLLM_Q8_0) {
+                    __m256i wq = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)w0)[b].qs));
+                    __m256i start = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, wq));
+                    p = _mm256_dpbusd_epi32(start, _mm256_xor_si256(xq, bias), wq);
+                } else {
+                    p = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)xt[b].neg8sum),
+                                            xllm_q4_nibbles_vnni(w0, b), xq);
+                }
+                c0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b)),
+                                                   _mm256_set1_ps(xt[b].d)),
+                                     _mm256_cvtepi32_ps(p), c0);
+            }
+            _mm256_storeu_ps(a, c0);
+        }
+    }
+}
+#endif
+
 /* Accumulate one tile; `x` is float (F32/F16 weights) or xllm_block_q8_act (Q8_0/Q4_0 weights). */
 static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                              int nt, int k0, int k1, float *acc, int ldacc) {
     if (type == XLLM_F32 || type == XLLM_F16) {
 #if XLLM_X86
-        if (xllm_simd_level == XLLM_SIMD_AVX2) {
+        if (xllm_simd_level >= XLLM_SIMD_AVX2) {
             xllm_tile_float_avx2(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
             return;
         }
@@ -468,6 +569,10 @@ static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const 
         xllm_tile_float_scalar(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
     } else {
 #if XLLM_X86
+        if (xllm_simd_level == XLLM_SIMD_AVX512) {
+            xllm_tile_quant_vnni(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
+            return;
+        }
         if (xllm_simd_level == XLLM_SIMD_AVX2) {
             xllm_tile_quant_avx2(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
             return;
