@@ -20,6 +20,8 @@ def cli_entry(prog: str):
         def main(argv=None):
             try:
                 return fn(argv) or 0
+            except SystemExit as exc:       # argparse: --help (0) or a bad argument (2)
+                return exc.code if isinstance(exc.code, int) else 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130

@@ -100,3 +100,7 @@ def _main(argv=None) -> int:
 
 def main(argv=None) -> int:
     return _main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
