@@ -232,3 +232,10 @@ def test_bad_prompts_file(tmp_path, content, needle):
     f = tmp_path / "p.txt"
     f.write_bytes(content)
     assert_one_line_error(run("--file", f), needle)
+
+
+def test_more_threads_than_cores_warns():
+    from xllm.model import usable_cores
+    r = run("--threads", usable_cores() + 1, "--steps", 20, "--temperature", 0)
+    assert r.returncode == 0
+    assert "warning" in r.stderr and "cores" in r.stderr
