@@ -10,32 +10,9 @@ from __future__ import annotations
 import sys
 import time
 
-from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
+from .cli_errors import ArgumentParser, UsageError, cli_entry, finite_float, non_negative_int, positive_int
 
 DEFAULT_PROMPT = "Once upon a time"
-
-
-def non_negative_int(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    import argparse
-    import math
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def build_parser() -> ArgumentParser:
