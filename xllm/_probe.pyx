@@ -59,29 +59,45 @@ cdef int _check(int threads, int repeats) except -1:
     return 0
 
 
-def read_bandwidth(size_t nbytes=1 << 30, int threads=1, int passes=5, simd=None):
+cdef extern from "sys/mman.h" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    int madvise(void *addr, size_t length, int advice)
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE, MADV_NOHUGEPAGE
+    void *MAP_FAILED
+
+
+def read_bandwidth(size_t nbytes=1 << 30, int threads=1, int passes=5, simd=None, hugepages=True):
     """Read bandwidth in GB/s (1e9 bytes/s) of each of `passes` stream-sums over a buffer of
-    `nbytes` (make it much larger than the last-level cache), after one warm-up pass."""
+    `nbytes` (make it much larger than the last-level cache), after one warm-up pass.
+
+    The buffer is anonymous memory advised to use transparent huge pages (hugepages=True, the
+    best case) or 4 KiB pages (False: like a memory-mapped model file in the page cache)."""
     _check(threads, passes)
     cdef int avx2 = _use_avx2(simd)
     cdef size_t n = (nbytes // 4) // <size_t>(64 * threads) * <size_t>(64 * threads)
     if n < <size_t>(64 * threads):
         raise ValueError(f"nbytes = {nbytes}, expected at least {256 * threads}")
-    raw = np.empty(n + 16, dtype=np.float32)          # 64-byte aligned view below
-    cdef uintptr_t base = <uintptr_t>cnp.PyArray_DATA(raw)
-    cdef float *buf = <float *>((base + 63) & ~(<uintptr_t>63))
+    cdef size_t length = n * 4
+    cdef void *mem = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if mem == MAP_FAILED:
+        raise MemoryError(f"cannot map {length} bytes for the bandwidth probe")
+    madvise(mem, length, MADV_HUGEPAGE if hugepages else MADV_NOHUGEPAGE)   # advice only
+    cdef float *buf = <float *>mem
     cdef double secs, total
-    with nogil:
-        xllm_probe_fill(buf, n, threads)
-        xllm_probe_read(buf, n, threads, avx2, &total)      # warm-up (page-table, TLB)
     out = []
-    for _ in range(passes):
+    try:
         with nogil:
-            secs = xllm_probe_read(buf, n, threads, avx2, &total)
-        if total != <double>n:                              # every float is 1.0: all were read
-            raise RuntimeError(f"read probe summed {total}, expected {n}")
-        out.append(n * 4.0 / secs / 1e9)
-    del raw
+            xllm_probe_fill(buf, n, threads)
+            xllm_probe_read(buf, n, threads, avx2, &total)      # warm-up (page tables, TLB)
+        for _ in range(passes):
+            with nogil:
+                secs = xllm_probe_read(buf, n, threads, avx2, &total)
+            if total != <double>n:                              # every float is 1.0: all were read
+                raise RuntimeError(f"read probe summed {total}, expected {n}")
+            out.append(n * 4.0 / secs / 1e9)
+    finally:
+        munmap(mem, length)
     return out
 
 

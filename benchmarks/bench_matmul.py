@@ -1,0 +1,116 @@
+"""xllm's matmul kernel against numpy's (OpenBLAS) on TinyLlama's projection shapes.
+
+    python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0] [--json]
+
+y = x @ W.T with W (rows, cols) and x (T, cols): T = 1 is a decode GEMV (weight streaming,
+measured against read bandwidth), T = 128 a prefill GEMM (measured against the fp32 FMA peak,
+and the int8 peak for Q8_0/Q4_0).  Shapes (rows x cols): 2048x2048 (q/o projections),
+5632x2048 (gate/up), 2048x5632 (down).  Each call reads its weights from memory, not from
+cache: the benchmark cycles through enough copies of W to exceed the last-level cache.
+numpy runs on the same number of threads (OPENBLAS_NUM_THREADS is set before it loads).
+Medians of --repeats timed calls per case.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q4_0"],
+                   choices=["f32", "f16", "q8_0", "q4_0"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--cache-mb", type=int, default=256, help="bytes of weight copies cycled through (>> L3)")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args()
+
+
+args = parse()
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+
+import numpy as np  # noqa: E402  (after the thread count is set)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from gguf import GGMLQuantizationType  # noqa: E402
+from gguf.quants import quantize  # noqa: E402
+
+from xllm import _kernels  # noqa: E402
+from xllm.benchmark import measure_limits  # noqa: E402
+
+TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+def weights(kind, w32):
+    if kind == "f32":
+        return w32
+    if kind == "f16":
+        return w32.astype(np.float16)
+    return quantize(w32, GGMLQuantizationType(TYPES[kind]))
+
+
+def timed(fn, copies, repeats):
+    fn(copies[0])                                   # warm-up
+    times = []
+    for i in range(repeats):
+        w = copies[(i + 1) % len(copies)]
+        t0 = time.perf_counter()
+        fn(w)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main():
+    lim = measure_limits(args.threads)
+    rng = np.random.default_rng(0)
+    rows_out = []
+    for rows, cols in SHAPES:
+        w32 = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02)
+        for T in args.tokens:
+            x = rng.standard_normal((T, cols), dtype=np.float32)
+            flops = 2.0 * T * rows * cols
+            for kind in ["numpy"] + args.types:
+                base = w32 if kind == "numpy" else weights(kind, w32)
+                n = max(2, -(-(args.cache_mb << 20) // base.nbytes))
+                copies = [base] + [base.copy() for _ in range(n - 1)]
+                if kind == "numpy":
+                    secs = timed(lambda w: x @ w.T, copies, args.repeats)
+                else:
+                    secs = timed(lambda w: _kernels.matmul(w, TYPES[kind], x, args.threads), copies, args.repeats)
+                del copies
+                gflops = flops / secs / 1e9
+                gbps = base.nbytes / secs / 1e9
+                quant = kind in ("q8_0", "q4_0")
+                rows_out.append({
+                    "shape": f"{rows}x{cols}", "tokens": T, "kernel": kind, "ms": secs * 1e3,
+                    "gflops": gflops, "weight_gbps": gbps,
+                    "fraction_of_fma_peak": gflops / lim["fma_gflops"],
+                    "fraction_of_int8_peak": gflops / lim["int8_gops"] if quant else None,
+                    "fraction_of_bandwidth": gbps / lim["read_gbps"],
+                })
+    # ratio to numpy on the same shape and token count
+    ref = {(r["shape"], r["tokens"]): r["ms"] for r in rows_out if r["kernel"] == "numpy"}
+    for r in rows_out:
+        r["vs_numpy"] = ref[(r["shape"], r["tokens"])] / r["ms"]
+    if args.json:
+        print(json.dumps({"limits": lim, "threads": args.threads, "results": rows_out}, indent=2))
+        return
+    print(f"limits: read {lim['read_gbps']:.1f} GB/s, fp32 FMA {lim['fma_gflops']:.0f} GFLOP/s, "
+          f"int8 {lim['int8_gops']:.0f} GOP/s ({args.threads} threads)")
+    print(f"{'shape':>10} {'T':>4} {'kernel':>6} {'ms':>8} {'GFLOP/s':>8} {'%FMA':>5} {'%int8':>6} "
+          f"{'W GB/s':>7} {'%BW':>5} {'x numpy':>8}")
+    for r in rows_out:
+        i8 = f"{100 * r['fraction_of_int8_peak']:.0f}%" if r["fraction_of_int8_peak"] else "-"
+        print(f"{r['shape']:>10} {r['tokens']:>4} {r['kernel']:>6} {r['ms']:8.3f} {r['gflops']:8.1f} "
+              f"{100 * r['fraction_of_fma_peak']:4.0f}% {i8:>6} {r['weight_gbps']:7.1f} "
+              f"{100 * r['fraction_of_bandwidth']:4.0f}% {r['vs_numpy']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
