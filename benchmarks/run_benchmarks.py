@@ -98,6 +98,9 @@ def main():
     p.add_argument("--batch-max-tokens", type=int, default=128)
     a = p.parse_args()
     os.makedirs(MODELS, exist_ok=True)
+    # the extension as the sources are now (others may build concurrently: same lock)
+    subprocess.run(f"flock /tmp/xllm-build.lock {PY} setup.py build_ext --inplace", shell=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     th = str(a.threads)
     summary = []
     for dtype in a.dtypes if ("single" in a.only or "batch" in a.only) else []:

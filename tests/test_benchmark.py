@@ -230,7 +230,7 @@ def test_bench_batch_json_fields(tiny, tmp_path, capsys):
     f = _prompts(tmp_path, b"Once upon a time\n\nThe dog ran\nA small red ball rolled away\n"
                            b"Tom and Lily\nThe sun\n")
     code = bm.batch_main(["--weight", tiny["q8_0"], "--file", f, "--batch", "3", "--max-tokens", "6",
-                          "--threads", "2", "--json"])
+                          "--threads", "2", "--json"] + QUICK_ARGS)
     assert code == 0
     r = json.loads(capsys.readouterr().out)
     assert r["prompts"]["count"] == 5 and r["prompts"]["blank_lines_skipped"] == 1
@@ -241,6 +241,8 @@ def test_bench_batch_json_fields(tiny, tmp_path, capsys):
         assert run["ttft_s"]["p50"] > 0 and run["ttft_s"]["p95"] >= run["ttft_s"]["p50"]
         assert run["token_latency_ms"]["p95"] >= run["token_latency_ms"]["p50"] > 0
     assert r["speedup"]["generation"] > 0
+    assert {row["op"] for row in r["batch"]["ops"]["decode_steps"]} >= {"qkv_proj", "ffn_down", "attention"}
+    assert r["machine"]["limits"]["int8_gops"] > 0
     assert r["outputs_identical"] is True
     cpu = r["cpu"]
     assert {"utime_s", "stime_s", "avg_cpu_pct", "vsize_bytes", "state"} <= set(cpu)
@@ -252,7 +254,7 @@ def test_bench_batch_json_fields(tiny, tmp_path, capsys):
 def test_bench_batch_text_output_without_baseline(tiny, tmp_path, capsys):
     f = _prompts(tmp_path, b"Once upon a time\nThe dog ran\n")
     assert bm.batch_main(["--weight", tiny["f32"], "--file", f, "--batch", "2", "--max-tokens", "3",
-                          "--threads", "1", "--no-baseline"]) == 0
+                          "--threads", "1", "--no-baseline"] + QUICK_ARGS) == 0
     out = capsys.readouterr().out
     assert "batch 2" in out and "TTFT" in out and "utime" in out and "batch 1" not in out
 
@@ -283,7 +285,7 @@ def test_bench_batch_truncate_and_replace(tiny, tmp_path, capsys):
     long = b"word " * 400
     f = _prompts(tmp_path, b"ok\n" + long + b"\nbad \xff here\n")
     code = bm.batch_main(["--weight", tiny["f32"], "--file", f, "--max-tokens", "4", "--threads", "1",
-                          "--truncate", "--errors", "replace", "--no-baseline", "--json"])
+                          "--truncate", "--errors", "replace", "--no-baseline", "--json"] + QUICK_ARGS)
     assert code == 0
     r = json.loads(capsys.readouterr().out)
     assert r["prompts"]["truncated_lines"] == [2] and r["prompts"]["replaced_lines"] == [3]

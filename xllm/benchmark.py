@@ -859,7 +859,7 @@ def read_prompts(path, errors: str = "strict") -> PromptFile:
 
 # ----------------------------------------------------------------------------- batch
 
-def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None) -> dict:
+def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: Optional[dict] = None) -> dict:
     """Run `requests` with continuous batching (at most max_seqs at once); timings."""
     rec.clear()
     rec.watch(requests)
@@ -886,6 +886,13 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None) -> dict:
     dec_s = sum(r.t1 - r.t0 for r in dec_steps)
     dec_tokens = sum(r.n_decode for r in dec_steps)
     ttft = list(first.values())
+    ops = None
+    if limits is not None and rec.profile:
+        types = rec.cost.types
+        s_pre, c_pre = StepRecorder.sum_ops(pre_steps)
+        s_dec, c_dec = StepRecorder.sum_ops(dec_steps)
+        ops = {"prefill_steps": op_table(s_pre, c_pre, limits, types, max(1, len(pre_steps))),
+               "decode_steps": op_table(s_dec, c_dec, limits, types, max(1, len(dec_steps)))}
     return {
         "wall_s": wall,
         "requests": len(requests),
@@ -903,12 +910,14 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None) -> dict:
         "ttft_s": {"p50": _percentile(ttft, 50), "p95": _percentile(ttft, 95), "mean": float(np.mean(ttft))},
         "token_latency_ms": {"p50": 1e3 * _percentile(gaps, 50), "p95": 1e3 * _percentile(gaps, 95)},
         "kv_blocks_peak": max([r.kv_blocks_used for r in recs] or [0]),
+        "ops": ops,
     }
 
 
 def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, threads: Optional[int] = None,
                 tokenizer=None, truncate: bool = False, errors: str = "strict", baseline: bool = True,
-                max_batch_tokens: int = 256, ignore_eos: bool = False, progress: Optional[bool] = None) -> dict:
+                max_batch_tokens: int = 256, ignore_eos: bool = False, progress: Optional[bool] = None,
+                limits: Optional[dict] = None, limits_kwargs: Optional[dict] = None) -> dict:
     """Continuous batching of every prompt in `prompts_file` with at most `batch` sequences
     at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time."""
     from .engine import LLM
@@ -939,6 +948,8 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
             truncated.append(line)
         encoded.append(ids)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_at_eos=not ignore_eos)
+    if limits is None:
+        limits = measure_limits(threads, **(limits_kwargs or {}))
 
     def make_requests():
         return [llm._request(ids, params, i) for i, ids in enumerate(encoded)]
@@ -948,7 +959,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
         progress = sys.stderr.isatty()
     result = {
         "model": _model_info(llm, path),
-        "machine": {"cpu": cpu_model(), "usable_cores": usable_cores(), "threads": threads},
+        "machine": {"cpu": cpu_model(), "usable_cores": usable_cores(), "threads": threads, "limits": limits},
         "settings": {"batch": batch, "max_tokens": max_tokens, "max_batch_tokens": max_batch_tokens,
                      "truncate": truncate, "errors": errors, "ignore_eos": ignore_eos, "greedy": True},
         "load_s": load_s,
@@ -959,7 +970,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
                                "mean": float(np.mean([len(e) for e in encoded])),
                                "max": max(map(len, encoded))}},
     }
-    with StepRecorder(llm, profile=False) as rec:
+    with StepRecorder(llm, profile=True) as rec:
         warm = [llm._request(encoded[0], SamplingParams(max_tokens=1, temperature=0.0), 0)]
         _run_requests(llm, warm, 1, rec)               # warm-up: maps the weights in
         bar = None
@@ -970,7 +981,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
         try:
             with CpuMonitor() as mon:
                 reqs = make_requests()
-                result["batch"] = _run_requests(llm, reqs, batch, rec, bar)
+                result["batch"] = _run_requests(llm, reqs, batch, rec, bar, limits)
             result["cpu"] = mon.summary()
             result["cpu"]["samples"] = mon.samples
             batch_tokens = [list(r.generated) for r in reqs]
@@ -981,7 +992,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
                     bar.set_description("batch 1")
                 with CpuMonitor() as mon1:
                     reqs1 = make_requests()
-                    result["baseline"] = _run_requests(llm, reqs1, 1, rec, bar)
+                    result["baseline"] = _run_requests(llm, reqs1, 1, rec, bar, limits)
                 result["baseline"]["cpu"] = mon1.summary()
                 b, s = result["batch"], result["baseline"]
                 result["speedup"] = {
@@ -1146,7 +1157,14 @@ def format_batch(r: dict) -> str:
                    f"{_fmt_num(sp['decode_steps'], '.2f')}x in decode steps; outputs identical: "
                    f"{r['outputs_identical']}")
     out += [f"steps {b['steps']}, mean decode batch {_fmt_num(b['mean_decode_batch'])}, "
-            f"preemptions {b['preemptions']}", "", _memory_text(r["memory"]), ""]
+            f"preemptions {b['preemptions']}"]
+    lim = r["machine"].get("limits")
+    if lim:
+        out.append(f"limits   {_limits_text(lim)}")
+    if b.get("ops") and b["ops"]["decode_steps"]:
+        out += ["", f"batch {st['batch']}: operators per decode-only step "
+                    f"(mean {_fmt_num(b['mean_decode_batch'])} tokens)", _ops_text(b["ops"]["decode_steps"])]
+    out += ["", _memory_text(r["memory"]), ""]
     c = r["cpu"]
     out.append(f"cpu      utime {c['utime_s']:.1f} s, stime {c['stime_s']:.1f} s, average {c['avg_cpu_pct']:.0f}%, "
                f"vsize {_fmt_bytes(c['vsize_bytes'])}, state {c['state']}, {c['num_threads']} threads"
@@ -1236,6 +1254,10 @@ def batch_main(argv=None) -> int:
     p.add_argument("--errors", choices=["strict", "replace"], default="strict",
                    help="invalid UTF-8 in the file: fail naming the line (strict, default) or use U+FFFD")
     p.add_argument("--no-baseline", action="store_true", help="skip the one-at-a-time run")
+    p.add_argument("--bandwidth-mb", type=positive_int, default=1024,
+                   help="buffer of the bandwidth probe in MB (default 1024)")
+    p.add_argument("--probe-iters", type=positive_int, default=20_000_000,
+                   help="iterations of the FMA / int8 probes per thread (default 20000000)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = _parse(p, argv)
@@ -1247,12 +1269,13 @@ def batch_main(argv=None) -> int:
     r = bench_batch(args.weight, args.file, batch=args.batch, max_tokens=args.max_tokens, threads=args.threads,
                     tokenizer=args.token, truncate=args.truncate, errors=args.errors,
                     baseline=not args.no_baseline, max_batch_tokens=args.max_batch_tokens,
-                    ignore_eos=args.ignore_eos)
+                    ignore_eos=args.ignore_eos,
+                    limits_kwargs={"bandwidth_bytes": args.bandwidth_mb << 20, "compute_iters": args.probe_iters})
     if args.json:
         print(_dump_json(r))
     else:
         print(format_batch(r))
-    _contention_warning(r["cpu"], "xllm-benchmark-batch")
+    _contention_warning(r["cpu"], "xllm-benchmark-batch", r["machine"]["limits"])
     return 0
 
 
