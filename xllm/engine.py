@@ -169,12 +169,12 @@ class LLM:
             text = prompt
         else:
             ids = [int(t) for t in prompt]
-            text = self.tokenizer.decode(ids)
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
             if bad:
                 raise ValueError(f"token id {bad[0]} out of range [0, {self.config.vocab_size})")
             if not ids:
                 raise ValueError("a prompt of token ids needs at least one token")
+            text = self.tokenizer.decode(ids)
         params.validate()
         # positions the sequence occupies: the prompt and every generated token but the
         # last, which is sampled and never fed back
