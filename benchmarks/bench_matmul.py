@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gguf import GGMLQuantizationType  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
 
-from xllm import _kernels  # noqa: E402
-from xllm.benchmark import measure_limits  # noqa: E402
+from xllm import _kernels, _probe  # noqa: E402
+from xllm.benchmark import CpuMonitor, measure_limits  # noqa: E402
 
 TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
 
@@ -66,10 +66,22 @@ def timed(fn, copies, repeats):
     return float(np.median(times))
 
 
+def probe_bandwidth():
+    """Bandwidth now (a VM's changes from one second to the next): 3 passes over 256 MB."""
+    return float(np.median(_probe.read_bandwidth(256 << 20, args.threads, 3)))
+
+
 def main():
     lim = measure_limits(args.threads)
     rng = np.random.default_rng(0)
     rows_out = []
+    with CpuMonitor() as mon:
+        run_cases(rng, lim, rows_out)
+    cpu = mon.summary()
+    report(lim, rows_out, cpu)
+
+
+def run_cases(rng, lim, rows_out):
     for rows, cols in SHAPES:
         w32 = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02)
         for T in args.tokens:
@@ -79,10 +91,12 @@ def main():
                 base = w32 if kind == "numpy" else weights(kind, w32)
                 n = max(2, -(-(args.cache_mb << 20) // base.nbytes))
                 copies = [base] + [base.copy() for _ in range(n - 1)]
+                bw0 = probe_bandwidth()
                 if kind == "numpy":
                     secs = timed(lambda w: x @ w.T, copies, args.repeats)
                 else:
                     secs = timed(lambda w: _kernels.matmul(w, TYPES[kind], x, args.threads), copies, args.repeats)
+                bw = max(bw0, probe_bandwidth())           # the larger of the probes around the case
                 del copies
                 gflops = flops / secs / 1e9
                 gbps = base.nbytes / secs / 1e9
@@ -92,24 +106,29 @@ def main():
                     "gflops": gflops, "weight_gbps": gbps,
                     "fraction_of_fma_peak": gflops / lim["fma_gflops"],
                     "fraction_of_int8_peak": gflops / lim["int8_gops"] if quant else None,
-                    "fraction_of_bandwidth": gbps / lim["read_gbps"],
+                    "fraction_of_bandwidth": gbps / bw,
+                    "bandwidth_gbps": bw,
                 })
+
+
+def report(lim, rows_out, cpu):
     # ratio to numpy on the same shape and token count
     ref = {(r["shape"], r["tokens"]): r["ms"] for r in rows_out if r["kernel"] == "numpy"}
     for r in rows_out:
         r["vs_numpy"] = ref[(r["shape"], r["tokens"])] / r["ms"]
     if args.json:
-        print(json.dumps({"limits": lim, "threads": args.threads, "results": rows_out}, indent=2))
+        print(json.dumps({"limits": lim, "threads": args.threads, "cpu": cpu, "results": rows_out}, indent=2))
         return
     print(f"limits: read {lim['read_gbps']:.1f} GB/s, fp32 FMA {lim['fma_gflops']:.0f} GFLOP/s, "
           f"int8 {lim['int8_gops']:.0f} GOP/s ({args.threads} threads)")
     print(f"{'shape':>10} {'T':>4} {'kernel':>6} {'ms':>8} {'GFLOP/s':>8} {'%FMA':>5} {'%int8':>6} "
-          f"{'W GB/s':>7} {'%BW':>5} {'x numpy':>8}")
+          f"{'W GB/s':>7} {'BW now':>7} {'%BW':>5} {'x numpy':>8}")
     for r in rows_out:
         i8 = f"{100 * r['fraction_of_int8_peak']:.0f}%" if r["fraction_of_int8_peak"] else "-"
         print(f"{r['shape']:>10} {r['tokens']:>4} {r['kernel']:>6} {r['ms']:8.3f} {r['gflops']:8.1f} "
-              f"{100 * r['fraction_of_fma_peak']:4.0f}% {i8:>6} {r['weight_gbps']:7.1f} "
+              f"{100 * r['fraction_of_fma_peak']:4.0f}% {i8:>6} {r['weight_gbps']:7.1f} {r['bandwidth_gbps']:7.1f} "
               f"{100 * r['fraction_of_bandwidth']:4.0f}% {r['vs_numpy']:8.2f}")
+    print(f"other processes {cpu.get('other_processes_cpu_pct', 0):.0f}% of a core, steal {cpu.get('steal_pct', 0):.0f}%")
 
 
 if __name__ == "__main__":

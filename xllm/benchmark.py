@@ -97,6 +97,7 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
         "int8_vnni_gops": _median(vnni) if vnni else None,
         "bandwidth_buffer_bytes": int(bandwidth_bytes),
         "other_processes_cpu_pct": mon.summary().get("other_processes_cpu_pct"),
+        "steal_pct": mon.summary().get("steal_pct"),
         "runs": {"read_gbps": read, "read_gbps_4k": read4k, "fma_gflops": fma, "int8_gops": int8, "int8_vnni_gops": vnni},
     }
 
@@ -142,8 +143,20 @@ def proc_status_bytes(key: str) -> Optional[int]:
     return None
 
 
-def _system_busy_seconds() -> Optional[float]:
-    """CPU-seconds all processes have spent busy since boot (/proc/stat)."""
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: '5' into /proc/self/clear_refs), so the peak
+    seen afterwards belongs to the model run, not to the 1 GB bandwidth probe."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _system_cpu_seconds() -> Optional[tuple]:
+    """(busy, steal) CPU-seconds of all processes since boot, from /proc/stat.  Steal is time
+    the hypervisor ran something else on this VM's CPUs."""
     try:
         with open("/proc/stat") as f:
             parts = f.readline().split()
@@ -152,7 +165,8 @@ def _system_busy_seconds() -> Optional[float]:
     vals = [int(v) for v in parts[1:]]
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0)     # idle + iowait
     steal = vals[7] if len(vals) > 7 else 0
-    return (sum(vals[:8]) - idle - steal) / _clock_ticks()
+    hz = _clock_ticks()
+    return (sum(vals[:8]) - idle - steal) / hz, steal / hz
 
 
 class CpuMonitor:
@@ -168,7 +182,7 @@ class CpuMonitor:
     def __enter__(self):
         self.t0 = time.perf_counter()
         self.start = proc_self_stat()
-        self.sys0 = _system_busy_seconds()
+        self.sys0 = _system_cpu_seconds()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -185,7 +199,7 @@ class CpuMonitor:
         self._thread.join()
         self.wall = time.perf_counter() - self.t0
         self.end = proc_self_stat()
-        self.sys1 = _system_busy_seconds()
+        self.sys1 = _system_cpu_seconds()
         return False
 
     def summary(self) -> dict:
@@ -202,15 +216,21 @@ class CpuMonitor:
             "num_threads": self.end["num_threads"],
         }
         if self.sys0 is not None and self.sys1 is not None and self.wall > 0:
-            out["other_processes_cpu_pct"] = max(0.0, 100.0 * ((self.sys1 - self.sys0) - cpu) / self.wall)
+            out["other_processes_cpu_pct"] = max(0.0, 100.0 * ((self.sys1[0] - self.sys0[0]) - cpu) / self.wall)
+            out["steal_pct"] = 100.0 * (self.sys1[1] - self.sys0[1]) / self.wall
         return out
 
 
 def _contention_warning(cpu: dict, prog: str, limits: Optional[dict] = None) -> None:
-    other = max([x for x in (cpu.get("other_processes_cpu_pct"),
-                             (limits or {}).get("other_processes_cpu_pct")) if x is not None], default=None)
+    lim = limits or {}
+    other = max([x for x in (cpu.get("other_processes_cpu_pct"), lim.get("other_processes_cpu_pct"))
+                 if x is not None], default=None)
+    steal = max([x for x in (cpu.get("steal_pct"), lim.get("steal_pct")) if x is not None], default=None)
     if other is not None and other > 20:
         print(f"{prog}: warning: other processes used {other:.0f}% of a core during the run; "
+              f"figures are lower than this machine can reach", file=sys.stderr)
+    if steal is not None and steal > 10:
+        print(f"{prog}: warning: the hypervisor took {steal:.0f}% of a core (steal time) during the run; "
               f"figures are lower than this machine can reach", file=sys.stderr)
 
 
@@ -645,7 +665,7 @@ def _model_info(llm, path) -> dict:
     }
 
 
-def _memory(llm, kv_peak_blocks: int) -> dict:
+def _memory(llm, kv_peak_blocks: int, peak_rss: Optional[int] = None) -> dict:
     kv = llm.model.kv
     block_bytes = kv.bytes_per_token * kv.block_size
     return {
@@ -655,7 +675,7 @@ def _memory(llm, kv_peak_blocks: int) -> dict:
         "kv_pool_bytes": int(kv.nbytes),
         "kv_block_size": kv.block_size,
         "workspace_bytes": int(llm.model.decoder.workspace_bytes()),
-        "peak_rss_bytes": proc_status_bytes("VmHWM"),
+        "peak_rss_bytes": peak_rss if peak_rss is not None else proc_status_bytes("VmHWM"),
         "rss_bytes": proc_status_bytes("VmRSS"),
     }
 
@@ -704,6 +724,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
         return _median(_probe.read_bandwidth(bw_bytes, threads, 3, hugepages=False))
 
     bw_probes = []
+    peak_rss = 0
     with CpuMonitor() as mon, StepRecorder(llm, profile=True) as rec:
         run(min(2, gen_tokens))                   # warm-up: maps every weight page in
         rec.clear()
@@ -714,7 +735,9 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
         for _ in range(repeats):
             bw_probes.append(probe_bandwidth())
             rec.clear()
+            reset_peak_rss()
             start, stamps, req = run(gen_tokens)
+            peak_rss = max(peak_rss, proc_status_bytes("VmHWM") or 0)
             recs = rec.records
             pre = [r for r in recs if r.n_prefill > 0]
             dec = [r for r in recs if r.n_prefill == 0]
@@ -803,7 +826,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
                            "engine_per_token": (decode_s - _median([r["decode_step_s"] for r in runs]))
                            / max(1, n_decode)},
         },
-        "memory": _memory(llm, kv_peak),
+        "memory": _memory(llm, kv_peak, peak_rss or None),
         "cpu": cpu,
         "deterministic": all(r["tokens"] == runs[0]["tokens"] for r in runs),
     }
@@ -979,6 +1002,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
             bar = tqdm(total=total_tokens, unit="tok", desc=f"batch {batch}", leave=False,
                        file=sys.stderr, dynamic_ncols=True)
         try:
+            reset_peak_rss()                            # the bandwidth probe's buffer is not ours
             with CpuMonitor() as mon:
                 reqs = make_requests()
                 result["batch"] = _run_requests(llm, reqs, batch, rec, bar, limits)
@@ -1121,7 +1145,7 @@ def format_single(r: dict) -> str:
         _memory_text(r["memory"]),
         "",
         f"cpu      {r['cpu'].get('avg_cpu_pct', float('nan')):.0f}% average"
-        + (f"; other processes {r['cpu']['other_processes_cpu_pct']:.0f}%"
+        + (f"; other processes {r['cpu']['other_processes_cpu_pct']:.0f}%, steal {r['cpu']['steal_pct']:.0f}%"
            if "other_processes_cpu_pct" in r["cpu"] else ""),
     ]
     return "\n".join(out)
@@ -1168,7 +1192,8 @@ def format_batch(r: dict) -> str:
     c = r["cpu"]
     out.append(f"cpu      utime {c['utime_s']:.1f} s, stime {c['stime_s']:.1f} s, average {c['avg_cpu_pct']:.0f}%, "
                f"vsize {_fmt_bytes(c['vsize_bytes'])}, state {c['state']}, {c['num_threads']} threads"
-               + (f"; other processes {c['other_processes_cpu_pct']:.0f}%" if "other_processes_cpu_pct" in c else ""))
+               + (f"; other processes {c['other_processes_cpu_pct']:.0f}%, steal {c['steal_pct']:.0f}%"
+                  if "other_processes_cpu_pct" in c else ""))
     return "\n".join(out)
 
 
