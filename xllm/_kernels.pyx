@@ -194,17 +194,32 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
 cdef void c_rmsnorm(float *out, const float *x, const float *weight, int T, int dim,
                     float eps) noexcept nogil:
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight."""
-    cdef int t, i
-    cdef float ss, scale
-    cdef const float *xt
+    cdef int t
     for t in range(T):
-        xt = x + <size_t>t * dim
-        ss = 0.0
-        for i in range(dim):
-            ss = ss + xt[i] * xt[i]
-        scale = 1.0 / sqrtf(ss / dim + eps)
-        for i in range(dim):
-            out[<size_t>t * dim + i] = weight[i] * (scale * xt[i])
+        rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
+
+
+cdef inline void rmsnorm_row(float *out, const float *x, const float *weight, int dim,
+                             float eps) noexcept nogil:
+    cdef int i
+    cdef float ss = 0.0
+    cdef float scale
+    for i in range(dim):
+        ss = ss + x[i] * x[i]
+    scale = 1.0 / sqrtf(ss / dim + eps)
+    for i in range(dim):
+        out[i] = weight[i] * (scale * x[i])
+
+
+cdef void rmsnorm_tokens(float *out, const float *x, const float *weight, int T, int dim,
+                         float eps, int n_threads) noexcept nogil:
+    """c_rmsnorm with the tokens split across threads (prefill and batches)."""
+    cdef int t
+    if T == 1:
+        rmsnorm_row(out, x, weight, dim, eps)
+        return
+    for t in prange(T, schedule='static', num_threads=n_threads):
+        rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
 
 
 cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_dim,
@@ -235,6 +250,13 @@ cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil:
     for i in range(n):
         g = gate[i]
         gate[i] = g / (1.0 + expf(-g)) * up[i]
+
+
+cdef void swiglu_tokens(float *gate, const float *up, int T, int width, int n_threads) noexcept nogil:
+    """c_swiglu over T rows of `width`, rows split across threads (expf is the cost)."""
+    cdef int t
+    for t in prange(T, schedule='static', num_threads=n_threads):
+        c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)
 
 
 cdef void c_add_inplace(float *x, const float *y, int n) noexcept nogil:
@@ -357,7 +379,7 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     for l in range(d.n_layers):
         L = &layers[l]
         # attention: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn),  xn = rmsnorm(x)
-        c_rmsnorm(ws.xb, ws.x, L.attn_norm, T, d.dim, d.norm_eps)
+        rmsnorm_tokens(ws.xb, ws.x, L.attn_norm, T, d.dim, d.norm_eps, ws.n_threads)
         tick(ws, OP_NORM, &clock)
         qkv[0] = &L.wq
         qkv[1] = &L.wk
@@ -380,7 +402,7 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         tick(ws, OP_RESIDUAL, &clock)
 
         # feed-forward: x += W2 . (silu(W1 xn) * W3 xn),  xn = rmsnorm(x)
-        c_rmsnorm(ws.xb, ws.x, L.ffn_norm, T, d.dim, d.norm_eps)
+        rmsnorm_tokens(ws.xb, ws.x, L.ffn_norm, T, d.dim, d.norm_eps, ws.n_threads)
         tick(ws, OP_NORM, &clock)
         gate_up[0] = &L.w_gate
         gate_up[1] = &L.w_up
@@ -388,7 +410,7 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         gate_up_out[1] = ws.hb2
         c_matmul_multi(gate_up, gate_up_out, 2, ws.xb, T, ws)
         tick(ws, OP_FFN_GATE_UP, &clock)
-        c_swiglu(ws.hb, ws.hb2, T * d.hidden_dim)
+        swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, ws.n_threads)
         tick(ws, OP_SWIGLU, &clock)
         c_matmul(&L.w_down, ws.hb, T, ws.xout, ws)
         tick(ws, OP_FFN_DOWN, &clock)
