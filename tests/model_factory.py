@@ -4,6 +4,7 @@ from gguf import GGUFWriter, GGMLQuantizationType
 from gguf.quants import quantize
 
 from xllm.config import ModelConfig
+from xllm.convert import add_llama_metadata
 from xllm.weights import Checkpoint, Tensor, F32, F16, Q8_0, Q4_0, layer_tensor_shapes
 
 
@@ -48,18 +49,7 @@ def random_checkpoint(cfg: ModelConfig, ggml_type=F32, seed=0):
 def write_gguf(path, cfg: ModelConfig, tensors, vocab=None):
     """A llama GGUF of these tensors (and a vocabulary) for file-level tests."""
     w = GGUFWriter(str(path), "llama")
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.dim)
-    w.add_block_count(cfg.n_layers)
-    w.add_feed_forward_length(cfg.hidden_dim)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(cfg.head_dim)
-    if cfg.head_dim * cfg.n_heads != cfg.dim:
-        w.add_key_length(cfg.head_dim)
-        w.add_value_length(cfg.head_dim)
+    add_llama_metadata(w, cfg, "test")
     if vocab is not None:
         for key, value in vocab.gguf_fields().items():
             if isinstance(value, str):

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
+from .convert import add_llama_metadata
 from .weights import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
 
 # ----------------------------------------------------------------------------- machine limits
@@ -407,17 +408,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     bar = None
     try:
         name = shape if isinstance(shape, str) else "custom"
-        writer.add_name(f"random-{name}-{dtype}")
-        writer.add_uint32("llama.vocab_size", cfg.vocab_size)
-        writer.add_context_length(cfg.max_seq_len)
-        writer.add_embedding_length(cfg.dim)
-        writer.add_block_count(cfg.n_layers)
-        writer.add_feed_forward_length(cfg.hidden_dim)
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_head_count(cfg.n_heads)
-        writer.add_head_count_kv(cfg.n_kv_heads)
-        writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
-        writer.add_rope_freq_base(float(cfg.rope_theta))
+        add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
         writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
         if gtype in (Q8_0, Q4_0):
             writer.add_quantization_version(2)

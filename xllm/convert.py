@@ -209,10 +209,9 @@ def _f32(v):
     return GGUFValue(float(v), _gguf_value_type().FLOAT32)
 
 
-def llama_metadata(ckpt: Checkpoint, name: str) -> dict:
-    """general.name and the llama.* hyperparameter keys llama.cpp reads."""
+def llama_metadata(c, name: str) -> dict:
+    """general.name and the llama.* hyperparameter keys llama.cpp reads, for ModelConfig c."""
     from gguf.gguf_writer import GGUFValue
-    c = ckpt.config
     u32, f32 = _u32, _f32
     kv = {
         "general.name": GGUFValue(name, _gguf_value_type().STRING),
@@ -231,6 +230,12 @@ def llama_metadata(ckpt: Checkpoint, name: str) -> dict:
         kv["llama.attention.key_length"] = u32(c.head_dim)
         kv["llama.attention.value_length"] = u32(c.head_dim)
     return kv
+
+
+def add_llama_metadata(writer, c, name: str) -> None:
+    """Write llama_metadata(c, name) into a gguf.GGUFWriter (every llama GGUF xllm makes)."""
+    for key, value in llama_metadata(c, name).items():
+        writer.add_key_value(key, value.value, value.type, value.sub_type)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -356,7 +361,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     if not name:
         base = os.path.basename(os.path.normpath(ckpt.path))
         name = os.path.splitext(base)[0] or "llama"
-    kv.update(llama_metadata(ckpt, name))
+    kv.update(llama_metadata(ckpt.config, name))
     types_2d = [target for _, t, target, _, _ in plan if len(t.shape) == 2]
     kv["general.file_type"] = _u32(_file_type(types_2d))
     if any(target in (Q8_0, Q4_0) for target in types_2d):
