@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import hf_reference
+import reference
 from hf_fixtures import GEOMETRIES, TOKENIZERS, bf16_bits, make_hf_dir, random_weights, write_config
 from xllm.hf_import import open_hf_checkpoint, permute_qk
 from xllm.weights import F16, F32, layer_tensor_shapes, open_checkpoint
@@ -22,44 +23,15 @@ IDS = [1, 5, 77, 300, 2, 9, 400, 13, 511, 0, 42]
 # ----------------------------------------------------------------------------- helpers
 
 def adjacent_rope(x, theta):
-    """x: [n, heads, head_dim]; the engine's convention: rotate (x[2i], x[2i+1]) by pos*theta^(-2i/hd)."""
-    n, _, hd = x.shape
-    freq = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.arange(n, dtype=np.float64)[:, None] * freq[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = x0 * cos - x1 * sin
-    out[..., 1::2] = x0 * sin + x1 * cos
-    return out
+    """x: [n, heads, head_dim] at positions 0..n-1, rotated the engine's way (adjacent pairs)."""
+    return reference.rope(x, np.arange(x.shape[0]), theta)
 
 
 def adjacent_forward(ckpt, ids):
-    """float64 llama forward on the imported (GGUF-named, un-permuted) tensors with adjacent-pair
-    RoPE: what the engine computes, without the engine."""
-    c = ckpt.config
+    """float64 forward on the imported (GGUF-named, un-permuted) tensors with adjacent-pair
+    RoPE (tests/reference.py): what the engine computes, without the engine."""
     w = {n: t.to_float32().astype(np.float64) for n, t in ckpt.tensors.items()}
-    n, hd, rep = len(ids), c.head_dim, c.n_heads // c.n_kv_heads
-    mask = np.triu(np.full((n, n), -np.inf), k=1)
-    rms = hf_reference.rms_norm
-    h = w["token_embd.weight"][np.asarray(ids)]
-    for i in range(c.n_layers):
-        p = f"blk.{i}."
-        x = rms(h, w[p + "attn_norm.weight"], c.norm_eps)
-        q = adjacent_rope((x @ w[p + "attn_q.weight"].T).reshape(n, c.n_heads, hd), c.rope_theta)
-        k = adjacent_rope((x @ w[p + "attn_k.weight"].T).reshape(n, c.n_kv_heads, hd), c.rope_theta)
-        v = (x @ w[p + "attn_v.weight"].T).reshape(n, c.n_kv_heads, hd)
-        att = np.empty((n, c.n_heads, hd))
-        for hh in range(c.n_heads):
-            s = q[:, hh] @ k[:, hh // rep].T / np.sqrt(hd) + mask
-            s = np.exp(s - s.max(axis=1, keepdims=True))
-            att[:, hh] = (s / s.sum(axis=1, keepdims=True)) @ v[:, hh // rep]
-        h = h + att.reshape(n, -1) @ w[p + "attn_output.weight"].T
-        x = rms(h, w[p + "ffn_norm.weight"], c.norm_eps)
-        h = h + (hf_reference.silu(x @ w[p + "ffn_gate.weight"].T) * (x @ w[p + "ffn_up.weight"].T)) \
-            @ w[p + "ffn_down.weight"].T
-    h = rms(h, w["output_norm.weight"], c.norm_eps)
-    return h @ w["output.weight" if "output.weight" in w else "token_embd.weight"].T
+    return reference.forward(ckpt.config, w, ids)
 
 
 def interleave(hd):
