@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from xllm.cli_errors import ArgumentParser, UsageError, cli_entry
-from xllm.convert import _human, _source_rows, load_vocab, parse_args, write_gguf
+from xllm.convert import _human, _source_rows, parse_args, resolve_vocab, write_gguf
 from xllm.weights import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES, open_checkpoint
 
 from .reference import dequantize
@@ -109,13 +109,7 @@ def main(argv=None) -> int:
     ckpt = open_checkpoint(args.weight)
     target = BITS[args.bits]
     plan = plan_types(ckpt, target, FALLBACK.get(args.fallback))
-    vocab = load_vocab(args.token) if args.token is not None else ckpt.vocab
-    if vocab is None:
-        raise UsageError(f"{args.weight} has no vocabulary: pass --token TOKENIZER "
-                         f"(llama2.c tokenizer.bin or sentencepiece .model)")
-    if len(vocab.pieces) != ckpt.config.vocab_size:
-        raise UsageError(f"{args.token or args.weight}: the tokenizer has {len(vocab.pieces)} tokens, "
-                         f"but {args.weight} has vocab_size {ckpt.config.vocab_size}")
+    vocab = resolve_vocab(ckpt, args.token, args.weight)
     stats = ErrorStats()
     report = write_gguf(ckpt, args.output, tensor_type=lambda t: plan[t.name], vocab=vocab,
                         on_tensor=stats)

@@ -28,12 +28,12 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
-from .convert import add_llama_metadata
+from .convert import add_llama_metadata, atomic_gguf_writer
 from .weights import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
 
 # ----------------------------------------------------------------------------- machine limits
@@ -373,7 +373,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     the right size.  Tensors are made and written one at a time (memory: one tensor), to a
     temporary file renamed into place at the end.  Returns the path.
     """
-    from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFValueType
     path = os.fspath(path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype = {dtype!r}, expected one of {', '.join(DTYPES)}")
@@ -403,51 +403,41 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     order = ["token_embd.weight"] + \
         sorted((n for n in shapes if n.startswith("blk.")), key=lambda n: (int(n.split(".")[1]), n)) + \
         ["output_norm.weight", "output.weight"]
-    tmp = path + f".{os.getpid()}.tmp"
-    writer = GGUFWriter(tmp, "llama")
     bar = None
     try:
-        name = shape if isinstance(shape, str) else "custom"
-        add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
-        writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
-        if gtype in (Q8_0, Q4_0):
-            writer.add_quantization_version(2)
-        writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
-        vocab.add_to_gguf(writer)
-        for n in order:
-            shp = shapes[n]
-            if len(shp) == 1:
-                writer.add_tensor_info(n, shp, np.dtype(np.float32), 4 * shp[0])
-            elif gtype in (F32, F16):
-                dt = np.dtype(np.float32 if gtype == F32 else np.float16)
-                writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
-            else:
-                nb = shp[0] * shp[1] // 32 * (34 if gtype == Q8_0 else 18)
-                writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
-                                       raw_dtype=GGMLQuantizationType(gtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        if progress is None:
-            progress = sys.stderr.isatty()
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(order), unit="tensor", desc=os.path.basename(path), leave=False)
-        for n in order:
-            data = _random_tensor(n, shapes[n], gtype, seed, std)
-            writer.write_tensor_data(data)
-            del data
-            if bar is not None:
-                bar.update(1)
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        with atomic_gguf_writer(path) as writer:
+            name = shape if isinstance(shape, str) else "custom"
+            add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
+            writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
+            if gtype in (Q8_0, Q4_0):
+                writer.add_quantization_version(2)
+            writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
+            vocab.add_to_gguf(writer)
+            for n in order:
+                shp = shapes[n]
+                if len(shp) == 1:
+                    writer.add_tensor_info(n, shp, np.dtype(np.float32), 4 * shp[0])
+                elif gtype in (F32, F16):
+                    dt = np.dtype(np.float32 if gtype == F32 else np.float16)
+                    writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
+                else:
+                    nb = shp[0] * shp[1] // 32 * (34 if gtype == Q8_0 else 18)
+                    writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
+                                           raw_dtype=GGMLQuantizationType(gtype))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            if progress is None:
+                progress = sys.stderr.isatty()
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=len(order), unit="tensor", desc=os.path.basename(path), leave=False)
+            for n in order:
+                data = _random_tensor(n, shapes[n], gtype, seed, std)
+                writer.write_tensor_data(data)
+                del data
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()

@@ -14,6 +14,7 @@ Conversions: any type -> F32 (dequantized), F32/F16 -> F16, anything -> Q8_0/Q4_
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import secrets
 import sys
@@ -285,6 +286,40 @@ def _create_temp(out_path: str) -> str:
             continue
 
 
+@contextlib.contextmanager
+def atomic_gguf_writer(out_path: str):
+    """A GGUFWriter on a temporary file next to `out_path`.  On a normal exit the file is
+    fsync'ed and renamed over `out_path` (and the directory fsync'ed, so the rename lasts);
+    on any exception or Ctrl-C the temporary file is removed and `out_path` is untouched."""
+    from gguf import GGUFWriter
+    tmp = _create_temp(out_path)
+    writer = None
+    try:
+        writer = GGUFWriter(tmp, "llama")
+        yield writer
+        fout = writer.fout[0]
+        fout.flush()
+        os.fsync(fout.fileno())
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dfd = os.open(os.path.dirname(os.path.abspath(out_path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
 def _file_type(types_2d: list) -> int:
     if not types_2d:
         return LLAMA_FILE_TYPE[F32]
@@ -313,7 +348,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     source, its carried-over keys).  progress: a tqdm bar per tensor (None: when stderr is a
     terminal).  on_tensor(tensor, ggml_type, data) is called with each converted tensor.
     """
-    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf import GGMLQuantizationType
     out_path = os.fspath(out_path)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if os.path.isdir(out_path):
@@ -370,66 +405,56 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     kv.setdefault("tokenizer.ggml.bos_token_id", _u32(cfg.bos_id))
     kv.setdefault("tokenizer.ggml.eos_token_id", _u32(cfg.eos_id))
 
-    tmp = _create_temp(out_path)
-    writer = None
     bar = None
     try:
-        writer = GGUFWriter(tmp, "llama")
-        for key, value in kv.items():
-            if key == "general.architecture":
-                continue
-            writer.add_key_value(key, value.value, value.type, value.sub_type)
-        for name_, t, target, shape, nbytes in plan:
-            if target in (F32, F16):
-                writer.add_tensor_info(name_, shape, np.dtype(_NP_DTYPE[target]), nbytes)
-            else:
-                writer.add_tensor_info(name_, shape, np.dtype(np.uint8), nbytes,
-                                       raw_dtype=GGMLQuantizationType(target))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        bar = _progress_bar(progress, len(plan), os.path.basename(out_path))
-        for name_, t, target, shape, nbytes in plan:
-            if bar is not None:
-                bar.set_postfix_str(f"{name_} -> {TYPE_NAMES[target]}", refresh=False)
-            data = np.ascontiguousarray(convert_tensor(t, target))
-            if data.nbytes != nbytes:       # a bug, not bad input
-                raise AssertionError(f"tensor {name_!r}: converted to {data.nbytes} bytes, expected {nbytes}")
-            writer.write_tensor_data(data)
-            if on_tensor is not None:
-                on_tensor(t, target, data)
-            del data
-            if bar is not None:
-                bar.update(1)
-        fout = writer.fout[0]
-        fout.flush()
-        os.fsync(fout.fileno())
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        with atomic_gguf_writer(out_path) as writer:
+            for key, value in kv.items():
+                if key == "general.architecture":
+                    continue
+                writer.add_key_value(key, value.value, value.type, value.sub_type)
+            for name_, t, target, shape, nbytes in plan:
+                if target in (F32, F16):
+                    writer.add_tensor_info(name_, shape, np.dtype(_NP_DTYPE[target]), nbytes)
+                else:
+                    writer.add_tensor_info(name_, shape, np.dtype(np.uint8), nbytes,
+                                           raw_dtype=GGMLQuantizationType(target))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            bar = _progress_bar(progress, len(plan), os.path.basename(out_path))
+            for name_, t, target, shape, nbytes in plan:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name_} -> {TYPE_NAMES[target]}", refresh=False)
+                data = np.ascontiguousarray(convert_tensor(t, target))
+                if data.nbytes != nbytes:       # a bug, not bad input
+                    raise AssertionError(f"tensor {name_!r}: converted to {data.nbytes} bytes, expected {nbytes}")
+                writer.write_tensor_data(data)
+                if on_tensor is not None:
+                    on_tensor(t, target, data)
+                del data
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    try:                                    # make the rename itself durable
-        dfd = os.open(out_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
     counts = collections.Counter(TYPE_NAMES[target] for _, _, target, _, _ in plan)
     return WriteReport(out_path, len(plan), dict(counts), os.path.getsize(out_path))
 
 
 # ----------------------------------------------------------------------------- vocabularies
+
+def resolve_vocab(ckpt: Checkpoint, token, source: str):
+    """The vocabulary to embed: from the tokenizer file `token` if given, else the checkpoint's;
+    a UsageError when there is none or its size is not the model's vocab_size."""
+    vocab = load_vocab(token) if token is not None else ckpt.vocab
+    if vocab is None:
+        raise UsageError(f"{source} has no vocabulary: pass --token TOKENIZER "
+                         f"(llama2.c tokenizer.bin or sentencepiece .model)")
+    if len(vocab.pieces) != ckpt.config.vocab_size:
+        raise UsageError(f"{token or source}: the tokenizer has {len(vocab.pieces)} tokens, but "
+                         f"{source} has vocab_size {ckpt.config.vocab_size}")
+    return vocab
+
 
 def load_vocab(path):
     """The tokenizer.Vocab of a sentencepiece .model, a llama2.c tokenizer.bin or a GGUF file
@@ -481,15 +506,7 @@ def main(argv=None) -> int:
     if os.path.exists(args.output) and _same_file(args.output, args.src):
         raise UsageError(f"{args.output}: the output is the input checkpoint; choose another name")
     ckpt = open_checkpoint(args.src)
-    vocab = ckpt.vocab
-    if args.token is not None:
-        vocab = load_vocab(args.token)
-    if vocab is None:
-        raise UsageError(f"{args.src} has no vocabulary: pass --token TOKENIZER "
-                         f"(llama2.c tokenizer.bin or sentencepiece .model)")
-    if len(vocab.pieces) != ckpt.config.vocab_size:
-        raise UsageError(f"{args.token or args.src}: the tokenizer has {len(vocab.pieces)} tokens, but "
-                         f"{args.src} has vocab_size {ckpt.config.vocab_size}")
+    vocab = resolve_vocab(ckpt, args.token, args.src)
     report = write_gguf(ckpt, args.output, tensor_type=_dtype_chooser(args.dtype), vocab=vocab,
                         progress=None)
     types = ", ".join(f"{n} {k}" for k, n in sorted(report.types.items()))
