@@ -139,7 +139,7 @@ def read_hf_config(path: str) -> HFConfig:
         if not isinstance(archs, list) or ARCHITECTURE not in archs:
             bad("architectures", f"expected [{ARCHITECTURE!r}] (only llama models are supported)")
     elif raw.get("model_type") != "llama":
-        bad("model_type", f"expected 'llama' (no 'architectures' given; only llama models are supported)")
+        bad("model_type", "expected 'llama' (no 'architectures' given; only llama models are supported)")
 
     def integer(key, default=None):
         value = raw.get(key, default)
