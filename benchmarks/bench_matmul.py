@@ -91,6 +91,8 @@ def run_cases(rng, lim, rows_out):
                 base = w32 if kind == "numpy" else weights(kind, w32)
                 n = max(2, -(-(args.cache_mb << 20) // base.nbytes))
                 copies = [base] + [base.copy() for _ in range(n - 1)]
+                if kind in ("q8_0", "q4_0"):       # repacked once, as the model loader does
+                    copies = [_kernels.pack(c, TYPES[kind]) for c in copies]
                 bw0 = probe_bandwidth()
                 if kind == "numpy":
                     secs = timed(lambda w: x @ w.T, copies, args.repeats)

@@ -193,20 +193,65 @@ def test_simd_switch():
 
 
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
-def test_vnni_path_same_bits_as_avx2(qtype):
-    """vpdpbusd computes the same integer lanes as maddubs/madd: identical results."""
-    if not K.has_avx512():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+def test_quantized_paths_same_bits(qtype):
+    """Every path computes each block's exact int32 sum, then acc = fma(sum, d_w * d_x, acc):
+    vpdpbusd (avx512), maddubs/madd (avx2) and the scalar loop give identical results."""
     rng = np.random.default_rng(5)
     w = quantize(rng.standard_normal((37, 320)).astype(np.float32), qtype)
     x = rng.standard_normal((9, 320)).astype(np.float32)
+    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
+    if len(levels) == 1:
+        pytest.skip("this CPU has only the scalar path")
     before = K.simd_level()
     try:
-        K.set_simd_level("avx2")
-        a = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
-        K.set_simd_level("avx512")
-        b = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
+        out = {}
+        for level in levels:
+            K.set_simd_level(level)
+            out[level] = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
     finally:
         K.set_simd_level(before)
-    for p, q in zip(a, b):
-        assert np.array_equal(p, q)
+    for level in levels[1:]:
+        for p, q in zip(out["scalar"], out[level]):
+            assert np.array_equal(p, q), level
+
+
+@pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
+@pytest.mark.parametrize("rows", [1, 8, 13, 24])
+def test_pack_quantized_layout(qtype, rows):
+    """Panels of 8 rows, block by block: 8 fp16 scales, then 4-byte groups of the 8 rows side
+    by side (Q8_0 values stored as w + 128); missing rows have scale 0 and value 0."""
+    rng = np.random.default_rng(rows)
+    cols = 96
+    q = quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+    block = 34 if qtype == GT.Q8_0 else 18
+    nb, n_panels = cols // 32, -(-rows // 8)
+    packed = K.pack_quantized(q, int(qtype), rows, cols)
+    assert packed.dtype == np.uint8 and packed.nbytes == n_panels * 8 * q.shape[1]
+    assert packed.ctypes.data % 64 == 0
+    blocks = np.zeros((n_panels * 8, nb, block), np.uint8)
+    blocks[rows:, :, 2:] = 0 if qtype == GT.Q8_0 else 0x88
+    blocks[:rows] = q.reshape(rows, nb, block)
+    groups = (block - 2) // 4
+    panel = blocks.reshape(n_panels, 8, nb, block).transpose(0, 2, 1, 3)      # (panel, block, row, bytes)
+    scales = panel[..., :2].reshape(n_panels, nb, 16)
+    values = panel[..., 2:].reshape(n_panels, nb, 8, groups, 4).transpose(0, 1, 3, 2, 4)
+    values = values.reshape(n_panels, nb, groups * 32)
+    if qtype == GT.Q8_0:
+        values = values ^ 0x80
+    expected = np.concatenate([scales, values], axis=2).reshape(-1)
+    assert np.array_equal(packed, expected)
+
+
+def test_release_file_pages_leaves_memory_arrays_alone(tmp_path):
+    """Only read-only file mappings are released: an array in memory keeps its values."""
+    a = np.arange(1 << 20, dtype=np.uint8)
+    K._release_file_pages(a)
+    assert np.array_equal(a, np.arange(1 << 20, dtype=np.uint8))
+    path = tmp_path / "w.bin"
+    path.write_bytes(a.tobytes())
+    m = np.memmap(path, dtype=np.uint8, mode="r")
+    K._release_file_pages(m[4096:])
+    assert np.array_equal(m, a)                 # pages fault back in from the file
+    w = np.memmap(path, dtype=np.uint8, mode="r+")
+    K._release_file_pages(w)
+    assert np.array_equal(w, a)

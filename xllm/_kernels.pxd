@@ -16,13 +16,17 @@ cdef extern from "simd.h" nogil:
     int XLLM_TILE_TOKENS
     int XLLM_ROW_GROUP
     int XLLM_K_CHUNK
+    int XLLM_PANEL
+    int XLLM_QROW_GROUP
+    int XLLM_QTILE_PANELS
+    int XLLM_QTILE_TOKENS
     int xllm_simd_level
     ctypedef struct xllm_block_q8_0:
         uint16_t d
         int8_t qs[32]
     ctypedef struct xllm_block_q8_act:
         float d
-        int32_t neg8sum[8]
+        int32_t sum
         int8_t qs[32]
     void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n)
     int xllm_cpu_has_avx2()
@@ -36,12 +40,18 @@ cdef extern from "simd.h" nogil:
     void xllm_axpy_f32(float a, const float *x, float *y, int n)
     void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                    int nt, int k0, int k1, float *acc, int ldacc)
+    size_t xllm_panel_bytes(size_t row_bytes)
+    void xllm_pack_panel(int type, const char *src, size_t row_bytes, int nr, int nb, char *dst)
+    void xllm_qtile(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
+                    size_t ldx, int nt, int b0, int b1, float *acc, int ldacc)
     void xllm_tile_finish(int type, const char *w, size_t ldw, int nr, const float *x, size_t ldx,
                           int nt, int n, const float *acc, int ldacc, float *y, size_t ldy)
 
 
 ctypedef struct Matrix:
-    const char *data        # rows x row_bytes, row-major; W[o, :] is row o
+    const char *data        # F32/F16: rows x row_bytes, row-major, W[o, :] is row o;
+                            # Q8_0/Q4_0 matmul operands: panels of 8 rows (simd.h, xllm_pack_panel),
+                            # ceil(rows/8) x 8 x row_bytes; the embedding table keeps the file's rows
     int type                # XLLM_F32 / F16 / Q8_0 / Q4_0
     int rows                # output features
     int cols                # input features

@@ -12,7 +12,9 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.mman cimport madvise, MADV_DONTNEED
 
+import mmap
 import numpy as np
 cimport numpy as cnp
 
@@ -95,15 +97,15 @@ cdef inline bint is_quantized(int type) noexcept nogil:
     return type == XLLM_Q8_0 or type == XLLM_Q4_0
 
 
-cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_bytes, size_t ldx,
-                      int n_k, const float *xf, int T, float *y, float *acc) noexcept nogil:
-    """y[t, r0:r0+nr] for all T tokens: tiles of 3 rows x 4 tokens over k-chunks.
+cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, int T, float *y,
+                      float *acc) noexcept nogil:
+    """y[t, r0:r0+nr] for all T tokens of F32/F16 weights: tiles of 3 rows x 4 tokens over k-chunks.
 
-    x is float (F32/F16 weights; ldx, n_k in values) or xllm_block_q8_act (ldx, n_k in blocks).
     One token streams each row once (a single k-chunk); several tokens walk k in chunks so
     the rows and token slices in use stay in cache.
     """
-    cdef int kc = n_k if T == 1 else (XLLM_K_CHUNK if not is_quantized(w.type) else XLLM_K_CHUNK // XLLM_QK)
+    cdef int n_k = w.cols
+    cdef int kc = n_k if T == 1 else XLLM_K_CHUNK
     cdef int k0, k1, t0, nt, rr, nrr
     cdef const char *wrow = w.data + <size_t>r0 * w.row_bytes
     memset(acc, 0, <size_t>T * XLLM_ROW_GROUP * 8 * sizeof(float))
@@ -114,20 +116,55 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const char *x, size_t x_b
         while t0 < T:
             nt = min(XLLM_TILE_TOKENS, T - t0)
             if nt == 1:
-                xllm_tile(w.type, wrow, w.row_bytes, nr, x + t0 * ldx * x_bytes, ldx, 1,
+                xllm_tile(w.type, wrow, w.row_bytes, nr, x + t0 * n_k, n_k, 1,
                           k0, k1, acc + <size_t>t0 * XLLM_ROW_GROUP * 8, XLLM_ROW_GROUP)
             else:
                 rr = 0
                 while rr < nr:
                     nrr = min(XLLM_TILE_ROWS, nr - rr)
                     xllm_tile(w.type, wrow + rr * w.row_bytes, w.row_bytes, nrr,
-                              x + t0 * ldx * x_bytes, ldx, nt, k0, k1,
+                              x + t0 * n_k, n_k, nt, k0, k1,
                               acc + (<size_t>t0 * XLLM_ROW_GROUP + rr) * 8, XLLM_ROW_GROUP)
                     rr += XLLM_TILE_ROWS
             t0 += XLLM_TILE_TOKENS
         k0 = k1
-    xllm_tile_finish(w.type, wrow, w.row_bytes, nr, xf, w.cols, T, w.cols, acc, XLLM_ROW_GROUP,
+    xllm_tile_finish(w.type, wrow, w.row_bytes, nr, x, n_k, T, n_k, acc, XLLM_ROW_GROUP,
                      y + r0, w.rows)
+
+
+cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act *xq, int T,
+                        float *y, float *acc) noexcept nogil:
+    """y[t, r0:r0+nr] for all T tokens of repacked Q8_0/Q4_0 weights (r0 a multiple of 8).
+
+    Tiles of 2 panels (16 rows) x 4 tokens; acc holds one float per (token, row).  One
+    token streams its panels once, one at a time (a single stream per thread measured
+    faster than two: 31-34 vs 24-30 GB/s); several tokens walk the blocks in chunks that
+    stay in cache.
+    """
+    cdef int nb = w.cols // XLLM_QK
+    cdef int kc = nb if T == 1 else XLLM_K_CHUNK // XLLM_QK
+    cdef int n_panels = (nr + XLLM_PANEL - 1) // XLLM_PANEL
+    cdef int ld = n_panels * XLLM_PANEL
+    cdef size_t pstride = xllm_panel_bytes(w.row_bytes)
+    cdef const char *panels = w.data + <size_t>(r0 // XLLM_PANEL) * pstride
+    cdef int k0, k1, t0, nt, p, npp, t, r
+    memset(acc, 0, <size_t>T * ld * sizeof(float))
+    k0 = 0
+    while k0 < nb:
+        k1 = min(k0 + kc, nb)
+        p = 0
+        while p < n_panels:
+            npp = min(XLLM_QTILE_PANELS if T > 1 else 1, n_panels - p)
+            t0 = 0
+            while t0 < T:
+                nt = min(XLLM_QTILE_TOKENS, T - t0)
+                xllm_qtile(w.type, panels + p * pstride, pstride, npp, xq + <size_t>t0 * nb, nb, nt,
+                           k0, k1, acc + <size_t>t0 * ld + p * XLLM_PANEL, ld)
+                t0 += XLLM_QTILE_TOKENS
+            p += npp
+        k0 = k1
+    for t in range(T):
+        memcpy(y + <size_t>t * w.rows + r0, acc + <size_t>t * ld, nr * sizeof(float))
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
@@ -137,6 +174,10 @@ cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *
     ms[0] = w
     ys[0] = y
     c_matmul_multi(ms, ys, 1, x, T, ws)
+
+
+cdef inline int row_group(int type) noexcept nogil:
+    return XLLM_QROW_GROUP if is_quantized(type) else XLLM_ROW_GROUP
 
 
 cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int T,
@@ -149,17 +190,16 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     Work is split by groups of output rows, so every thread count computes each output
     with the same operations.
     """
-    cdef int t, g, m, nb, total
+    cdef int t, g, m, nb, total, gs, r0
     cdef int cols = w[0].cols
     cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
     cdef bint any_quantized = False
-    cdef const char *xin
-    cdef size_t x_bytes, ldx
-    cdef int n_k
     cdef float *acc = NULL
+    cdef const xllm_block_q8_act *xq = <const xllm_block_q8_act *>ws.xq
     first[0] = 0
     for m in range(n):
-        first[m + 1] = first[m] + (w[m].rows + XLLM_ROW_GROUP - 1) // XLLM_ROW_GROUP
+        gs = row_group(w[m].type)
+        first[m + 1] = first[m] + (w[m].rows + gs - 1) // gs
         any_quantized = any_quantized or is_quantized(w[m].type)
     total = first[n]
     nb = cols // XLLM_QK
@@ -175,18 +215,12 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
             m = 0
             while g >= first[m + 1]:
                 m = m + 1
+            gs = row_group(w[m].type)
+            r0 = (g - first[m]) * gs
             if is_quantized(w[m].type):
-                xin = ws.xq
-                x_bytes = sizeof(xllm_block_q8_act)
-                ldx = nb
-                n_k = nb
+                matmul_panels(w[m], r0, min(gs, w[m].rows - r0), xq, T, y[m], acc)
             else:
-                xin = <const char *>x
-                x_bytes = sizeof(float)
-                ldx = cols
-                n_k = cols
-            matmul_rows(w[m], (g - first[m]) * XLLM_ROW_GROUP, min(XLLM_ROW_GROUP, w[m].rows - (g - first[m]) * XLLM_ROW_GROUP),
-                        xin, x_bytes, ldx, n_k, x, T, y[m], acc)
+                matmul_rows(w[m], r0, min(gs, w[m].rows - r0), x, T, y[m], acc)
 
 
 # ---------------------------------------------------------------------------- elementwise
@@ -445,8 +479,50 @@ cdef class _Buffers:
         return <void *>((p + 63) & ~(<uintptr_t>63))
 
 
-cdef Matrix make_matrix(object tensor, str name) except *:
-    """A Matrix over a weights.Tensor's memory (no copy)."""
+def pack_quantized(data, int ggml_type, int rows, int cols, int threads=1):
+    """The panel layout matmuls read (simd.h: xllm_pack_panel) of a Q8_0/Q4_0 matrix given
+    as its rows' bytes; returns uint8 (ceil(rows/8) * 8 * row_bytes,), 64-byte aligned."""
+    if ggml_type not in (TYPE_Q8_0, TYPE_Q4_0):
+        raise ValueError(f"pack_quantized: type {ggml_type} is not Q8_0 (8) or Q4_0 (2)")
+    data = _tensor_matrix(data, ggml_type, rows, cols)
+    cdef size_t row_bytes = data.nbytes // rows
+    cdef int n_panels = (rows + XLLM_PANEL - 1) // XLLM_PANEL
+    cdef size_t pstride = xllm_panel_bytes(row_bytes)
+    raw = np.empty(n_panels * pstride + 64, dtype=np.uint8)
+    cdef uintptr_t base = <uintptr_t>cnp.PyArray_DATA(raw)
+    cdef size_t offset = (64 - base % 64) % 64
+    out = raw[offset:offset + n_panels * pstride]
+    cdef char *dst = <char *>(base + offset)
+    cdef const char *src = <const char *><uintptr_t>data.__array_interface__["data"][0]
+    cdef int p, nb = cols // XLLM_QK
+    with nogil:
+        for p in prange(n_panels, schedule='static', num_threads=max(threads, 1)):
+            xllm_pack_panel(ggml_type, src + <size_t>p * pstride, row_bytes,
+                            min(XLLM_PANEL, rows - p * XLLM_PANEL), nb, dst + <size_t>p * pstride)
+    return out
+
+
+def _release_file_pages(arr):
+    """Drop a read-only file mapping's pages under `arr` from this process (they stay in the
+    page cache and fault back in if read): after repacking, the file's copy of a quantized
+    matrix would otherwise count twice in RSS.  Anything not a file mapping is left alone."""
+    base = arr
+    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+        base = getattr(base, "base", None)
+    if base is None or (isinstance(base, np.memmap) and base.mode != "r"):
+        return
+    cdef uintptr_t page = mmap.PAGESIZE
+    cdef uintptr_t start = <uintptr_t>arr.__array_interface__["data"][0]
+    cdef uintptr_t end = start + <uintptr_t>arr.nbytes
+    start = (start + page - 1) // page * page          # whole pages inside the array only
+    end = end // page * page
+    if end > start:
+        madvise(<void *>start, end - start, MADV_DONTNEED)
+
+
+cdef Matrix make_matrix(object tensor, str name, list keep, bint operand=True, int threads=1) except *:
+    """A Matrix over a weights.Tensor's memory: a view of the file's rows, or, for a quantized
+    matmul operand (operand=True), its repacked panels (a copy kept alive in `keep`)."""
     cdef Matrix m
     data = tensor.data
     if tensor.ggml_type not in SUPPORTED_TYPES:
@@ -455,11 +531,16 @@ cdef Matrix make_matrix(object tensor, str name) except *:
         raise ValueError(f"tensor {name!r}: expected 2 dimensions, found shape {tensor.shape}")
     if not data.flags.c_contiguous:
         raise ValueError(f"tensor {name!r}: data is not contiguous")
-    m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]
     m.type = tensor.ggml_type
     m.rows = tensor.shape[0]
     m.cols = tensor.shape[1]
     m.row_bytes = data.nbytes // m.rows
+    if operand and is_quantized(m.type):
+        packed = pack_quantized(data.view(np.uint8).reshape(-1), m.type, m.rows, m.cols, threads)
+        _release_file_pages(data)
+        data = packed
+        keep.append(data)
+    m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]
     return m
 
 
@@ -515,6 +596,7 @@ cdef class Decoder:
                 raise ValueError(f"norm {name!r}: expected contiguous float32 ({config.dim},)")
             return <uintptr_t>arr.__array_interface__["data"][0]
 
+        # quantized matmul operands are repacked once, here (make_matrix)
         self.layers = <Layer *>calloc(config.n_layers, sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
@@ -522,16 +604,16 @@ cdef class Decoder:
             p = f"blk.{l}."
             self.layers[l].attn_norm = <const float *><uintptr_t>norm_ptr(p + "attn_norm.weight")
             self.layers[l].ffn_norm = <const float *><uintptr_t>norm_ptr(p + "ffn_norm.weight")
-            self.layers[l].wq = make_matrix(weights[p + "attn_q.weight"], p + "attn_q.weight")
-            self.layers[l].wk = make_matrix(weights[p + "attn_k.weight"], p + "attn_k.weight")
-            self.layers[l].wv = make_matrix(weights[p + "attn_v.weight"], p + "attn_v.weight")
-            self.layers[l].wo = make_matrix(weights[p + "attn_output.weight"], p + "attn_output.weight")
-            self.layers[l].w_gate = make_matrix(weights[p + "ffn_gate.weight"], p + "ffn_gate.weight")
-            self.layers[l].w_up = make_matrix(weights[p + "ffn_up.weight"], p + "ffn_up.weight")
-            self.layers[l].w_down = make_matrix(weights[p + "ffn_down.weight"], p + "ffn_down.weight")
-        self.embed = make_matrix(weights["token_embd.weight"], "token_embd.weight")
+            self.layers[l].wq = make_matrix(weights[p + "attn_q.weight"], p + "attn_q.weight", keep, True, threads)
+            self.layers[l].wk = make_matrix(weights[p + "attn_k.weight"], p + "attn_k.weight", keep, True, threads)
+            self.layers[l].wv = make_matrix(weights[p + "attn_v.weight"], p + "attn_v.weight", keep, True, threads)
+            self.layers[l].wo = make_matrix(weights[p + "attn_output.weight"], p + "attn_output.weight", keep, True, threads)
+            self.layers[l].w_gate = make_matrix(weights[p + "ffn_gate.weight"], p + "ffn_gate.weight", keep, True, threads)
+            self.layers[l].w_up = make_matrix(weights[p + "ffn_up.weight"], p + "ffn_up.weight", keep, True, threads)
+            self.layers[l].w_down = make_matrix(weights[p + "ffn_down.weight"], p + "ffn_down.weight", keep, True, threads)
+        self.embed = make_matrix(weights["token_embd.weight"], "token_embd.weight", keep, False)
         cls_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
-        self.classifier = make_matrix(weights[cls_name], cls_name)
+        self.classifier = make_matrix(weights[cls_name], cls_name, keep, True, threads)
         self.final_norm = <const float *><uintptr_t>norm_ptr("output_norm.weight")
 
         # KV pool (n_layers, n_blocks, block_size, kv_dim) float32, owned by the caller
@@ -665,28 +747,58 @@ def _tensor_matrix(data, int ggml_type, int rows, int cols):
     return data
 
 
+class PackedWeights:
+    """A quantized matrix in the panel layout its matmuls read (see `pack`)."""
+
+    def __init__(self, data, int ggml_type, int rows, int cols):
+        self.data, self.ggml_type, self.rows, self.cols = data, ggml_type, rows, cols
+
+
+def pack(w, int ggml_type, int threads=1):
+    """Repack a Q8_0/Q4_0 matrix given as its rows' bytes (rows, row_bytes) once, so that
+    repeated `matmul` calls (benchmarks) do not pay for it."""
+    if w.ndim != 2:
+        raise ValueError(f"weights: expected (rows, row_bytes), found shape {w.shape}")
+    row_bytes = {TYPE_Q8_0: 34, TYPE_Q4_0: 18}.get(ggml_type)
+    if row_bytes is None:
+        raise ValueError(f"pack: type {ggml_type} is not Q8_0 (8) or Q4_0 (2)")
+    cols = w.shape[1] // row_bytes * XLLM_QK
+    return PackedWeights(pack_quantized(w, ggml_type, w.shape[0], cols, threads), ggml_type, w.shape[0], cols)
+
+
 def matmul(w, int ggml_type, x, int threads=1):
     """y = x @ W.T with W (rows, cols) stored as `ggml_type` (bytes for quantized types).
 
     x: float32 (T, cols); returns float32 (T, rows).  The same kernel as the decoder step.
+    Quantized W is either its rows' bytes, repacked on every call, or `pack`'s result.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"x: expected 2 dimensions, found {x.ndim}")
     cdef int T = x.shape[0]
     cdef int cols = x.shape[1]
-    rows = w.shape[0]
-    w = _tensor_matrix(w, ggml_type, rows, cols)
-    if T < 1 or rows < 1 or cols < 1:
+    if T < 1 or (w.rows if isinstance(w, PackedWeights) else len(w)) < 1 or cols < 1:
         raise ValueError("empty matmul")
     if threads < 1:
         raise ValueError(f"threads = {threads}, expected >= 1")
+    if isinstance(w, PackedWeights):
+        if w.ggml_type != ggml_type or w.cols != cols:
+            raise ValueError(f"packed weights are type {w.ggml_type} with {w.cols} columns, "
+                             f"asked for type {ggml_type} with {cols}")
+        rows, data = w.rows, w.data
+        row_bytes = cols // XLLM_QK * (34 if ggml_type == TYPE_Q8_0 else 18)
+    else:
+        rows = w.shape[0]
+        data = _tensor_matrix(w, ggml_type, rows, cols)
+        row_bytes = data.nbytes // rows
+        if ggml_type in (TYPE_Q8_0, TYPE_Q4_0):
+            data = pack_quantized(data, ggml_type, rows, cols, threads)
     cdef Matrix m
-    m.data = <const char *><uintptr_t>w.__array_interface__["data"][0]
+    m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]
     m.type = ggml_type
     m.rows = rows
     m.cols = cols
-    m.row_bytes = w.nbytes // rows
+    m.row_bytes = row_bytes
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads

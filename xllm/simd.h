@@ -5,12 +5,13 @@
  * -mavx2 and never executes an AVX2 instruction on a CPU without it.  `xllm_simd_level`
  * selects the path (set once from CPUID; tests flip it to exercise both).
  *
- * Matmul micro-kernels work on tiles of (rows x tokens) and keep, for every (row, token)
- * pair, 8 float lanes of partial sums in a caller-provided buffer `acc[t][r][8]`.  A dot
- * product is therefore the same sequence of floating-point operations whatever the tile
- * shape, the k-chunking, the number of tokens in the batch or the thread that computes it:
- * a sequence decoded alone and inside a batch gives bit-identical logits.  `*_finish`
- * reduces the lanes once, at the end.
+ * Matmul micro-kernels work on tiles of (rows x tokens).  F32/F16 tiles keep, for every
+ * (row, token) pair, 8 float lanes of partial sums in a caller-provided buffer
+ * `acc[t][r][8]` (`*_finish` reduces them once, at the end); Q8_0/Q4_0 tiles keep one float
+ * per pair, fed one exact int32 block sum at a time.  A dot product is therefore the same
+ * sequence of floating-point operations whatever the tile shape, the k-chunking, the number
+ * of tokens in the batch or the thread that computes it: a sequence decoded alone and
+ * inside a batch gives bit-identical logits.
  */
 #ifndef XLLM_SIMD_H
 #define XLLM_SIMD_H
@@ -161,13 +162,15 @@ static void xllm_quantize_row_q8_0(const float *x, xllm_block_q8_0 *y, int n) {
 
 /* Activations as the quantized kernels read them: the Q8_0 block of the activation (same
  * values and fp16-rounded scale as xllm_quantize_row_q8_0), with the scale already widened
- * and, for Q4_0 weights, neg8sum[j] = -8 * (qs[4j] + .. + qs[4j+3]): Q4_0 stores w + 8 as an
- * unsigned nibble n, and sum((n - 8) * x) = sum(n * x) + neg8sum, lane by lane, exactly. */
+ * and the sum of the 32 values, which corrects the unsigned weight encodings below
+ * exactly: sum((u - bias) * x) = sum(u * x) - bias * sum(x). */
 typedef struct {
     float d;                    /* scale (an fp16 value) */
-    int32_t neg8sum[8];         /* -8 * sum of qs over each group of 4 */
+    int32_t sum;                /* qs[0] + .. + qs[31] */
     int8_t qs[XLLM_QK];
 } xllm_block_q8_act;
+
+_Static_assert(sizeof(xllm_block_q8_act) == 40, "activation block is 4 + 4 + 32 bytes");
 
 static void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n) {
     xllm_block_q8_0 q;
@@ -175,8 +178,71 @@ static void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n
         xllm_quantize_row_q8_0(x + b * XLLM_QK, &q, XLLM_QK);
         y[b].d = xllm_fp16_to_fp32(q.d);
         memcpy(y[b].qs, q.qs, XLLM_QK);
-        for (int j = 0; j < 8; j++)
-            y[b].neg8sum[j] = -8 * ((int)q.qs[4 * j] + q.qs[4 * j + 1] + q.qs[4 * j + 2] + q.qs[4 * j + 3]);
+        int32_t sum = 0;
+        for (int j = 0; j < XLLM_QK; j++) sum += q.qs[j];
+        y[b].sum = sum;
+    }
+}
+
+/* ------------------------------------------------------------------ repacked quantized weights
+ *
+ * Matmuls read Q8_0/Q4_0 weights repacked at load time into panels of 8 rows, block by
+ * block (the layout of llama.cpp's Q4_0_8x8 idea, adapted): for each 32-value block the 8
+ * rows' scales sit together, then the values in groups of 4 consecutive values with the 8
+ * rows' groups side by side.  One 32-byte load is then 4 values of 8 rows, and one int8
+ * dot instruction with the token's 4 values broadcast adds them into 8 row lanes, so a
+ * block ends as one vector of 8 exact int32 row sums: one convert and one FMA with the 8
+ * row scales serve 8 rows, where the row-by-row layout needs them per row.
+ *
+ * Every path computes, per (row, token), over the blocks in order:
+ *     acc = fma((float)isum_b, d_w * d_x, acc)        isum_b = sum_j w_j * x_j, exact int32
+ * (d_w * d_x, two fp16 values, is exact in float), so the AVX-512, AVX2 and scalar paths,
+ * any tile shape, k-chunking, token count or thread give the same bits. */
+
+#define XLLM_PANEL 8         /* rows per panel of the repacked layout */
+
+typedef struct {
+    uint16_t d[XLLM_PANEL];             /* fp16 scale of each row */
+    uint8_t qs[XLLM_QK * XLLM_PANEL];   /* values 4j..4j+3 of row r at qs[32j + 4r ..], as w + 128 (w ^ 0x80) */
+} xllm_block_q8_0x8;
+
+typedef struct {
+    uint16_t d[XLLM_PANEL];             /* fp16 scale of each row */
+    uint8_t qs[XLLM_QK / 2 * XLLM_PANEL];  /* row r's Q4_0 bytes 4c..4c+3 at qs[32c + 4r ..]: low nibbles
+                                             values 4c.., high nibbles values 16+4c.., each w + 8 */
+} xllm_block_q4_0x8;
+
+_Static_assert(sizeof(xllm_block_q8_0x8) == 8 * sizeof(xllm_block_q8_0), "Q8_0 panel block is 8 Q8_0 blocks");
+_Static_assert(sizeof(xllm_block_q4_0x8) == 8 * sizeof(xllm_block_q4_0), "Q4_0 panel block is 8 Q4_0 blocks");
+
+/* Bytes of one panel (8 rows) of a matrix whose rows are `row_bytes` long. */
+static inline size_t xllm_panel_bytes(size_t row_bytes) { return row_bytes * XLLM_PANEL; }
+
+/* Repack rows [0, nr) (nr <= 8) of a Q8_0/Q4_0 matrix (row r at src + r*row_bytes, nb blocks)
+ * into one panel; missing rows are zero (scale 0). */
+static void xllm_pack_panel(int type, const char *src, size_t row_bytes, int nr, int nb, char *dst) {
+    const int q8 = type == XLLM_Q8_0;
+    const size_t in_block = q8 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
+    const size_t out_block = q8 ? sizeof(xllm_block_q8_0x8) : sizeof(xllm_block_q4_0x8);
+    const int groups = q8 ? 8 : 4;                       /* 4-byte groups per row and block */
+    const uint32_t flip = q8 ? 0x80808080u : 0;          /* Q8_0: w -> w + 128 */
+    for (int b = 0; b < nb; b++) {
+        uint16_t *d = (uint16_t *)(dst + b * out_block);
+        uint8_t *qs = (uint8_t *)(d + XLLM_PANEL);
+        if (nr < XLLM_PANEL) {                           /* missing rows: scale 0, values 0 */
+            memset(d, 0, XLLM_PANEL * sizeof(uint16_t));
+            memset(qs, q8 ? 0x80 : 0x88, out_block - XLLM_PANEL * sizeof(uint16_t));
+        }
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *ib = (const uint8_t *)(src + r * row_bytes + b * in_block);
+            memcpy(&d[r], ib, sizeof(uint16_t));
+            for (int j = 0; j < groups; j++) {
+                uint32_t v;
+                memcpy(&v, ib + 2 + 4 * j, 4);
+                v ^= flip;
+                memcpy(qs + 32 * j + 4 * r, &v, 4);
+            }
+        }
     }
 }
 
@@ -265,13 +331,12 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
     xllm_axpy_f32_scalar(a, x, y, n);
 }
 
-/* ------------------------------------------------------------------ matmul tiles
+/* ------------------------------------------------------------------ float matmul tiles
  *
  * One call accumulates, for rows r < nr of W (row r at w + r*ldw bytes) and tokens t < nt
  * (token t at x + t*ldx), the products over the k-range [k0, k1) into acc[(t*ldacc + r)*8 ..+8].
- * For F32/F16, k counts values and x is float; [k0, k1) is a multiple of 8 except for a
- * final range reaching n, whose leftover (< 8) is added by `finish`.  For Q8_0/Q4_0, k
- * counts 32-value blocks and x is the activation quantized to Q8_0 (xllm_block_q8_act).
+ * k counts values and x is float; [k0, k1) is a multiple of 8 except for a final range
+ * reaching n, whose leftover (< 8) is added by `finish`.
  */
 
 #define XLLM_TILE_ROWS 3     /* rows per micro-tile: 3 rows x 4 tokens = 12 accumulators */
@@ -302,34 +367,6 @@ static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, 
                 const uint16_t *wr = (const uint16_t *)(w + r * ldw);
                 for (int k = k0; k < kv; k += 8)
                     for (int l = 0; l < 8; l++) a[l] += xllm_fp16_to_fp32(wr[k + l]) * xt[k + l];
-            }
-        }
-    }
-}
-
-static void xllm_tile_quant_scalar(int type, const char *w, size_t ldw, int nr,
-                                   const xllm_block_q8_act *x, size_t ldx, int nt, int b0, int b1,
-                                   float *acc, int ldacc) {
-    for (int t = 0; t < nt; t++) {
-        const xllm_block_q8_act *xt = x + t * ldx;
-        for (int r = 0; r < nr; r++) {
-            float *a = acc + ((size_t)t * ldacc + r) * 8;
-            for (int b = b0; b < b1; b++) {
-                int lanes[8] = {0};
-                float d;
-                if (type == XLLM_Q8_0) {
-                    const xllm_block_q8_0 *wb = (const xllm_block_q8_0 *)(w + r * ldw) + b;
-                    for (int j = 0; j < 32; j++) lanes[j / 4] += (int)wb->qs[j] * (int)xt[b].qs[j];
-                    d = xllm_fp16_to_fp32(wb->d) * xt[b].d;
-                } else {
-                    const xllm_block_q4_0 *wb = (const xllm_block_q4_0 *)(w + r * ldw) + b;
-                    for (int j = 0; j < 16; j++) {
-                        lanes[j / 4] += ((wb->qs[j] & 0x0f) - 8) * (int)xt[b].qs[j];
-                        lanes[(j + 16) / 4] += ((wb->qs[j] >> 4) - 8) * (int)xt[b].qs[j + 16];
-                    }
-                    d = xllm_fp16_to_fp32(wb->d) * xt[b].d;
-                }
-                for (int l = 0; l < 8; l++) a[l] += d * (float)lanes[l];
             }
         }
     }
@@ -407,179 +444,189 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
     }
 }
 
-/* One weight block times one activation block: 8 int32 lanes of 4 products each, as float.
- * Q8_0: maddubs on |w| and x with w's sign (the ggml sign trick).  Q4_0: maddubs on the
- * unsigned nibbles and x, plus the activation's precomputed -8 * sum(x) per lane. */
-XLLM_AVX2_FN static inline __m256 xllm_qdot_avx2(int type, const char *row, int b,
-                                                 const xllm_block_q8_act *xb) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i x = _mm256_loadu_si256((const __m256i *)xb->qs);
-    if (type == XLLM_Q8_0) {
-        __m256i w = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)row)[b].qs));
-        __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-    }
-    __m128i packed = _mm_loadu_si128((const __m128i *)(((const xllm_block_q4_0 *)row)[b].qs));
-    __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-                                   _mm256_set1_epi8(0x0f));
-    __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
-    return _mm256_cvtepi32_ps(_mm256_add_epi32(p32, _mm256_loadu_si256((const __m256i *)xb->neg8sum)));
-}
-
-XLLM_AVX2_FN static inline float xllm_load_qd(int type, const char *row, int b) {
-    uint16_t d = type == XLLM_Q8_0 ? ((const xllm_block_q8_0 *)row)[b].d
-                                   : ((const xllm_block_q4_0 *)row)[b].d;
-    return _cvtsh_ss(d);
-}
-
-XLLM_AVX2_FN static void xllm_tile_quant_avx2(int type, const char *w, size_t ldw, int nr,
-                                              const xllm_block_q8_act *x, size_t ldx, int nt,
-                                              int b0, int b1, float *acc, int ldacc) {
-    const size_t block_bytes = type == XLLM_Q8_0 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
-    if (nr == 3 && nt == 4) {
-        __m256 c[3][4];
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 3; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
-        for (int b = b0; b < b1; b++) {
-            float wd[3];
-            for (int r = 0; r < 3; r++) wd[r] = xllm_load_qd(type, w + r * ldw, b);
-            for (int t = 0; t < 4; t++) {
-                const xllm_block_q8_act *xb = x + t * ldx + b;
-                for (int r = 0; r < 3; r++)
-                    c[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * xb->d),
-                                              xllm_qdot_avx2(type, w + r * ldw, b, xb), c[r][t]);
-            }
-        }
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 3; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
-        return;
-    }
-    /* one token (decode), and edge tiles: each row on its own, rows one after another, so a
-     * thread's weights are one sequential stream (prefetched ahead in software) */
-    for (int t = 0; t < nt; t++) {
-        const xllm_block_q8_act *xt = x + t * ldx;
-        for (int r = 0; r < nr; r++) {
-            const char *w0 = w + r * ldw;
-            float *a = acc + ((size_t)t * ldacc + r) * 8;
-            __m256 c0 = _mm256_loadu_ps(a);
-            for (int b = b0; b < b1; b++) {
-                _mm_prefetch(w0 + (size_t)b * block_bytes + XLLM_PREFETCH_BYTES, _MM_HINT_T0);
-                c0 = _mm256_fmadd_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b) * xt[b].d),
-                                     xllm_qdot_avx2(type, w0, b, xt + b), c0);
-            }
-            _mm256_storeu_ps(a, c0);
-        }
-    }
-}
 #endif
 
-#if XLLM_X86
-/* The same integer lanes as xllm_qdot_avx2, with vpdpbusd (unsigned x signed bytes, four
- * products summed into each int32 lane of the accumulator operand):
- *   Q8_0: x + 128 is unsigned (x ^ 0x80), and the accumulator starts at -128 * sum(w);
- *   Q4_0: the nibbles are unsigned, and the accumulator starts at the activation's neg8sum.
- * Results are bit-identical to the AVX2 path. */
-XLLM_AVX512_FN static inline __m256i xllm_q4_nibbles_vnni(const char *row, int b) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)(((const xllm_block_q4_0 *)row)[b].qs));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
-}
-
-XLLM_AVX512_FN static void xllm_tile_quant_vnni(int type, const char *w, size_t ldw, int nr,
-                                                const xllm_block_q8_act *x, size_t ldx, int nt,
-                                                int b0, int b1, float *acc, int ldacc) {
-    const __m256i bias = _mm256_set1_epi8((char)0x80);
-    const __m256i zero = _mm256_setzero_si256();
-    const size_t block_bytes = type == XLLM_Q8_0 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
-    if (nr == 3 && nt == 4) {
-        __m256 c[3][4];
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 3; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
-        for (int b = b0; b < b1; b++) {
-            __m256i wv[3], start[3];
-            __m256 bw[3];
-            for (int r = 0; r < 3; r++) {
-                const char *row = w + r * ldw;
-                bw[r] = _mm256_set1_ps(xllm_load_qd(type, row, b));
-                if (type == XLLM_Q8_0) {
-                    wv[r] = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)row)[b].qs));
-                    start[r] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, wv[r]));
-                } else {
-                    wv[r] = xllm_q4_nibbles_vnni(row, b);
-                }
-            }
-            for (int t = 0; t < 4; t++) {
-                const xllm_block_q8_act *xb = x + t * ldx + b;
-                __m256 bx = _mm256_set1_ps(xb->d);
-                __m256i xq = _mm256_loadu_si256((const __m256i *)xb->qs);
-                if (type == XLLM_Q8_0) {
-                    __m256i xu = _mm256_xor_si256(xq, bias);
-                    for (int r = 0; r < 3; r++)
-                        c[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(bw[r], bx),
-                                                  _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start[r], xu, wv[r])), c[r][t]);
-                } else {
-                    __m256i ns = _mm256_loadu_si256((const __m256i *)xb->neg8sum);
-                    for (int r = 0; r < 3; r++)
-                        c[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(bw[r], bx),
-                                                  _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(ns, wv[r], xq)), c[r][t]);
-                }
-            }
-        }
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 3; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
-        return;
-    }
-    for (int t = 0; t < nt; t++) {      /* decode and edge tiles: rows one after another */
-        const xllm_block_q8_act *xt = x + t * ldx;
-        for (int r = 0; r < nr; r++) {
-            const char *w0 = w + r * ldw;
-            float *a = acc + ((size_t)t * ldacc + r) * 8;
-            __m256 c0 = _mm256_loadu_ps(a);
-            for (int b = b0; b < b1; b++) {
-                _mm_prefetch(w0 + (size_t)b * block_bytes + XLLM_PREFETCH_BYTES, _MM_HINT_T0);
-                __m256i xq = _mm256_loadu_si256((const __m256i *)xt[b].qs);
-                __m256i p;
-                if (type == XLLM_Q8_0) {
-                    __m256i wq = _mm256_loadu_si256((const __m256i *)(((const xllm_block_q8_0 *)w0)[b].qs));
-                    __m256i start = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, wq));
-                    p = _mm256_dpbusd_epi32(start, _mm256_xor_si256(xq, bias), wq);
-                } else {
-                    p = _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)xt[b].neg8sum),
-                                            xllm_q4_nibbles_vnni(w0, b), xq);
-                }
-                c0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(xllm_load_qd(type, w0, b)),
-                                                   _mm256_set1_ps(xt[b].d)),
-                                     _mm256_cvtepi32_ps(p), c0);
-            }
-            _mm256_storeu_ps(a, c0);
-        }
-    }
-}
-#endif
-
-/* Accumulate one tile; `x` is float (F32/F16 weights) or xllm_block_q8_act (Q8_0/Q4_0 weights). */
+/* Accumulate one tile of F32/F16 weights (x is float). */
 static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                              int nt, int k0, int k1, float *acc, int ldacc) {
-    if (type == XLLM_F32 || type == XLLM_F16) {
 #if XLLM_X86
-        if (xllm_simd_level >= XLLM_SIMD_AVX2) {
-            xllm_tile_float_avx2(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
-            return;
-        }
-#endif
-        xllm_tile_float_scalar(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
-    } else {
-#if XLLM_X86
-        if (xllm_simd_level == XLLM_SIMD_AVX512) {
-            xllm_tile_quant_vnni(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
-            return;
-        }
-        if (xllm_simd_level == XLLM_SIMD_AVX2) {
-            xllm_tile_quant_avx2(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
-            return;
-        }
-#endif
-        xllm_tile_quant_scalar(type, w, ldw, nr, (const xllm_block_q8_act *)x, ldx, nt, k0, k1, acc, ldacc);
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) {
+        xllm_tile_float_avx2(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
+        return;
     }
+#endif
+    xllm_tile_float_scalar(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
+}
+
+/* ------------------------------------------------------------------ quantized tiles
+ *
+ * One call accumulates, for np (1 or 2) panels of repacked weights (panel p at
+ * w + p*pstride) and nt (1..4) tokens (token t's activation blocks at x + t*ldx), the blocks
+ * [b0, b1) into acc[t*ldacc + 8p + r]: one float per (row, token), see the layout above. */
+
+#define XLLM_QTILE_PANELS 2
+#define XLLM_QTILE_TOKENS 4
+#ifndef XLLM_QROW_GROUP
+#define XLLM_QROW_GROUP 32   /* quantized weight rows per parallel work item (4 panels) */
+#endif
+
+static inline int xllm_q_bias(int type) { return type == XLLM_Q8_0 ? 128 : 8; }
+
+static void xllm_qtile_scalar(int type, const char *w, size_t pstride, int np,
+                              const xllm_block_q8_act *x, size_t ldx, int nt, int b0, int b1,
+                              float *acc, int ldacc) {
+    for (int p = 0; p < np; p++)
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < XLLM_PANEL; r++) {
+                float a = acc[(size_t)t * ldacc + p * XLLM_PANEL + r];
+                for (int b = b0; b < b1; b++) {
+                    const xllm_block_q8_act *xb = x + t * ldx + b;
+                    int32_t isum = 0;
+                    uint16_t d;
+                    if (type == XLLM_Q8_0) {
+                        const xllm_block_q8_0x8 *wb = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;
+                        for (int j = 0; j < XLLM_QK; j++)
+                            isum += ((int)wb->qs[32 * (j / 4) + 4 * r + j % 4] - 128) * xb->qs[j];
+                        d = wb->d[r];
+                    } else {
+                        const xllm_block_q4_0x8 *wb = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;
+                        for (int j = 0; j < XLLM_QK / 2; j++) {
+                            uint8_t byte = wb->qs[32 * (j / 4) + 4 * r + j % 4];
+                            isum += ((byte & 0x0f) - 8) * xb->qs[j] + ((byte >> 4) - 8) * xb->qs[j + 16];
+                        }
+                        d = wb->d[r];
+                    }
+                    a = fmaf((float)isum, xllm_fp16_to_fp32(d) * xb->d, a);
+                }
+                acc[(size_t)t * ldacc + p * XLLM_PANEL + r] = a;
+            }
+}
+
+#if XLLM_X86
+static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+/* The int8 dot step, u8 weights (8 rows x 4 values) times 4 broadcast s8 activation values
+ * into 8 int32 row lanes.  VNNI: one vpdpbusd.  AVX2: Q4_0's nibbles go through maddubs
+ * directly (15 * 127 * 2 cannot saturate); Q8_0's w + 128 would, so the AVX2 path turns the
+ * weights back to signed and uses |w| and sign(x, w) (the ggml sign trick). */
+#define XLLM_QTILE_BODY(FN, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                             \
+    __m256 facc[NP][NT];                                                                               \
+    for (int p = 0; p < NP; p++)                                                                       \
+        for (int t = 0; t < NT; t++) facc[p][t] = _mm256_loadu_ps(acc + (size_t)t * ldacc + 8 * p);   \
+    for (int b = b0; b < b1; b++) {                                                                    \
+        __m256i iacc[NP][NT];                                                                          \
+        for (int t = 0; t < NT; t++) {                                                                 \
+            const xllm_block_q8_act *xb = x + t * ldx + b;                                             \
+            __m256i c = _mm256_set1_epi32(-(type == XLLM_Q8_0 ? (Q8_BIAS) : 8) * xb->sum);             \
+            for (int p = 0; p < NP; p++) iacc[p][t] = c;                                               \
+        }                                                                                              \
+        if (type == XLLM_Q8_0) {                                                                       \
+            const xllm_block_q8_0x8 *wb[NP];                                                           \
+            for (int p = 0; p < NP; p++) {                                                             \
+                wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;                               \
+                for (int o = 0; o < (int)sizeof(xllm_block_q8_0x8); o += 64)                           \
+                    _mm_prefetch((const char *)wb[p] + o + XLLM_PREFETCH_BYTES, _MM_HINT_T0);          \
+            }                                                                                          \
+            for (int j = 0; j < 8; j++) {                                                              \
+                __m256i wv[NP];                                                                        \
+                for (int p = 0; p < NP; p++) wv[p] = _mm256_loadu_si256((const __m256i *)(wb[p]->qs + 32 * j)); \
+                for (int t = 0; t < NT; t++) {                                                         \
+                    __m256i xv = _mm256_set1_epi32(xllm_load_i32(x[t * ldx + b].qs + 4 * j));          \
+                    for (int p = 0; p < NP; p++) iacc[p][t] = DOT_Q8(iacc[p][t], wv[p], xv);           \
+                }                                                                                      \
+            }                                                                                          \
+        } else {                                                                                       \
+            const __m256i m4 = _mm256_set1_epi8(0x0f);                                                 \
+            const xllm_block_q4_0x8 *wb[NP];                                                           \
+            for (int p = 0; p < NP; p++) {                                                             \
+                wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;                               \
+                for (int o = 0; o < (int)sizeof(xllm_block_q4_0x8); o += 64)                           \
+                    _mm_prefetch((const char *)wb[p] + o + XLLM_PREFETCH_BYTES, _MM_HINT_T0);          \
+            }                                                                                          \
+            for (int c = 0; c < 4; c++) {                                                              \
+                __m256i lo[NP], hi[NP];                                                                \
+                for (int p = 0; p < NP; p++) {                                                         \
+                    __m256i raw = _mm256_loadu_si256((const __m256i *)(wb[p]->qs + 32 * c));           \
+                    lo[p] = _mm256_and_si256(raw, m4);                                                 \
+                    hi[p] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);                           \
+                }                                                                                      \
+                for (int t = 0; t < NT; t++) {                                                         \
+                    const int8_t *xq = x[t * ldx + b].qs;                                              \
+                    __m256i xlo = _mm256_set1_epi32(xllm_load_i32(xq + 4 * c));                        \
+                    __m256i xhi = _mm256_set1_epi32(xllm_load_i32(xq + 16 + 4 * c));                   \
+                    for (int p = 0; p < NP; p++)                                                       \
+                        iacc[p][t] = DOT_Q4(DOT_Q4(iacc[p][t], lo[p], xlo), hi[p], xhi);              \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int p = 0; p < NP; p++) {                                                                 \
+            const uint16_t *dp = type == XLLM_Q8_0 ? ((const xllm_block_q8_0x8 *)(w + p * pstride))[b].d \
+                                                   : ((const xllm_block_q4_0x8 *)(w + p * pstride))[b].d; \
+            __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dp));                         \
+            for (int t = 0; t < NT; t++)                                                               \
+                facc[p][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[p][t]),                           \
+                                             _mm256_mul_ps(dw, _mm256_set1_ps(x[t * ldx + b].d)), facc[p][t]); \
+        }                                                                                              \
+    }                                                                                                  \
+    for (int p = 0; p < NP; p++)                                                                       \
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(acc + (size_t)t * ldacc + 8 * p, facc[p][t]);
+
+XLLM_AVX2_FN static inline __m256i xllm_dot_q8_avx2(__m256i acc, __m256i wu, __m256i xv) {
+    __m256i ws = _mm256_xor_si256(wu, _mm256_set1_epi8((char)0x80));
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xv, ws));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+XLLM_AVX2_FN static inline __m256i xllm_dot_q4_avx2(__m256i acc, __m256i wu, __m256i xv) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), _mm256_set1_epi16(1)));
+}
+
+#define XLLM_QTILE_FN(LEVEL, ATTR, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                      \
+ATTR static void xllm_qtile_##LEVEL##_##NP##x##NT(int type, const char *w, size_t pstride,               \
+        const xllm_block_q8_act *x, size_t ldx, int b0, int b1, float *acc, int ldacc) {                 \
+    XLLM_QTILE_BODY(LEVEL, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                              \
+}
+
+/* AVX2: one panel at a time (16 registers); the weights stay signed for the sign trick, so no bias */
+XLLM_QTILE_FN(avx2, XLLM_AVX2_FN, 1, 1, xllm_dot_q8_avx2, xllm_dot_q4_avx2, 0)
+XLLM_QTILE_FN(avx2, XLLM_AVX2_FN, 1, 2, xllm_dot_q8_avx2, xllm_dot_q4_avx2, 0)
+XLLM_QTILE_FN(avx2, XLLM_AVX2_FN, 1, 3, xllm_dot_q8_avx2, xllm_dot_q4_avx2, 0)
+XLLM_QTILE_FN(avx2, XLLM_AVX2_FN, 1, 4, xllm_dot_q8_avx2, xllm_dot_q4_avx2, 0)
+
+/* AVX-512 VNNI on 256-bit registers (32 of them): two panels x up to 4 tokens */
+#define XLLM_DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 1, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 2, 1, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 2, 2, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 2, 3, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 2, 4, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 2, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 3, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 4, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+#endif
+
+typedef void (*xllm_qtile_fn)(int, const char *, size_t, const xllm_block_q8_act *, size_t, int, int, float *, int);
+
+/* Accumulate one quantized tile: np (1..XLLM_QTILE_PANELS) panels x nt (1..XLLM_QTILE_TOKENS) tokens. */
+static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
+                              size_t ldx, int nt, int b0, int b1, float *acc, int ldacc) {
+#if XLLM_X86
+    if (xllm_simd_level == XLLM_SIMD_AVX512) {
+        static const xllm_qtile_fn vnni[2][4] = {
+            {xllm_qtile_vnni_1x1, xllm_qtile_vnni_1x2, xllm_qtile_vnni_1x3, xllm_qtile_vnni_1x4},
+            {xllm_qtile_vnni_2x1, xllm_qtile_vnni_2x2, xllm_qtile_vnni_2x3, xllm_qtile_vnni_2x4}};
+        vnni[np - 1][nt - 1](type, w, pstride, x, ldx, b0, b1, acc, ldacc);
+        return;
+    }
+    if (xllm_simd_level == XLLM_SIMD_AVX2) {
+        static const xllm_qtile_fn avx2[4] = {xllm_qtile_avx2_1x1, xllm_qtile_avx2_1x2,
+                                              xllm_qtile_avx2_1x3, xllm_qtile_avx2_1x4};
+        for (int p = 0; p < np; p++)
+            avx2[nt - 1](type, w + p * pstride, pstride, x, ldx, b0, b1, acc + 8 * p, ldacc);
+        return;
+    }
+#endif
+    xllm_qtile_scalar(type, w, pstride, np, x, ldx, nt, b0, b1, acc, ldacc);
 }
 
 /* Reduce the 8 lanes of each (row, token) pair and add the float tail k in [kv, n) (F32/F16
