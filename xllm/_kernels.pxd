@@ -114,6 +114,7 @@ ctypedef struct Workspace:
     float *hb2              # (T, hidden_dim) up
     float *xout             # (T, dim) projection output before the residual add
     char *xq                # (T, max_cols/32) xllm_block_q8_act: activations quantized once per matmul
+    float *xpad             # (T, max_cols + XPAD) float matmul input, rows padded off 4 KiB multiples
     float *acc              # (n_threads, acc_per_thread) matmul lane accumulators
     size_t acc_per_thread
     float *att              # (n_threads, head_dim + block_size) attention scratch

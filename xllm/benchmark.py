@@ -78,10 +78,14 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
     fma_gflops       fp32 FMA throughput, 2 flops per lane (AVX2 FMA chains)
     int8_gops        int8 multiply-add throughput, 2 ops per multiply-add (maddubs + madd)
     int8_vnni_gops   the same with AVX-512 VNNI vpdpbusd (None when the CPU lacks it)
+    int8_kernel_gops the peak of the instruction xllm's quantized kernels use now (VNNI at the
+                     avx512 SIMD level, else maddubs): the roof quantized matmuls are held to
+    simd             the kernels' SIMD level (xllm._kernels.simd_level())
     """
-    from . import _probe
+    from . import _kernels, _probe
     if threads < 1:
         raise ValueError(f"threads = {threads}, expected >= 1")
+    level = _kernels.simd_level()
     with CpuMonitor(interval=3600) as mon:
         read = _probe.read_bandwidth(bandwidth_bytes, threads, passes, hugepages=True)
         read4k = _probe.read_bandwidth(bandwidth_bytes, threads, passes, hugepages=False)
@@ -90,12 +94,13 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
         vnni = _probe.int8_peak(threads, compute_iters, repeats, method="vnni") if _probe.has_vnni() else None
     return {
         "threads": threads,
-        "simd": "avx2" if _probe.has_avx2() else "scalar",
+        "simd": level,
         "read_gbps": max(_median(read), _median(read4k)),
         "read_gbps_4k": _median(read4k),
         "fma_gflops": _median(fma),
         "int8_gops": _median(int8),
         "int8_vnni_gops": _median(vnni) if vnni else None,
+        "int8_kernel_gops": _median(vnni) if vnni and level == "avx512" else _median(int8),
         "bandwidth_buffer_bytes": int(bandwidth_bytes),
         "other_processes_cpu_pct": mon.summary().get("other_processes_cpu_pct"),
         "steal_pct": mon.summary().get("steal_pct"),
@@ -524,7 +529,7 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         if secs <= 0 and nbytes == 0 and flops == 0:
             continue
         quant = op in MATMUL_OPS and types.get(op) in (Q8_0, Q4_0)
-        peak = (limits["int8_gops"] if quant else limits["fma_gflops"]) * GB
+        peak = (limits["int8_kernel_gops"] if quant else limits["fma_gflops"]) * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None
         gbps = nbytes / secs / GB if secs > 0 else float("nan")
@@ -783,7 +788,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
             "flops": pre_flops,
             "gflops": pre_flops / prefill_s / GB,
             "fraction_of_fma_peak": pre_flops / prefill_s / GB / limits["fma_gflops"],
-            "fraction_of_int8_peak": (pre_flops / prefill_s / GB / limits["int8_gops"]) if quant else None,
+            "fraction_of_int8_peak": (pre_flops / prefill_s / GB / limits["int8_kernel_gops"]) if quant else None,
             "runs_s": [r["prefill_s"] for r in runs],
         },
         "decode": {

@@ -32,7 +32,8 @@
 /* ------------------------------------------------------------------ dispatch */
 
 /* Levels, each a superset of the one before: AVX512 adds VNNI int8 dot products
- * (vpdpbusd on 256-bit registers) to the quantized kernels; float kernels stay AVX2. */
+ * (vpdpbusd) to the quantized kernels and AVX-512VL's 32 registers to both, on 256-bit
+ * vectors (a 512-bit vector is two 256-bit halves on Zen 4; the lane layout stays that of AVX2). */
 enum { XLLM_SIMD_SCALAR = 0, XLLM_SIMD_AVX2 = 1, XLLM_SIMD_AVX512 = 2 };
 static int xllm_simd_level = XLLM_SIMD_SCALAR;
 
@@ -339,7 +340,8 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
  * reaching n, whose leftover (< 8) is added by `finish`.
  */
 
-#define XLLM_TILE_ROWS 3     /* rows per micro-tile: 3 rows x 4 tokens = 12 accumulators */
+#define XLLM_TILE_ROWS 6     /* rows per micro-tile: 6 rows x 4 tokens = 24 accumulators (AVX-512VL's
+                                32 registers; AVX2's 16 take it as two 3 x 4 tiles) */
 #define XLLM_TILE_TOKENS 4
 #ifndef XLLM_ROW_GROUP
 #define XLLM_ROW_GROUP 24    /* weight rows per parallel work item (a multiple of XLLM_TILE_ROWS) */
@@ -382,6 +384,11 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
                                               const float *x, size_t ldx, int nt, int k0, int k1,
                                               float *acc, int ldacc) {
     int kv = k0 + ((k1 - k0) & ~7);
+    if (nr == 6 && nt == 4) {
+        xllm_tile_float_avx2(type, w, ldw, 3, x, ldx, 4, k0, k1, acc, ldacc);
+        xllm_tile_float_avx2(type, w + 3 * ldw, ldw, 3, x, ldx, 4, k0, k1, acc + 3 * 8, ldacc);
+        return;
+    }
     if (nr == 3 && nt == 4) {
         __m256 c[3][4];
         for (int t = 0; t < 4; t++)
@@ -446,10 +453,47 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
 
 #endif
 
+#if XLLM_X86
+/* 6 rows x 4 tokens on AVX-512VL's 32 ymm registers: 10 loads feed 24 FMAs (3 x 4 on AVX2:
+ * 7 loads per 12).  Same per-(row, token) lane sums as the AVX2 tile, so the same bits. */
+XLLM_AVX512_FN static void xllm_tile_float_avx512(int type, const char *w, size_t ldw, int nr,
+                                                  const float *x, size_t ldx, int nt, int k0, int k1,
+                                                  float *acc, int ldacc) {
+    if (nr != 6 || nt != 4) {
+        xllm_tile_float_avx2(type, w, ldw, nr, x, ldx, nt, k0, k1, acc, ldacc);
+        return;
+    }
+    int kv = k0 + ((k1 - k0) & ~7);
+    __m256 c[6][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 6; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    for (int k = k0; k < kv; k += 8) {
+        __m256 a[6];
+        for (int r = 0; r < 6; r++) a[r] = xllm_load8_avx2(type, w + r * ldw, k);
+        __m256 b;
+        b = _mm256_loadu_ps(x0 + k);
+        for (int r = 0; r < 6; r++) c[r][0] = _mm256_fmadd_ps(a[r], b, c[r][0]);
+        b = _mm256_loadu_ps(x1 + k);
+        for (int r = 0; r < 6; r++) c[r][1] = _mm256_fmadd_ps(a[r], b, c[r][1]);
+        b = _mm256_loadu_ps(x2 + k);
+        for (int r = 0; r < 6; r++) c[r][2] = _mm256_fmadd_ps(a[r], b, c[r][2]);
+        b = _mm256_loadu_ps(x3 + k);
+        for (int r = 0; r < 6; r++) c[r][3] = _mm256_fmadd_ps(a[r], b, c[r][3]);
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 6; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
+}
+#endif
+
 /* Accumulate one tile of F32/F16 weights (x is float). */
 static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                              int nt, int k0, int k1, float *acc, int ldacc) {
 #if XLLM_X86
+    if (xllm_simd_level == XLLM_SIMD_AVX512) {
+        xllm_tile_float_avx512(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
+        return;
+    }
     if (xllm_simd_level >= XLLM_SIMD_AVX2) {
         xllm_tile_float_avx2(type, w, ldw, nr, (const float *)x, ldx, nt, k0, k1, acc, ldacc);
         return;
