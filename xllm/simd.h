@@ -380,6 +380,29 @@ XLLM_AVX2_FN static inline __m256 xllm_load8_avx2(int type, const char *row, int
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
 }
 
+/* 3 rows x NT (<= 4, a constant after inlining) tokens: the edge tiles of a batch whose
+ * token count is not a multiple of 4 keep several independent FMA chains. */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_tile3_avx2(int type, const char *w, size_t ldw, const float *x, size_t ldx, const int NT,
+                int k0, int kv, float *acc, int ldacc) {
+    __m256 c[3][4];
+    for (int t = 0; t < NT; t++)
+        for (int r = 0; r < 3; r++) c[r][t] = _mm256_loadu_ps(acc + ((size_t)t * ldacc + r) * 8);
+    for (int k = k0; k < kv; k += 8) {
+        __m256 a0 = xllm_load8_avx2(type, w, k);
+        __m256 a1 = xllm_load8_avx2(type, w + ldw, k);
+        __m256 a2 = xllm_load8_avx2(type, w + 2 * ldw, k);
+        for (int t = 0; t < NT; t++) {
+            __m256 b = _mm256_loadu_ps(x + t * ldx + k);
+            c[0][t] = _mm256_fmadd_ps(a0, b, c[0][t]);
+            c[1][t] = _mm256_fmadd_ps(a1, b, c[1][t]);
+            c[2][t] = _mm256_fmadd_ps(a2, b, c[2][t]);
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        for (int r = 0; r < 3; r++) _mm256_storeu_ps(acc + ((size_t)t * ldacc + r) * 8, c[r][t]);
+}
+
 XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ldw, int nr,
                                               const float *x, size_t ldx, int nt, int k0, int k1,
                                               float *acc, int ldacc) {
@@ -438,7 +461,17 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
         }
         return;
     }
-    for (int t = 0; t < nt; t++) {            /* edge tiles: one (row, token) pair at a time */
+    if (nt == 2 || nt == 3) {                 /* edge tiles of 2-3 tokens: rows in threes */
+        int r = 0;
+        for (; r + 3 <= nr; r += 3) {
+            if (nt == 2) xllm_tile3_avx2(type, w + r * ldw, ldw, x, ldx, 2, k0, kv, acc + r * 8, ldacc);
+            else xllm_tile3_avx2(type, w + r * ldw, ldw, x, ldx, 3, k0, kv, acc + r * 8, ldacc);
+        }
+        w += r * ldw;
+        acc += r * 8;
+        nr -= r;
+    }
+    for (int t = 0; t < nt; t++) {            /* what remains: one (row, token) pair at a time */
         const float *xt = x + t * ldx;
         for (int r = 0; r < nr; r++) {
             const char *wr = w + r * ldw;
