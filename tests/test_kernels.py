@@ -129,7 +129,7 @@ def test_rope(theta, n_heads, head_dim):
 
 
 @pytest.mark.parametrize("n", [1, 7, 33, 100])
-def test_softmax_swiglu_add(n):
+def test_softmax_swiglu_add(simd, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 5).astype(np.float32)
     e = np.exp(x.astype(np.float64) - x.max())
@@ -138,6 +138,31 @@ def test_softmax_swiglu_add(n):
     g64 = g.astype(np.float64)
     assert rel_err(K.swiglu(g, u), g64 / (1 + np.exp(-g64)) * u) < 1e-6
     assert np.array_equal(K.add(g, u), g + u)
+
+
+def test_swiglu_extremes_and_paths_agree():
+    """silu over the whole float range: within 4e-7 of float64 (Cephes expf, 2 ulp; values
+    under 1e-36 may flush to zero), and the same bits on the scalar and AVX2 paths."""
+    rng = np.random.default_rng(0)
+    g = np.concatenate([rng.standard_normal(997) * 10, [0.0, -0.0, 87.0, 88.0, 89.0, 100.0, 1e30, -87.0,
+                        -88.0, -89.0, -100.0, -1e30, 1e-30, -1e-30, 3e-45, 0.5, -0.5]]).astype(np.float32)
+    u = np.ones_like(g)
+    g64 = g.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = g64 / (1 + np.exp(-g64))
+    before = K.simd_level()
+    try:
+        out = {}
+        for level in ["scalar"] + (["avx2"] if K.has_avx2() else []):
+            K.set_simd_level(level)
+            out[level] = K.swiglu(g, u)
+    finally:
+        K.set_simd_level(before)
+    y = out["scalar"]
+    assert np.all(np.isfinite(y))
+    assert np.all(np.abs(y - ref) <= 4e-7 * np.abs(ref) + 1e-36)
+    for level, v in out.items():
+        assert np.array_equal(v, y), level
 
 
 @pytest.mark.parametrize("n_heads,n_kv_heads,head_dim", [(4, 4, 16), (8, 2, 10), (6, 3, 64), (1, 1, 2)])

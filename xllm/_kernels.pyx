@@ -290,16 +290,12 @@ cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_di
 
 
 cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil:
-    """gate = silu(gate) * up."""
-    cdef int i
-    cdef float g
-    for i in range(n):
-        g = gate[i]
-        gate[i] = g / (1.0 + expf(-g)) * up[i]
+    """gate = silu(gate) * up (simd.h: xllm_swiglu)."""
+    xllm_swiglu(gate, up, n)
 
 
 cdef void swiglu_tokens(float *gate, const float *up, int T, int width, int n_threads) noexcept nogil:
-    """c_swiglu over T rows of `width`, rows split across threads (expf is the cost)."""
+    """c_swiglu over T rows of `width`, rows split across threads (exp is the cost)."""
     cdef int t
     for t in prange(T, schedule='static', num_threads=n_threads):
         c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)

@@ -332,6 +332,77 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
     xllm_axpy_f32_scalar(a, x, y, n);
 }
 
+/* ------------------------------------------------------------------ SwiGLU
+ *
+ * gate = silu(gate) * up = gate / (1 + exp(-gate)) * up.  exp is Cephes' expf (range
+ * reduction by n = round(x log2 e), degree-6 polynomial, 2^n in the exponent bits; within
+ * 2 ulp), written once as a sequence of float operations and FMAs that the AVX2 and scalar
+ * paths both follow, so they give the same bits.  -gate is clamped to [-87.3, 88.3] so
+ * that 2^n stays a normal float: below, exp(-gate) is lost next to 1 anyway; above, it is
+ * taken as +inf, and silu as -0 (its true value is below 1e-36 there). */
+
+#define XLLM_EXP_LO (-87.3f)
+#define XLLM_EXP_HI 88.3f
+#define XLLM_LOG2E 1.44269504088896341f
+#define XLLM_LN2_HI 0.693359375f
+#define XLLM_LN2_LO (-2.12194440e-4f)
+static const float xllm_exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                       4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+static inline float xllm_silu_mul_scalar(float g, float u) {
+    float x = -g;
+    int big = x > XLLM_EXP_HI;
+    x = x > XLLM_EXP_LO ? x : XLLM_EXP_LO;             /* as _mm256_max_ps(x, lo) */
+    x = x < XLLM_EXP_HI ? x : XLLM_EXP_HI;             /* as _mm256_min_ps(x, hi) */
+    float n = nearbyintf(x * XLLM_LOG2E);
+    float r = fmaf(n, -XLLM_LN2_HI, x);
+    r = fmaf(n, -XLLM_LN2_LO, r);
+    float z = r * r;
+    float p = xllm_exp_poly[0];
+    for (int i = 1; i < 6; i++) p = fmaf(p, r, xllm_exp_poly[i]);
+    float y = fmaf(p, z, r) + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float pow2n;
+    memcpy(&pow2n, &bits, 4);
+    float ex = big ? INFINITY : y * pow2n;
+    return g / (1.0f + ex) * u;
+}
+
+#if XLLM_X86
+XLLM_AVX2_FN static void xllm_swiglu_avx2(float *gate, const float *up, int n) {
+    const __m256 lo = _mm256_set1_ps(XLLM_EXP_LO), hi = _mm256_set1_ps(XLLM_EXP_HI);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), g);
+        __m256 big = _mm256_cmp_ps(neg, hi, _CMP_GT_OQ);
+        __m256 x = _mm256_min_ps(_mm256_max_ps(neg, lo), hi);
+        __m256 nn = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(XLLM_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_HI), x);
+        r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_LO), r);
+        __m256 z = _mm256_mul_ps(r, r);
+        __m256 p = _mm256_set1_ps(xllm_exp_poly[0]);
+        for (int k = 1; k < 6; k++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(xllm_exp_poly[k]));
+        __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), one);
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23);
+        __m256 ex = _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), _mm256_set1_ps(INFINITY), big);
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, ex)),
+                                                 _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) gate[i] = xllm_silu_mul_scalar(gate[i], up[i]);
+}
+#endif
+
+/* gate[i] = silu(gate[i]) * up[i] */
+static inline void xllm_swiglu(float *gate, const float *up, int n) {
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) { xllm_swiglu_avx2(gate, up, n); return; }
+#endif
+    for (int i = 0; i < n; i++) gate[i] = xllm_silu_mul_scalar(gate[i], up[i]);
+}
+
 /* ------------------------------------------------------------------ float matmul tiles
  *
  * One call accumulates, for rows r < nr of W (row r at w + r*ldw bytes) and tokens t < nt
