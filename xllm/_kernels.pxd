@@ -18,6 +18,7 @@ cdef extern from "simd.h" nogil:
     int XLLM_K_CHUNK
     int XLLM_PANEL
     int XLLM_QROW_GROUP
+    int XLLM_QK_CHUNK
     int XLLM_QTILE_PANELS
     int XLLM_QTILE_TOKENS
     int xllm_simd_level

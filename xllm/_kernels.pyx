@@ -143,7 +143,7 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     stay in cache.
     """
     cdef int nb = w.cols // XLLM_QK
-    cdef int kc = nb if T == 1 else XLLM_K_CHUNK // XLLM_QK
+    cdef int kc = nb if T == 1 else XLLM_QK_CHUNK
     cdef int n_panels = (nr + XLLM_PANEL - 1) // XLLM_PANEL
     cdef int ld = n_panels * XLLM_PANEL
     cdef size_t pstride = xllm_panel_bytes(w.row_bytes)

@@ -614,6 +614,10 @@ static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const 
 
 #define XLLM_QTILE_PANELS 2
 #define XLLM_QTILE_TOKENS 4
+#ifndef XLLM_QK_CHUNK
+#define XLLM_QK_CHUNK 16     /* blocks per k-chunk when several tokens share each panel: a 2-panel
+                                chunk (8.7 KB of Q8_0) stays in L1 for all token tiles (tuned, 4-128) */
+#endif
 #ifndef XLLM_QROW_GROUP
 #define XLLM_QROW_GROUP 32   /* quantized weight rows per parallel work item (4 panels) */
 #endif
