@@ -40,6 +40,8 @@ cdef extern from "simd.h" nogil:
     float xllm_dot_f32(const float *a, const float *b, int n)
     void xllm_axpy_f32(float a, const float *x, float *y, int n)
     void xllm_swiglu(float *gate, const float *up, int n)
+    void xllm_attend_block(const float *q, const float *kb, const float *vb, size_t stride, int n_pos,
+                           int hd, float scale, float *m, float *l, float *out, float *scores)
     void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                    int nt, int k0, int k1, float *acc, int ldacc)
     size_t xllm_panel_bytes(size_t row_bytes)

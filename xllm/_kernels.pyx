@@ -331,35 +331,17 @@ cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *
     so memory stays bounded by the block size at any context length.
     """
     cdef int hd = d.head_dim
-    cdef float *scores = scratch              # (block_size,)
     cdef float scale = 1.0 / sqrtf(hd)
     cdef float m = -INFINITY
     cdef float l = 0.0
-    cdef float m_new, corr, e
-    cdef int bi, j, n_pos, i
+    cdef int bi, n_pos, i
     cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
-    cdef const float *kb
-    cdef const float *vb
+    cdef size_t base
     memset(out, 0, hd * sizeof(float))
     for bi in range(p // kv.block_size + 1):
         n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
-        kb = kv.k + (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
-        vb = kv.v + (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
-        m_new = m
-        for j in range(n_pos):
-            scores[j] = xllm_dot_f32(q, kb + <size_t>j * d.kv_dim, hd) * scale
-            if scores[j] > m_new:
-                m_new = scores[j]
-        corr = expf(m - m_new)
-        if corr != 1.0:
-            l = l * corr
-            for i in range(hd):
-                out[i] = out[i] * corr
-        for j in range(n_pos):
-            e = expf(scores[j] - m_new)
-            l = l + e
-            xllm_axpy_f32(e, vb + <size_t>j * d.kv_dim, out, hd)
-        m = m_new
+        base = (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
+        xllm_attend_block(q, kv.k + base, kv.v + base, d.kv_dim, n_pos, hd, scale, &m, &l, out, scratch)
     for i in range(hd):
         out[i] = out[i] / l
 

@@ -349,11 +349,8 @@ static inline void xllm_axpy_f32(float a, const float *x, float *y, int n) {
 static const float xllm_exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                                        4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
-static inline float xllm_silu_mul_scalar(float g, float u) {
-    float x = -g;
-    int big = x > XLLM_EXP_HI;
-    x = x > XLLM_EXP_LO ? x : XLLM_EXP_LO;             /* as _mm256_max_ps(x, lo) */
-    x = x < XLLM_EXP_HI ? x : XLLM_EXP_HI;             /* as _mm256_min_ps(x, hi) */
+/* exp(x) for x in [XLLM_EXP_LO, XLLM_EXP_HI] (callers clamp) */
+static inline float xllm_exp_scalar(float x) {
     float n = nearbyintf(x * XLLM_LOG2E);
     float r = fmaf(n, -XLLM_LN2_HI, x);
     r = fmaf(n, -XLLM_LN2_LO, r);
@@ -364,11 +361,32 @@ static inline float xllm_silu_mul_scalar(float g, float u) {
     uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float pow2n;
     memcpy(&pow2n, &bits, 4);
-    float ex = big ? INFINITY : y * pow2n;
+    return y * pow2n;
+}
+
+static inline float xllm_silu_mul_scalar(float g, float u) {
+    float x = -g;
+    int big = x > XLLM_EXP_HI;
+    x = x > XLLM_EXP_LO ? x : XLLM_EXP_LO;             /* as _mm256_max_ps(x, lo) */
+    x = x < XLLM_EXP_HI ? x : XLLM_EXP_HI;             /* as _mm256_min_ps(x, hi) */
+    float ex = big ? INFINITY : xllm_exp_scalar(x);
     return g / (1.0f + ex) * u;
 }
 
 #if XLLM_X86
+XLLM_AVX2_FN static inline __m256 xllm_exp_avx2(__m256 x) {
+    __m256 nn = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(XLLM_LOG2E)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_HI), x);
+    r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_LO), r);
+    __m256 z = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(xllm_exp_poly[0]);
+    for (int k = 1; k < 6; k++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(xllm_exp_poly[k]));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
 XLLM_AVX2_FN static void xllm_swiglu_avx2(float *gate, const float *up, int n) {
     const __m256 lo = _mm256_set1_ps(XLLM_EXP_LO), hi = _mm256_set1_ps(XLLM_EXP_HI);
     const __m256 one = _mm256_set1_ps(1.0f);
@@ -377,17 +395,8 @@ XLLM_AVX2_FN static void xllm_swiglu_avx2(float *gate, const float *up, int n) {
         __m256 g = _mm256_loadu_ps(gate + i);
         __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), g);
         __m256 big = _mm256_cmp_ps(neg, hi, _CMP_GT_OQ);
-        __m256 x = _mm256_min_ps(_mm256_max_ps(neg, lo), hi);
-        __m256 nn = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(XLLM_LOG2E)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m256 r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_HI), x);
-        r = _mm256_fmadd_ps(nn, _mm256_set1_ps(-XLLM_LN2_LO), r);
-        __m256 z = _mm256_mul_ps(r, r);
-        __m256 p = _mm256_set1_ps(xllm_exp_poly[0]);
-        for (int k = 1; k < 6; k++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(xllm_exp_poly[k]));
-        __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), one);
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23);
-        __m256 ex = _mm256_blendv_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), _mm256_set1_ps(INFINITY), big);
+        __m256 ex = xllm_exp_avx2(_mm256_min_ps(_mm256_max_ps(neg, lo), hi));
+        ex = _mm256_blendv_ps(ex, _mm256_set1_ps(INFINITY), big);
         _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, ex)),
                                                  _mm256_loadu_ps(up + i)));
     }
@@ -401,6 +410,95 @@ static inline void xllm_swiglu(float *gate, const float *up, int n) {
     if (xllm_simd_level >= XLLM_SIMD_AVX2) { xllm_swiglu_avx2(gate, up, n); return; }
 #endif
     for (int i = 0; i < n; i++) gate[i] = xllm_silu_mul_scalar(gate[i], up[i]);
+}
+
+/* ------------------------------------------------------------------ attention
+ *
+ * One block of cached positions for one query head, online softmax: scores s_j = q.k_j *
+ * scale, the running max *m and sum *l rescaled by exp(m_old - m_new), and
+ * out = out * corr + sum_j exp(s_j - m_new) v_j.  Keys/values of position j at kb/vb + j*stride.
+ * The AVX2 path (head_dim a multiple of 8) reduces 8 positions' dot products
+ * together, exponentiates 8 scores at once and keeps `out` in registers over the block. */
+
+static void xllm_attend_block_scalar(const float *q, const float *kb, const float *vb, size_t stride,
+                                     int n_pos, int hd, float scale, float *m, float *l, float *out,
+                                     float *scores) {
+    float m_new = *m;
+    for (int j = 0; j < n_pos; j++) {
+        scores[j] = xllm_dot_f32(q, kb + j * stride, hd) * scale;
+        if (scores[j] > m_new) m_new = scores[j];
+    }
+    float corr = expf(*m - m_new);
+    if (corr != 1.0f) {
+        *l *= corr;
+        for (int i = 0; i < hd; i++) out[i] *= corr;
+    }
+    for (int j = 0; j < n_pos; j++) {
+        float e = expf(scores[j] - m_new);
+        *l += e;
+        xllm_axpy_f32(e, vb + j * stride, out, hd);
+    }
+    *m = m_new;
+}
+
+#if XLLM_X86
+XLLM_AVX2_FN static void xllm_attend_block_avx2(const float *q, const float *kb, const float *vb,
+                                                size_t stride, int n_pos, int hd, float scale, float *m,
+                                                float *l, float *out, float *scores) {
+    int j = 0;
+    for (; j + 8 <= n_pos; j += 8) {             /* 8 dot products, reduced together */
+        __m256 a[8];
+        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        for (int c = 0; c < hd; c += 8) {
+            __m256 qc = _mm256_loadu_ps(q + c);
+            for (int i = 0; i < 8; i++)
+                a[i] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kb + (j + i) * stride + c), a[i]);
+        }
+        __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+        __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+        __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+        __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+    }
+    for (; j < n_pos; j++) scores[j] = xllm_dot_f32_avx2(q, kb + j * stride, hd) * scale;
+    float m_new = *m;
+    for (j = 0; j < n_pos; j++) m_new = scores[j] > m_new ? scores[j] : m_new;
+    float corr = expf(*m - m_new);
+    j = 0;
+    for (; j + 8 <= n_pos; j += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(m_new));
+        _mm256_storeu_ps(scores + j, xllm_exp_avx2(_mm256_max_ps(x, _mm256_set1_ps(XLLM_EXP_LO))));
+    }
+    for (; j < n_pos; j++) scores[j] = expf(scores[j] - m_new);
+    float lsum = *l * corr;
+    for (j = 0; j < n_pos; j++) lsum += scores[j];
+    *l = lsum;
+    for (int c0 = 0; c0 < hd; c0 += 64) {        /* out in registers, 64 values at a time */
+        int nc = hd - c0 < 64 ? (hd - c0) / 8 : 8;
+        __m256 o[8];
+        __m256 vc = _mm256_set1_ps(corr);
+        for (int c = 0; c < nc; c++) o[c] = _mm256_mul_ps(_mm256_loadu_ps(out + c0 + 8 * c), vc);
+        for (j = 0; j < n_pos; j++) {
+            __m256 e = _mm256_set1_ps(scores[j]);
+            const float *v = vb + j * stride + c0;
+            for (int c = 0; c < nc; c++) o[c] = _mm256_fmadd_ps(e, _mm256_loadu_ps(v + 8 * c), o[c]);
+        }
+        for (int c = 0; c < nc; c++) _mm256_storeu_ps(out + c0 + 8 * c, o[c]);
+    }
+    *m = m_new;
+}
+#endif
+
+static inline void xllm_attend_block(const float *q, const float *kb, const float *vb, size_t stride,
+                                     int n_pos, int hd, float scale, float *m, float *l, float *out,
+                                     float *scores) {
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX2 && hd % 8 == 0) {
+        xllm_attend_block_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+        return;
+    }
+#endif
+    xllm_attend_block_scalar(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
 }
 
 /* ------------------------------------------------------------------ float matmul tiles
