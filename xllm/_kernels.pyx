@@ -191,7 +191,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     Work is split by groups of output rows, so every thread count computes each output
     with the same operations.
     """
-    cdef int t, g, m, nb, total, gs, r0
+    cdef int i, g, m, nb, total, gs, r0, n_prep
     cdef int cols = w[0].cols
     cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
     cdef bint any_quantized = False, any_float = False
@@ -206,22 +206,25 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
         any_quantized = any_quantized or is_quantized(w[m].type)
         any_float = any_float or not is_quantized(w[m].type)
     total = first[n]
-    if any_float and T > 1:
+    nb = cols // XLLM_QK
+    n_prep = 0                             # input preparation items: quantized blocks or padded rows
+    if any_quantized:
+        n_prep = T * nb
+    elif any_float and T > 1:
         # rows of x a multiple of 4 KiB apart share L1 sets with each other and with a tile's
         # weight rows; a padded copy (one cache line more per row) keeps them apart (2048 x
         # 2048 F32 at T = 128: 120-160 -> 180 GFLOP/s)
         ldx = cols + XPAD
-        for t in prange(T, schedule='static', num_threads=ws.n_threads):
-            memcpy(ws.xpad + <size_t>t * ldx, x + <size_t>t * cols, cols * sizeof(float))
         xf = ws.xpad
-    nb = cols // XLLM_QK
-    if any_quantized:
-        if T == 1:
-            xllm_quantize_row_q8_act(x, <xllm_block_q8_act *>ws.xq, cols)
-        else:
-            for t in prange(T, schedule='static', num_threads=ws.n_threads):
-                xllm_quantize_row_q8_act(x + <size_t>t * cols, <xllm_block_q8_act *>ws.xq + <size_t>t * nb, cols)
+        n_prep = T
     with parallel(num_threads=ws.n_threads):
+        # the input prepared by all threads in the same region (a barrier, not a second fork)
+        for i in prange(n_prep, schedule='static'):
+            if any_quantized:
+                xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
+                                         <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
+            else:
+                memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
         acc = ws.acc + threadid() * ws.acc_per_thread
         for g in prange(total, schedule='static'):
             m = 0
