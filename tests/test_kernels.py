@@ -280,3 +280,20 @@ def test_release_file_pages_leaves_memory_arrays_alone(tmp_path):
     w = np.memmap(path, dtype=np.uint8, mode="r+")
     K._release_file_pages(w)
     assert np.array_equal(w, a)
+
+@pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
+def test_matmul_on_packed_weights(qtype):
+    """K.pack repacks once (benchmarks): the same results as repacking inside matmul, and a
+    mismatched type or width is refused by name."""
+    rng = np.random.default_rng(9)
+    w = quantize(rng.standard_normal((19, 64)).astype(np.float32), qtype)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    packed = K.pack(w, int(qtype))
+    assert np.array_equal(K.matmul(packed, int(qtype), x), K.matmul(w, int(qtype), x))
+    other = GT.Q4_0 if qtype == GT.Q8_0 else GT.Q8_0
+    with pytest.raises(ValueError, match="packed weights are type"):
+        K.matmul(packed, int(other), x)
+    with pytest.raises(ValueError, match="packed weights are type"):
+        K.matmul(packed, int(qtype), x[:, :32])
+    with pytest.raises(ValueError, match="not Q8_0"):
+        K.pack(w, 0)
