@@ -55,7 +55,8 @@ def main():
     if m:
         lim = m["limits"]
         print(f"Limits of this run: read {lim['read_gbps']:.1f} GB/s, fp32 FMA {lim['fma_gflops']:.0f} GFLOP/s, "
-              f"int8 {lim['int8_gops']:.0f} GOP/s\n")
+              f"int8 {lim.get('int8_kernel_gops', lim['int8_gops']):.0f} GOP/s (the kernels' {lim['simd']} "
+              f"instructions; maddubs {lim['int8_gops']:.0f})\n")
         print("| W (rows x cols) | T | kernel | ms | GFLOP/s | % FMA peak | % int8 peak | weight GB/s | bandwidth then | % bandwidth | x numpy |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in m["results"]:

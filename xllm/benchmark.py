@@ -1085,7 +1085,7 @@ def _ops_text(rows) -> str:
 
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
-        ["weights (mapped)", _fmt_bytes(m["weights_bytes"])],
+        ["weights (F32/F16 mapped, Q8_0/Q4_0 repacked)", _fmt_bytes(m["weights_bytes"])],
         ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],
