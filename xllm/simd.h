@@ -518,9 +518,6 @@ static inline void xllm_attend_block(const float *q, const float *kb, const floa
 #ifndef XLLM_K_CHUNK
 #define XLLM_K_CHUNK 2048    /* values per k-chunk when several tokens share each weight row (tuned: larger chunks amortize the accumulator round trip) */
 #endif
-#ifndef XLLM_PREFETCH_BYTES
-#define XLLM_PREFETCH_BYTES 4096   /* software prefetch distance for decode's weight stream */
-#endif
 
 /* scalar F32/F16: emulates the 8-lane accumulation */
 static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, const float *x,
@@ -774,8 +771,6 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
             const xllm_block_q8_0x8 *wb[NP];                                                           \
             for (int p = 0; p < NP; p++) {                                                             \
                 wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;                               \
-                for (int o = 0; o < (int)sizeof(xllm_block_q8_0x8); o += 64)                           \
-                    _mm_prefetch((const char *)wb[p] + o + XLLM_PREFETCH_BYTES, _MM_HINT_T0);          \
             }                                                                                          \
             for (int j = 0; j < 8; j++) {                                                              \
                 __m256i wv[NP];                                                                        \
@@ -790,8 +785,6 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
             const xllm_block_q4_0x8 *wb[NP];                                                           \
             for (int p = 0; p < NP; p++) {                                                             \
                 wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;                               \
-                for (int o = 0; o < (int)sizeof(xllm_block_q4_0x8); o += 64)                           \
-                    _mm_prefetch((const char *)wb[p] + o + XLLM_PREFETCH_BYTES, _MM_HINT_T0);          \
             }                                                                                          \
             for (int c = 0; c < 4; c++) {                                                              \
                 __m256i lo[NP], hi[NP];                                                                \
