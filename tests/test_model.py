@@ -78,7 +78,7 @@ def test_incremental_equals_recompute(simd, wtype):
     assert np.array_equal(model_logits(model, ids, 7), full)
 
 
-@pytest.mark.parametrize("wtype", [F32, Q8_0])
+@pytest.mark.parametrize("wtype", [F32, F16, Q8_0, Q4_0])
 def test_one_thread_equals_two(simd, wtype):
     cfg = CONFIGS["wide-heads"] if wtype == F32 else CONFIGS["gqa-untied"]
     ckpt = random_checkpoint(cfg, wtype, seed=7)
@@ -94,7 +94,7 @@ def greedy(n):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("wtype", [F32, Q8_0])
+@pytest.mark.parametrize("wtype", [F32, F16, Q8_0, Q4_0])
 def test_alone_equals_in_batch_random_model(shared_models, threads, wtype):
     """More prompts than max_seqs, mixed lengths, a KV pool small enough to force waiting
     and preemption: every sequence's greedy tokens equal its tokens alone."""
