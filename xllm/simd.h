@@ -717,8 +717,6 @@ static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const 
 #define XLLM_QROW_GROUP 32   /* quantized weight rows per parallel work item (4 panels) */
 #endif
 
-static inline int xllm_q_bias(int type) { return type == XLLM_Q8_0 ? 128 : 8; }
-
 static void xllm_qtile_scalar(int type, const char *w, size_t pstride, int np,
                               const xllm_block_q8_act *x, size_t ldx, int nt, int b0, int b1,
                               float *acc, int ldacc) {
@@ -756,7 +754,7 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
  * into 8 int32 row lanes.  VNNI: one vpdpbusd.  AVX2: Q4_0's nibbles go through maddubs
  * directly (15 * 127 * 2 cannot saturate); Q8_0's w + 128 would, so the AVX2 path turns the
  * weights back to signed and uses |w| and sign(x, w) (the ggml sign trick). */
-#define XLLM_QTILE_BODY(FN, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                             \
+#define XLLM_QTILE_BODY(NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                                 \
     __m256 facc[NP][NT];                                                                               \
     for (int p = 0; p < NP; p++)                                                                       \
         for (int t = 0; t < NT; t++) facc[p][t] = _mm256_loadu_ps(acc + (size_t)t * ldacc + 8 * p);   \
@@ -769,9 +767,7 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
         }                                                                                              \
         if (type == XLLM_Q8_0) {                                                                       \
             const xllm_block_q8_0x8 *wb[NP];                                                           \
-            for (int p = 0; p < NP; p++) {                                                             \
-                wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;                               \
-            }                                                                                          \
+            for (int p = 0; p < NP; p++) wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;   \
             for (int j = 0; j < 8; j++) {                                                              \
                 __m256i wv[NP];                                                                        \
                 for (int p = 0; p < NP; p++) wv[p] = _mm256_loadu_si256((const __m256i *)(wb[p]->qs + 32 * j)); \
@@ -783,9 +779,7 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
         } else {                                                                                       \
             const __m256i m4 = _mm256_set1_epi8(0x0f);                                                 \
             const xllm_block_q4_0x8 *wb[NP];                                                           \
-            for (int p = 0; p < NP; p++) {                                                             \
-                wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;                               \
-            }                                                                                          \
+            for (int p = 0; p < NP; p++) wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;   \
             for (int c = 0; c < 4; c++) {                                                              \
                 __m256i lo[NP], hi[NP];                                                                \
                 for (int p = 0; p < NP; p++) {                                                         \
@@ -827,7 +821,7 @@ XLLM_AVX2_FN static inline __m256i xllm_dot_q4_avx2(__m256i acc, __m256i wu, __m
 #define XLLM_QTILE_FN(LEVEL, ATTR, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                      \
 ATTR static void xllm_qtile_##LEVEL##_##NP##x##NT(int type, const char *w, size_t pstride,               \
         const xllm_block_q8_act *x, size_t ldx, int b0, int b1, float *acc, int ldacc) {                 \
-    XLLM_QTILE_BODY(LEVEL, NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                              \
+    XLLM_QTILE_BODY(NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                                     \
 }
 
 /* AVX2: one panel at a time (16 registers); the weights stay signed for the sign trick, so no bias */
