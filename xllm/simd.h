@@ -442,9 +442,18 @@ static void xllm_attend_block_scalar(const float *q, const float *kb, const floa
 }
 
 #if XLLM_X86
+XLLM_AVX2_FN static inline float xllm_hmax_avx2(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
 XLLM_AVX2_FN static void xllm_attend_block_avx2(const float *q, const float *kb, const float *vb,
                                                 size_t stride, int n_pos, int hd, float scale, float *m,
                                                 float *l, float *out, float *scores) {
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(*m);
     int j = 0;
     for (; j + 8 <= n_pos; j += 8) {             /* 8 dot products, reduced together */
         __m256 a[8];
@@ -458,21 +467,31 @@ XLLM_AVX2_FN static void xllm_attend_block_avx2(const float *q, const float *kb,
         __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
         __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
         __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-        _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+        __m256 sc = _mm256_mul_ps(sum, vscale);
+        vmax = _mm256_max_ps(vmax, sc);
+        _mm256_storeu_ps(scores + j, sc);
     }
-    for (; j < n_pos; j++) scores[j] = xllm_dot_f32_avx2(q, kb + j * stride, hd) * scale;
-    float m_new = *m;
-    for (j = 0; j < n_pos; j++) m_new = scores[j] > m_new ? scores[j] : m_new;
+    float m_new = xllm_hmax_avx2(vmax);          /* the running max and the scores' */
+    for (; j < n_pos; j++) {
+        scores[j] = xllm_dot_f32_avx2(q, kb + j * stride, hd) * scale;
+        m_new = scores[j] > m_new ? scores[j] : m_new;
+    }
     float corr = expf(*m - m_new);
+    __m256 vsum = _mm256_setzero_ps();
+    const __m256 vm = _mm256_set1_ps(m_new);
     j = 0;
     for (; j + 8 <= n_pos; j += 8) {
-        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(m_new));
-        _mm256_storeu_ps(scores + j, xllm_exp_avx2(_mm256_max_ps(x, _mm256_set1_ps(XLLM_EXP_LO))));
+        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vm),
+                                               _mm256_set1_ps(XLLM_EXP_LO)));
+        vsum = _mm256_add_ps(vsum, e);
+        _mm256_storeu_ps(scores + j, e);
     }
-    for (; j < n_pos; j++) scores[j] = expf(scores[j] - m_new);
-    float lsum = *l * corr;
-    for (j = 0; j < n_pos; j++) lsum += scores[j];
-    *l = lsum;
+    float lsum = xllm_hsum_avx2(vsum);
+    for (; j < n_pos; j++) {
+        scores[j] = expf(scores[j] - m_new);
+        lsum += scores[j];
+    }
+    *l = *l * corr + lsum;
     for (int c0 = 0; c0 < hd; c0 += 64) {        /* out in registers, 64 values at a time */
         int nc = hd - c0 < 64 ? (hd - c0) / 8 : 8;
         __m256 o[8];
