@@ -773,6 +773,14 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
  * into 8 int32 row lanes.  VNNI: one vpdpbusd.  AVX2: Q4_0's nibbles go through maddubs
  * directly (15 * 127 * 2 cannot saturate); Q8_0's w + 128 would, so the AVX2 path turns the
  * weights back to signed and uses |w| and sign(x, w) (the ggml sign trick). */
+/* Several tokens: prefetch each panel's stream 4 KB ahead (the next k-chunk, while the
+ * current one is reused from L1): 16 tokens 320-345 -> 390-415 GOP/s.  One token: none, the
+ * hardware prefetcher streams a single panel faster alone (one thread 25-28 -> 28-30 GB/s). */
+#define XLLM_PREFETCH_DISTANCE 4096
+#define XLLM_PREFETCH_BLOCK(blk)                                                                       \
+    for (int o = 0; o < (int)sizeof(*(blk)); o += 64)                                                  \
+        _mm_prefetch((const char *)(blk) + o + XLLM_PREFETCH_DISTANCE, _MM_HINT_T0)
+
 #define XLLM_QTILE_BODY(NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                                 \
     __m256 facc[NP][NT];                                                                               \
     for (int p = 0; p < NP; p++)                                                                       \
@@ -786,7 +794,10 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
         }                                                                                              \
         if (type == XLLM_Q8_0) {                                                                       \
             const xllm_block_q8_0x8 *wb[NP];                                                           \
-            for (int p = 0; p < NP; p++) wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;   \
+            for (int p = 0; p < NP; p++) {                                                             \
+                wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;                               \
+                if (NT > 1) XLLM_PREFETCH_BLOCK(wb[p]);                                                \
+            }                                                                                          \
             for (int j = 0; j < 8; j++) {                                                              \
                 __m256i wv[NP];                                                                        \
                 for (int p = 0; p < NP; p++) wv[p] = _mm256_loadu_si256((const __m256i *)(wb[p]->qs + 32 * j)); \
@@ -798,7 +809,10 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
         } else {                                                                                       \
             const __m256i m4 = _mm256_set1_epi8(0x0f);                                                 \
             const xllm_block_q4_0x8 *wb[NP];                                                           \
-            for (int p = 0; p < NP; p++) wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;   \
+            for (int p = 0; p < NP; p++) {                                                             \
+                wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;                               \
+                if (NT > 1) XLLM_PREFETCH_BLOCK(wb[p]);                                                \
+            }                                                                                          \
             for (int c = 0; c < 4; c++) {                                                              \
                 __m256i lo[NP], hi[NP];                                                                \
                 for (int p = 0; p < NP; p++) {                                                         \
