@@ -119,9 +119,10 @@ ctypedef struct Workspace:
     float *xout             # (T, dim) projection output before the residual add
     char *xq                # (T, max_cols/32) xllm_block_q8_act: activations quantized once per matmul
     float *xpad             # (T, max_cols + XPAD) float matmul input, rows padded off 4 KiB multiples
-    float *acc              # (n_threads, acc_per_thread) matmul lane accumulators
+    float *acc              # (n_threads, acc_per_thread) matmul accumulators: 8 lanes per (row, token)
+                            # for F32/F16, one float per (row, token) for Q8_0/Q4_0
     size_t acc_per_thread
-    float *att              # (n_threads, head_dim + block_size) attention scratch
+    float *att              # (n_threads, att_per_thread) attention scratch: a block's scores
     size_t att_per_thread
     const float *rope       # (max_seq_len, head_dim/2, 2) cos, sin
     double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL
