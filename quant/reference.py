@@ -113,6 +113,30 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- Q8_0
 
+def _quantize(x, block_dtype, quantize_blocks, name: str) -> np.ndarray:
+    """Rows of x in memory-bounded chunks through quantize_blocks(float32 [n, 32], out, row0,
+    blocks_per_row); returns the blocks' bytes, shaped like x with the last axis in bytes."""
+    rows = _float_rows(x, name)
+    n_rows, n = rows.shape
+    k = n // QK
+    out = np.empty((n_rows, k), dtype=block_dtype)
+    for r0, r1 in _chunks(n_rows, n):
+        b = np.asarray(rows[r0:r1], dtype=np.float32).reshape(-1, QK)
+        quantize_blocks(b, out[r0:r1].reshape(-1), r0, k)
+    return out.view(np.uint8).reshape(*np.shape(x)[:-1], k * block_dtype.itemsize)
+
+
+def _dequantize(data, block_dtype, values, name: str) -> np.ndarray:
+    """Blocks' bytes -> float32 values(qs) * d, in memory-bounded chunks of rows."""
+    blocks = _block_rows(data, block_dtype, name)
+    n_rows, k = blocks.shape
+    out = np.empty((n_rows, k, QK), dtype=np.float32)
+    for r0, r1 in _chunks(n_rows, k * QK):
+        blk = blocks[r0:r1]
+        np.multiply(values(blk["qs"]), blk["d"].astype(np.float32)[..., None], out=out[r0:r1])
+    return out.reshape(*np.shape(data)[:-1], k * QK)
+
+
 def _q8_0_blocks(b: np.ndarray, out: np.ndarray, row0: int, blocks_per_row: int) -> None:
     """Quantize float32 blocks b [n, 32] into the BLOCK_Q8_0 array out [n]."""
     amax = np.abs(b).max(axis=1)
@@ -126,25 +150,12 @@ def _q8_0_blocks(b: np.ndarray, out: np.ndarray, row0: int, blocks_per_row: int)
 
 def quantize_q8_0(x) -> np.ndarray:
     """float [..., n] (n a multiple of 32) -> uint8 [..., n/32 * 34], ggml's Q8_0 bytes."""
-    rows = _float_rows(x, "Q8_0")
-    n_rows, n = rows.shape
-    k = n // QK
-    out = np.empty((n_rows, k), dtype=BLOCK_Q8_0)
-    for r0, r1 in _chunks(n_rows, n):
-        b = np.asarray(rows[r0:r1], dtype=np.float32).reshape(-1, QK)
-        _q8_0_blocks(b, out[r0:r1].reshape(-1), r0, k)
-    return out.view(np.uint8).reshape(*np.shape(x)[:-1], k * BLOCK_Q8_0.itemsize)
+    return _quantize(x, BLOCK_Q8_0, _q8_0_blocks, "Q8_0")
 
 
 def dequantize_q8_0(data) -> np.ndarray:
     """uint8 [..., k*34] Q8_0 bytes -> float32 [..., k*32]."""
-    blocks = _block_rows(data, BLOCK_Q8_0, "Q8_0")
-    n_rows, k = blocks.shape
-    out = np.empty((n_rows, k, QK), dtype=np.float32)
-    for r0, r1 in _chunks(n_rows, k * QK):
-        blk = blocks[r0:r1]
-        np.multiply(blk["qs"], blk["d"].astype(np.float32)[..., None], out=out[r0:r1])
-    return out.reshape(*np.shape(data)[:-1], k * QK)
+    return _dequantize(data, BLOCK_Q8_0, lambda qs: qs, "Q8_0")
 
 
 # ----------------------------------------------------------------------------- Q4_0
@@ -165,28 +176,14 @@ def _q4_0_blocks(b: np.ndarray, out: np.ndarray, row0: int, blocks_per_row: int)
 
 def quantize_q4_0(x) -> np.ndarray:
     """float [..., n] (n a multiple of 32) -> uint8 [..., n/32 * 18], ggml's Q4_0 bytes."""
-    rows = _float_rows(x, "Q4_0")
-    n_rows, n = rows.shape
-    k = n // QK
-    out = np.empty((n_rows, k), dtype=BLOCK_Q4_0)
-    for r0, r1 in _chunks(n_rows, n):
-        b = np.asarray(rows[r0:r1], dtype=np.float32).reshape(-1, QK)
-        _q4_0_blocks(b, out[r0:r1].reshape(-1), r0, k)
-    return out.view(np.uint8).reshape(*np.shape(x)[:-1], k * BLOCK_Q4_0.itemsize)
+    return _quantize(x, BLOCK_Q4_0, _q4_0_blocks, "Q4_0")
 
 
 def dequantize_q4_0(data) -> np.ndarray:
     """uint8 [..., k*18] Q4_0 bytes -> float32 [..., k*32]."""
-    blocks = _block_rows(data, BLOCK_Q4_0, "Q4_0")
-    n_rows, k = blocks.shape
-    out = np.empty((n_rows, k, QK), dtype=np.float32)
-    for r0, r1 in _chunks(n_rows, k * QK):
-        blk = blocks[r0:r1]
-        qs = blk["qs"]
-        codes = np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=-1)
-        np.multiply(codes.astype(np.int8) - np.int8(8), blk["d"].astype(np.float32)[..., None],
-                    out=out[r0:r1])
-    return out.reshape(*np.shape(data)[:-1], k * QK)
+    def values(qs):     # low nibbles are values 0..15, high nibbles 16..31, both offset by 8
+        return np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=-1).astype(np.int8) - np.int8(8)
+    return _dequantize(data, BLOCK_Q4_0, values, "Q4_0")
 
 
 # ----------------------------------------------------------------------------- by type

@@ -1023,15 +1023,18 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
 
 # ----------------------------------------------------------------------------- formatting
 
+def _fmt_scaled(x, units) -> str:
+    """x in steps of 1000 through `units` (the first unscaled): 1234567 -> '1.23 M'."""
+    x = float(x)
+    for unit in units:
+        if abs(x) < 1000 or unit == units[-1]:
+            break
+        x /= 1000
+    return f"{x:.0f} {unit}".rstrip() if unit == units[0] else f"{x:.2f} {unit}"
+
+
 def _fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
+    return "-" if n is None else _fmt_scaled(n, ("B", "KB", "MB", "GB", "TB"))
 
 
 def _fmt_num(x, spec=".1f") -> str:
@@ -1055,12 +1058,7 @@ def _table(headers, rows, left: int = 1) -> str:
 
 def _fmt_count(x) -> str:
     """1234567 -> '1.23 M' (FLOPs)."""
-    x = float(x)
-    for unit in ("", "k", "M", "G", "T"):
-        if abs(x) < 1000 or unit == "T":
-            return f"{x:.0f}" if unit == "" else f"{x:.2f} {unit}"
-        x /= 1000
-    return f"{x:.2f} T"
+    return _fmt_scaled(x, ("", "k", "M", "G", "T"))
 
 
 def _limits_text(lim: dict) -> str:

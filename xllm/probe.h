@@ -102,6 +102,18 @@ XLLM_PROBE_AVX2_FN static float xllm_probe_sum_avx2(const float *p, size_t n) {
 }
 #endif
 
+/* This OpenMP thread's slice of [0, n): equal parts (multiples of 64), the last takes the rest. */
+static void xllm_probe_slice(size_t n, size_t *start, size_t *len) {
+    int nt = 1, id = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    size_t per = (n / (size_t)nt) & ~(size_t)63;
+    *start = per * (size_t)id;
+    *len = id == nt - 1 ? n - *start : per;
+}
+
 /* One pass over buf[0, n) split evenly across `threads`; returns seconds, *sum the total
  * (so the loads cannot be dropped).  n should be a multiple of 64 * threads. */
 static double xllm_probe_read(const float *buf, size_t n, int threads, int use_avx2, double *sum) {
@@ -109,14 +121,8 @@ static double xllm_probe_read(const float *buf, size_t n, int threads, int use_a
     double t0 = xllm_probe_now();
     #pragma omp parallel num_threads(threads) reduction(+:total)
     {
-        int nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        size_t per = (n / (size_t)nt) & ~(size_t)63;
-        size_t start = per * (size_t)id;
-        size_t len = id == nt - 1 ? n - start : per;
+        size_t start, len;
+        xllm_probe_slice(n, &start, &len);
 #if XLLM_PROBE_X86
         if (use_avx2)
             total += xllm_probe_sum_avx2(buf + start, len);
@@ -133,14 +139,8 @@ static double xllm_probe_read(const float *buf, size_t n, int threads, int use_a
 static void xllm_probe_fill(float *buf, size_t n, int threads) {
     #pragma omp parallel num_threads(threads)
     {
-        int nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        size_t per = (n / (size_t)nt) & ~(size_t)63;
-        size_t start = per * (size_t)id;
-        size_t len = id == nt - 1 ? n - start : per;
+        size_t start, len;
+        xllm_probe_slice(n, &start, &len);
         for (size_t i = 0; i < len; i++) buf[start + i] = 1.0f;
     }
 }

@@ -899,11 +899,11 @@ static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, c
     xllm_qtile_scalar(type, w, pstride, np, x, ldx, nt, b0, b1, acc, ldacc);
 }
 
-/* Reduce the 8 lanes of each (row, token) pair and add the float tail k in [kv, n) (F32/F16
- * only; quantized rows have none): y[t*ldy + r] = sum. The lane order matches xllm_hsum_avx2. */
+/* F32/F16 tiles: reduce the 8 lanes of each (row, token) pair and add the tail k in
+ * [n & ~7, n): y[t*ldy + r] = sum.  The lane order matches xllm_hsum_avx2. */
 static void xllm_tile_finish(int type, const char *w, size_t ldw, int nr, const float *x, size_t ldx,
                              int nt, int n, const float *acc, int ldacc, float *y, size_t ldy) {
-    int kv = (type == XLLM_F32 || type == XLLM_F16) ? (n & ~7) : n;
+    int kv = n & ~7;
     for (int t = 0; t < nt; t++) {
         for (int r = 0; r < nr; r++) {
             const float *l = acc + ((size_t)t * ldacc + r) * 8;
