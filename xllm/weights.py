@@ -17,25 +17,12 @@ from typing import Optional
 import numpy as np
 
 from .config import ModelConfig
+from .ggml_types import F16, F32, Q4_0, Q8_0, VECTOR_TYPES, check_runnable, is_block_quantized, \
+    row_bytes, type_name
 
-# ggml tensor types this engine runs (values are GGUF's GGMLQuantizationType).
-F32, F16, Q4_0, Q8_0 = 0, 1, 2, 8
-TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q8_0: "Q8_0"}
-QK = 32                                    # values per quantized block (Q8_0 and Q4_0)
-BLOCK_BYTES = {Q8_0: 2 + QK, Q4_0: 2 + QK // 2}   # fp16 scale + int8[32] / nibbles[16]
-
-
-def row_bytes(ggml_type: int, n_cols: int) -> int:
-    """Bytes of one row of `n_cols` values stored as `ggml_type`."""
-    if ggml_type == F32:
-        return 4 * n_cols
-    if ggml_type == F16:
-        return 2 * n_cols
-    if ggml_type in BLOCK_BYTES:
-        if n_cols % QK:
-            raise ValueError(f"row length {n_cols} is not a multiple of {QK} for {TYPE_NAMES[ggml_type]}")
-        return n_cols // QK * BLOCK_BYTES[ggml_type]
-    raise ValueError(f"unsupported tensor type {ggml_type}")
+# The types xllm-convert and xllm-quant write today (the kernels run more: ggml_types.RUNNABLE).
+TYPE_NAMES = {t: type_name(t) for t in (F32, F16, Q4_0, Q8_0)}
+QK = 32                                    # values per Q8_0 / Q4_0 block
 
 
 @dataclass
@@ -93,11 +80,9 @@ def validate_tensors(path: str, cfg: ModelConfig, tensors: dict) -> None:
             raise ValueError(f"{path}: missing tensor {name!r} (expected shape {shape})")
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
-        if t.ggml_type not in TYPE_NAMES:
-            raise ValueError(f"{path}: tensor {name!r} has type {t.ggml_type}, "
-                             f"expected one of {sorted(TYPE_NAMES.values())}")
-        if len(shape) == 1 and t.ggml_type not in (F32, F16):
-            raise ValueError(f"{path}: 1-D tensor {name!r} is {TYPE_NAMES[t.ggml_type]}, expected F32 or F16")
+        if len(shape) == 1 and t.ggml_type not in VECTOR_TYPES:
+            raise ValueError(f"{path}: 1-D tensor {name!r} is {type_name(t.ggml_type)}, expected F32 or F16")
+        check_runnable(t.ggml_type, name, path)
         rows = shape[0] if len(shape) == 2 else 1
         expected = rows * row_bytes(t.ggml_type, shape[-1])
         if t.data.nbytes != expected:
@@ -173,7 +158,7 @@ def open_gguf(path: str) -> Checkpoint:
     for rt in reader.tensors:      # offsets and sizes already checked against the file
         shape = tuple(int(d) for d in reversed(rt.shape))
         data = rt.data
-        if rt.tensor_type in BLOCK_BYTES and data.ndim == 1:
+        if is_block_quantized(rt.tensor_type) and data.ndim == 1:
             data = data.reshape(1, -1)
         tensors[rt.name] = Tensor(rt.name, rt.tensor_type, shape, data)
     vocab_size = _int_field(reader, a + "vocab_size", path, False, None)
