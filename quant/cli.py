@@ -18,7 +18,7 @@ import numpy as np
 
 from xllm.cli_errors import ArgumentParser, UsageError, cli_entry
 from xllm.convert import _human, _source_rows, parse_args, resolve_vocab, write_gguf
-from xllm.weights import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES, open_checkpoint
+from xllm.formats import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES, open_checkpoint
 
 from .reference import dequantize
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xllm.weights import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES
+from xllm.formats import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES
 
 BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (QK,))])
 BLOCK_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])

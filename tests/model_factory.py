@@ -5,7 +5,7 @@ from gguf.quants import quantize
 
 from xllm.config import ModelConfig
 from xllm.convert import add_llama_metadata
-from xllm.weights import Checkpoint, Tensor, F32, F16, Q8_0, Q4_0, layer_tensor_shapes
+from xllm.formats import Checkpoint, Tensor, F32, F16, Q8_0, Q4_0, layer_tensor_shapes
 
 
 def random_weights(cfg: ModelConfig, seed=0, scale=0.5):

@@ -69,7 +69,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0"])
 def test_make_random_model_loads_and_generates(tmp_path, dtype):
     from xllm import LLM, SamplingParams
-    from xllm.weights import open_checkpoint
+    from xllm.formats import open_checkpoint
     path = bm.make_random_model(tmp_path / "m.gguf", "tiny", dtype, n_layers=1, seed=3)
     ckpt = open_checkpoint(path)
     assert ckpt.config.n_layers == 1 and ckpt.config.dim == 64 and ckpt.config.n_kv_heads == 2
@@ -92,7 +92,7 @@ def test_random_model_is_deterministic(tmp_path):
 
 
 def test_custom_shape_and_bad_shapes(tmp_path):
-    from xllm.weights import open_checkpoint
+    from xllm.formats import open_checkpoint
     p = bm.make_random_model(tmp_path / "c.gguf", dict(dim=96, hidden_dim=256, n_layers=1, n_heads=3,
                                                        n_kv_heads=1, vocab_size=300, max_seq_len=64), "f16")
     cfg = open_checkpoint(p).config
@@ -132,7 +132,7 @@ def test_synthetic_vocab_round_trips_text():
 
 def test_cost_model_counts_matmul_flops(tiny):
     from xllm.model import Chunk
-    from xllm.weights import open_checkpoint
+    from xllm.formats import open_checkpoint
     ckpt = open_checkpoint(tiny["f32"])
     cfg = ckpt.config
     cm = bm.CostModel(ckpt)
@@ -303,7 +303,7 @@ def test_make_model_cli(tmp_path, capsys):
     assert out.exists() and "wrote" in capsys.readouterr().out
     assert bm._module_main(["make-model", "--shape", "custom", "--dim", "64", "--hidden-dim", "128",
                             "--heads", "2", "--vocab", "300", "--layers", "1", "-o", str(out)]) == 0
-    from xllm.weights import open_checkpoint
+    from xllm.formats import open_checkpoint
     assert open_checkpoint(out).config.vocab_size == 300
     for argv, word in ((["--shape", "nope", "-o", str(out)], "nope"),
                        (["--dtype", "q3", "-o", str(out)], "--dtype"),

@@ -13,7 +13,7 @@ from model_factory import random_checkpoint, write_gguf
 from xllm import LLM, SamplingParams
 from xllm.config import ModelConfig
 from xllm.convert import main as convert_main
-from xllm.weights import open_checkpoint
+from xllm.formats import open_checkpoint
 
 
 def run(*args, stdin=None):
@@ -182,7 +182,7 @@ def test_missing_tensor(tiny_cfg, tmp_path):
 
 
 def test_wrong_shape(tiny_cfg, tmp_path):
-    from xllm.weights import Tensor
+    from xllm.formats import Tensor
     ckpt = random_checkpoint(tiny_cfg)
     w = ckpt.tensors["blk.0.ffn_down.weight"]
     ckpt.tensors[w.name] = Tensor(w.name, w.ggml_type, w.shape[::-1], np.ascontiguousarray(w.data.T))

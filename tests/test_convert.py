@@ -13,8 +13,8 @@ import xllm.convert as convert
 from quant.reference import BLOCK_Q8_0, quantize_q4_0, quantize_q8_0
 from xllm.config import ModelConfig
 from xllm.convert import load_vocab, main, write_gguf
-from xllm.llama2c_int8 import open_llama2c_int8
-from xllm.weights import (F16, F32, Q4_0, Q8_0, Checkpoint, Tensor, layer_tensor_shapes,
+from xllm.formats.llama2c_int8 import open_llama2c_int8
+from xllm.formats import (F16, F32, Q4_0, Q8_0, Checkpoint, Tensor, layer_tensor_shapes,
                           open_checkpoint)
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter, GGMLQuantizationType
 
-from xllm import ggml_types
-from xllm.weights import open_checkpoint
+from xllm.formats import types as ggml_types
+from xllm.formats import open_checkpoint
 
 
 def test_names_and_layouts_follow_gguf():

@@ -5,9 +5,9 @@ from gguf import GGUFReader
 
 from model_factory import random_checkpoint, write_gguf
 from xllm.config import ModelConfig
-from xllm.gguf_file import GGUFFile
+from xllm.formats.gguf_reader import GGUFFile
 from xllm.tokenizer import Vocab
-from xllm.weights import F16, Q4_0, Q8_0
+from xllm.formats import F16, Q4_0, Q8_0
 
 
 @pytest.fixture(scope="module")

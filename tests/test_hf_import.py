@@ -14,8 +14,8 @@ import pytest
 import hf_reference
 import reference
 from hf_fixtures import GEOMETRIES, TOKENIZERS, bf16_bits, make_hf_dir, random_weights, write_config
-from xllm.hf_import import open_hf_checkpoint, permute_qk
-from xllm.weights import F16, F32, layer_tensor_shapes, open_checkpoint
+from xllm.formats.hf import open_hf_checkpoint, permute_qk
+from xllm.formats import F16, F32, layer_tensor_shapes, open_checkpoint
 
 IDS = [1, 5, 77, 300, 2, 9, 400, 13, 511, 0, 42]
 

@@ -8,7 +8,7 @@ from reference import forward
 from xllm import LLM, SamplingParams
 from xllm.config import ModelConfig
 from xllm.model import Chunk, Model
-from xllm.weights import F16, F32, Q4_0, Q8_0
+from xllm.formats import F16, F32, Q4_0, Q8_0
 
 CONFIGS = {
     "gqa-untied": ModelConfig(dim=64, hidden_dim=96, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=512,

@@ -10,7 +10,7 @@ from gguf.quants import quantize as gguf_quantize
 
 import quant.reference as ref
 from quant.cli import ErrorStats, main
-from xllm.weights import F16, F32, Q4_0, Q8_0, open_checkpoint
+from xllm.formats import F16, F32, Q4_0, Q8_0, open_checkpoint
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 STORIES = MODELS / "stories260K.bin"
@@ -290,7 +290,7 @@ def test_quant_cli_errors(tmp_path, capsys):
 
 
 def test_error_stats_match_direct_computation():
-    from xllm.weights import Tensor
+    from xllm.formats import Tensor
     rng = np.random.default_rng(5)
     w = rng.standard_normal((10, 64)).astype(np.float32)
     t = Tensor("w", F32, w.shape, w)

@@ -519,7 +519,7 @@ def _release_file_pages(arr):
 
 
 cdef Matrix make_matrix(object tensor, str name, list keep, bint operand=True, int threads=1) except *:
-    """A Matrix over a weights.Tensor's memory: a view of the file's rows, or, for a quantized
+    """A Matrix over a formats.Tensor's memory: a view of the file's rows, or, for a quantized
     matmul operand (operand=True), its repacked panels (a copy kept alive in `keep`)."""
     cdef Matrix m
     data = tensor.data
@@ -545,7 +545,7 @@ cdef Matrix make_matrix(object tensor, str name, list keep, bint operand=True, i
 cdef class Decoder:
     """A llama model's weights bound to a workspace: `step` runs one batched forward pass.
 
-    `weights` maps GGUF tensor names to weights.Tensor; norms must be float32 arrays.
+    `weights` maps GGUF tensor names to formats.Tensor; norms must be float32 arrays.
     The KV pool arrays are owned by the caller (kv_cache.KVCache) and must outlive this.
     """
     cdef Dims dims

@@ -34,7 +34,7 @@ import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .convert import add_llama_metadata, atomic_gguf_writer
-from .weights import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
+from .formats import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
 
 # ----------------------------------------------------------------------------- machine limits
 

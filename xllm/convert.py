@@ -26,7 +26,7 @@ import numpy as np
 from quant.reference import BLOCKS, dequantize, quantize
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry
-from .weights import (F16, F32, Q4_0, Q8_0, TYPE_NAMES, Checkpoint, Tensor, layer_tensor_shapes,
+from .formats import (F16, F32, Q4_0, Q8_0, TYPE_NAMES, Checkpoint, Tensor, layer_tensor_shapes,
                       open_checkpoint, row_bytes)
 
 # general.file_type (llama.cpp's LlamaFileType) for the type of most 2-D tensors.

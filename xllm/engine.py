@@ -22,7 +22,7 @@ import numpy as np
 from .model import Chunk, Model
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
-from .weights import Checkpoint, open_checkpoint
+from .formats import Checkpoint, open_checkpoint
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "data", "stories260K.gguf")
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import _kernels
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .weights import Checkpoint, layer_tensor_shapes
+from .formats import Checkpoint, layer_tensor_shapes
 
 
 def usable_cores() -> int:

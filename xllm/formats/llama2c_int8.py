@@ -41,8 +41,9 @@ import struct
 
 import numpy as np
 
-from .weights import (F32, LLAMA2C_FIELDS, Q8_0, QK, Checkpoint, Tensor, _llama2c_config,
-                      validate_tensors)
+from .checkpoint import QK, Checkpoint, Tensor, validate_tensors
+from .llama2c import LLAMA2C_FIELDS, _llama2c_config
+from .types import F32, Q8_0
 
 MAGIC = 0x616B3432
 VERSION = 2

@@ -20,8 +20,9 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ModelConfig
-from .weights import F16, F32, Checkpoint, Tensor, layer_tensor_shapes, validate_tensors
+from ..config import ModelConfig
+from .checkpoint import Checkpoint, Tensor, layer_tensor_shapes, validate_tensors
+from .types import F16, F32
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -235,7 +236,7 @@ def read_hf_vocab(path: str, vocab_size: int):
             raise ValueError(f"{path}: needs {SP_FILE} (sentencepiece); "
                              "tokenizer.json-only tokenizers are not supported")
         raise ValueError(f"{path}: missing {SP_FILE} (the sentencepiece tokenizer)")
-    from .tokenizer import Vocab
+    from ..tokenizer import Vocab
     try:
         vocab = Vocab.from_sentencepiece(sp_path)
     except ValueError:
