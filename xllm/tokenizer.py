@@ -227,7 +227,7 @@ class Vocab:
 
     @classmethod
     def from_gguf(cls, reader, path) -> "Vocab":
-        """Read the vocabulary embedded in a GGUF file (`reader` is a gguf.GGUFReader)."""
+        """Read the vocabulary embedded in a GGUF file (`reader`: formats.gguf_reader.GGUFFile)."""
         path = os.fspath(path)
         model = _gguf_value(reader, "tokenizer.ggml.model", path, "STRING")
         if model is None:
@@ -647,11 +647,8 @@ class Tokenizer:
             with open(path, "rb") as f:
                 magic = f.read(4)
             if magic == b"GGUF":
-                from gguf import GGUFReader
-                try:
-                    reader = GGUFReader(path)
-                except Exception as exc:   # gguf raises bare ValueError/struct errors
-                    raise ValueError(f"{path}: not a readable GGUF file ({exc})") from None
+                from .formats.gguf_reader import GGUFFile   # every count bounded by the file size
+                reader = GGUFFile(path)
                 if "tokenizer.ggml.tokens" not in reader.fields:
                     raise ValueError(f"{path}: GGUF file has no embedded vocabulary "
                                      f"(no 'tokenizer.ggml.tokens')")
