@@ -8,11 +8,12 @@ import pytest
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize, quantize
 
-from model_factory import dequantized64
+from model_factory import dequantized64, random_weights
 from reference import forward
 from xllm import LLM, SamplingParams
 from xllm import _kernels as K
-from xllm.formats import open_checkpoint
+from xllm.config import ModelConfig
+from xllm.formats import Checkpoint, Tensor, open_checkpoint
 from xllm.model import Chunk, Model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kquant"
@@ -200,3 +201,72 @@ def test_fixture_model_alone_equals_in_batch(name):
     batched = [o.token_ids for o in llm.generate(prompts, params)]
     alone = [llm.generate([p], params)[0].token_ids for p in prompts]
     assert batched == alone
+
+
+# ---------------------------------------------------------------------------- mixed types
+
+MIXED_CFG = ModelConfig(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
+                        max_seq_len=48, norm_eps=1e-5, rope_theta=1e4, tied_embeddings=False)
+MIX = [GT.Q4_1, GT.BF16, GT.Q5_0, GT.IQ4_NL, GT.F32, GT.Q5_1, GT.Q8_0, GT.F16, GT.Q4_0]
+
+
+def quantize_iq4_nl(a):
+    """Valid IQ4_NL blocks (gguf-py has no IQ4_NL quantizer): d = max|w| / 127, each value
+    the nearest table entry of w / d."""
+    rows, cols = a.shape
+    blocks = a.reshape(rows, cols // 32, 32).astype(np.float32)
+    d = (np.abs(blocks).max(-1) / 127).astype(np.float16)
+    table = np.array(K_VALUES, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(d[..., None] > 0, blocks / d[..., None].astype(np.float32), 0)
+    idx = np.abs(ratio[..., None] - table).argmin(-1).astype(np.uint8)
+    qs = idx[..., :16] | (idx[..., 16:] << 4)
+    out = np.concatenate([d[..., None].view(np.uint8).reshape(rows, -1, 2), qs], axis=-1)
+    return out.reshape(rows, -1)
+
+
+K_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def mixed_checkpoint(seed=0):
+    """Every matrix of the model in another type, norms F32: Q, K and V (and gate and up)
+    share one fused matmul across float and quantized types."""
+    tensors = {}
+    matrices = 0
+    for name, a in random_weights(MIXED_CFG, seed).items():
+        if a.ndim == 1:
+            tensors[name] = Tensor(name, int(GT.F32), a.shape, a)
+            continue
+        t = MIX[matrices % len(MIX)]
+        matrices += 1
+        if t == GT.F32:
+            data = a
+        elif t == GT.F16:
+            data = a.astype(np.float16)
+        elif t == GT.IQ4_NL:
+            data = quantize_iq4_nl(a)
+        else:
+            data = quantize(a, t)
+        tensors[name] = Tensor(name, int(t), a.shape, data)
+    assert {t.ggml_type for t in tensors.values()} == {int(t) for t in MIX}
+    return Checkpoint("<mixed>", MIXED_CFG, tensors, None, "memory")
+
+
+def test_iq4_nl_test_quantizer_round_trips():
+    a = np.random.default_rng(12).standard_normal((3, 64)).astype(np.float32)
+    w = dequantize(quantize_iq4_nl(a), GT.IQ4_NL)
+    assert np.abs(w - a).max() < 0.15 * np.abs(a).max()
+
+
+def test_mixed_types_model(simd):
+    ckpt = mixed_checkpoint()
+    ids = list(np.random.default_rng(13).integers(0, 512, 30))
+    ref = forward(MIXED_CFG, dequantized64(ckpt.tensors), ids)
+    model = Model(ckpt, threads=2, max_batch_tokens=32)
+    got = all_logits(model, ids, 32)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 1e-2, err                                          # measured 3.9e-3
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    assert np.array_equal(all_logits(model, ids, 1), got)
+    model.set_threads(1)
+    assert np.array_equal(all_logits(model, ids, 7), got)
