@@ -162,6 +162,42 @@ def test_panels_are_compact(qtype):
     assert np.array_equal(K.matmul(packed, int(qtype), x), K.matmul(data, int(qtype), x))
 
 
+def reorder_high(qh):
+    """simd_legacy.h's fifth-bit order: byte i, bit c <- value 4c + i; bit 4 + c <- value 16 + 4c + i."""
+    out = np.zeros_like(qh)
+    for i in range(4):
+        for c in range(4):
+            out |= ((qh >> np.uint32(4 * c + i)) & np.uint32(1)) << np.uint32(8 * i + c)
+            out |= ((qh >> np.uint32(16 + 4 * c + i)) & np.uint32(1)) << np.uint32(8 * i + 4 + c)
+    return out
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("rows", [1, 8, 13])
+def test_pack_layout(qtype, rows):
+    """Panel blocks of 8 rows: d[8], m[8] (Q4_1, Q5_1), reordered fifth bits h[8] (Q5_0, Q5_1),
+    then the nibbles as in Q4_0's panels; missing rows are all zero."""
+    cols, bb = 96, BLOCK_BYTES[qtype]
+    nb, n_panels = cols // 32, -(-rows // 8)
+    data = weights(qtype, rows, cols, rows)
+    packed = K.pack_quantized(data, int(qtype), rows, cols)
+    blocks = np.zeros((n_panels * 8, nb, bb), np.uint8)
+    blocks[:rows] = data.reshape(rows, nb, bb)
+    panel = blocks.reshape(n_panels, 8, nb, bb).transpose(0, 2, 1, 3)        # (panel, block, row, bytes)
+    has_min, has_high = qtype in (GT.Q4_1, GT.Q5_1), qtype in (GT.Q5_0, GT.Q5_1)
+    parts, off = [panel[..., 0:2].reshape(n_panels, nb, 16)], 2
+    if has_min:
+        parts.append(panel[..., 2:4].reshape(n_panels, nb, 16))
+        off = 4
+    if has_high:
+        qh = np.ascontiguousarray(panel[..., off:off + 4]).view(np.uint32)
+        parts.append(reorder_high(qh).view(np.uint8).reshape(n_panels, nb, 32))
+        off += 4
+    qs = panel[..., off:].reshape(n_panels, nb, 8, 4, 4).transpose(0, 1, 3, 2, 4)
+    parts.append(qs.reshape(n_panels, nb, 128))
+    assert np.array_equal(packed, np.concatenate(parts, axis=2).reshape(-1))
+
+
 # ---------------------------------------------------------------------------- whole models
 
 MODEL_FILES = ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "BF16"]
