@@ -134,11 +134,23 @@ def test_simd_levels_bit_identical(qtype):
         assert np.array_equal(one, outs[0][1]), lv
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 7), (7, 33), (33, 100), (29, 300)])
+@pytest.mark.parametrize("T", [1, 4, 7])
+def test_matmul_bf16_odd_widths(simd, rows, cols, T):
+    """BF16 rows of any length (no blocks): the float tiles' 8-value steps and the tail."""
+    rng = np.random.default_rng(rows + cols + T)
+    data = quantize(rng.standard_normal((rows, cols)).astype(np.float32), GT.BF16)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    ref = matmul_reference(GT.BF16, data, x)
+    for threads in (1, 2):
+        assert rel_err(K.matmul(data, int(GT.BF16), x, threads), ref) < 2e-6
+
+
 @pytest.mark.parametrize("T", [1, 6])
 def test_bf16_is_the_f32_matmul_of_its_widened_weights(simd, T):
     """BF16 widens exactly, so on each level it gives the bits of F32 weights of the same values."""
-    data = weights(GT.BF16, 29, 264, 10)
-    x = np.random.default_rng(11).standard_normal((T, 264)).astype(np.float32)
+    data = weights(GT.BF16, 29, 263, 10)
+    x = np.random.default_rng(11).standard_normal((T, 263)).astype(np.float32)
     w32 = dequantize(data, GT.BF16)
     assert np.array_equal(K.matmul(data, int(GT.BF16), x, 2), K.matmul(w32, 0, x, 2))
 
