@@ -11,7 +11,6 @@ cdef extern from "simd.h" nogil:
     int XLLM_F16
     int XLLM_Q4_0
     int XLLM_Q8_0
-    int XLLM_BF16
     bint xllm_is_legacy_quant(int type)
     int XLLM_QK
     int XLLM_TILE_ROWS
