@@ -317,3 +317,40 @@ def test_end_of_turn_ids(tok512):
     # plain text after the reply: EOS alone
     template = ChatTemplate("{% for m in messages %}{{ m.content }}\n{% endfor %}")
     assert end_of_turn_ids(template, tok512) == [tok512.eos_id]
+
+
+# ----------------------------------------------------------------------------- a real model file
+
+PHI3_VOCAB = TEMPLATES.parent / "vocab" / "ggml-vocab-phi-3.gguf"
+
+
+@pytest.fixture(scope="module")
+def phi3():
+    from xllm.tokenizer import Tokenizer
+    tok = Tokenizer.from_file(PHI3_VOCAB)
+    return tok, load_chat_template(PHI3_VOCAB, tokenizer=tok)
+
+
+def test_phi3_gguf_template_renders_as_transformers(phi3):
+    tok, tmpl = phi3
+    assert (tmpl.bos_token, tmpl.eos_token) == ("<s>", "<|endoftext|>")
+    for conv in CONVERSATIONS.values():
+        for agp in (True, False):
+            expected = hf_tokenizer(tmpl.source, "<s>", "<|endoftext|>").apply_chat_template(
+                conv, tokenize=False, add_generation_prompt=agp)
+            assert tmpl.render(conv, agp) == expected
+
+
+def test_phi3_prompt_tokens_and_end_of_turn(phi3):
+    tok, tmpl = phi3
+    text = tmpl.render([{"role": "user", "content": "Hi there"}])
+    assert text == "<s><|user|>\nHi there<|end|>\n<|assistant|>\n"
+    piece = {p: i for i, p in enumerate(tok.vocab.pieces)}
+
+    def plain(s):
+        return tok.encode(s, bos=False)
+    # llama.cpp's SPM tokenize with parse_special: special tokens by id, each text fragment
+    # encoded with the dummy-prefix space after a special token; the template's BOS only
+    assert encode_rendered(tok, text) == ([1, piece["<|user|>"]] + plain("\nHi there") + [piece["<|end|>"]]
+                                          + plain("\n") + [piece["<|assistant|>"]] + plain("\n"))
+    assert end_of_turn_ids(tmpl, tok) == [tok.eos_id, piece["<|end|>"]] == [32000, 32007]
