@@ -360,3 +360,50 @@ def test_ctrl_c_at_the_prompt(converted, tmp_path, stats):
             proc.kill()
     assert proc.returncode == 130
     assert err.decode().strip().splitlines() == ["xllm-main: interrupted"]
+
+
+def test_stats_log_child_killed(converted, tmp_path):
+    import os
+    import signal
+    from xllm.cpu_stats import read_stats_log
+    log = tmp_path / "k.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", "xllm.cli", "--weight", str(converted), "--stats-log", str(log)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(4) == b">>> "                   # the child is up, the log started
+        child = int(log.read_text().splitlines()[2].split("\t")[2])
+        os.kill(child, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL
+    lines = err.decode().strip().splitlines()
+    assert lines == [f"xllm-main: error: the inference process (pid {child}) was killed by SIGKILL"]
+    assert read_stats_log(log).samples[-1]["pid"] == child
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_no_stdin_at_all_is_eof(converted, tmp_path, stats):
+    import shlex
+    extra = f"--stats-log {shlex.quote(str(tmp_path / 's.tsv'))}" if stats else ""
+    r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -m xllm.cli --weight "
+                        f"{shlex.quote(str(converted))} {extra} <&-"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout == "", r.stderr
+
+
+def test_stats_log_sigterm_reaches_the_child(converted, tmp_path):
+    import os
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "xllm.cli", "--weight", str(converted), "--stats-log",
+                             str(tmp_path / "t.tsv")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(4) == b">>> "
+        os.kill(proc.pid, signal.SIGTERM)                      # the parent only: forwarded
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert len(err.decode().strip().splitlines()) == 1 and "killed by SIGTERM" in err.decode()

@@ -64,17 +64,18 @@ def steps_to_max_tokens(steps, n_prompt: int, context: int, explicit: bool) -> i
     return steps - n_prompt + 1
 
 
-def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
+def sampling_params(args, max_tokens: int):
     from .sampling import SamplingParams
-    ids = llm.tokenizer.encode(prompt, bos=True)
-    max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, len(ids),
-                                     llm.config.max_seq_len, args.steps is not None)
-    params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed)
-    out.write(llm.tokenizer.decode(ids))
-    out.flush()
+    return SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed)
+
+
+def stream_reply(llm, ids, params, out=sys.stdout) -> str:
+    """Print the continuation of `ids` as it comes, then a stats line on stderr; return it."""
     start = time.perf_counter()
+    pieces = []
     for piece in llm.stream(ids, params):
+        pieces.append(piece)
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -84,6 +85,17 @@ def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
     rate = gen / elapsed if elapsed > 0 else float("inf")
     print(f"xllm: {len(ids)} prompt + {gen} generated tokens in {elapsed:.3f} s, "
           f"{rate:.1f} tok/s", file=sys.stderr)
+    return "".join(pieces)
+
+
+def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
+    ids = llm.tokenizer.encode(prompt, bos=True)
+    max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, len(ids),
+                                     llm.config.max_seq_len, args.steps is not None)
+    params = sampling_params(args, max_tokens)
+    out.write(llm.tokenizer.decode(ids))
+    out.flush()
+    stream_reply(llm, ids, params, out)
 
 
 def read_prompts(path: str) -> list:
@@ -128,15 +140,20 @@ def run_file(llm, args) -> None:
           f"{gen / elapsed:.1f} tok/s", file=sys.stderr)
 
 
-def interactive(llm, args) -> None:
-    while True:
+def prompt_lines():
+    """Non-blank lines typed at the `>>> ` prompt, until EOF."""
+    while sys.stdin is not None:              # None: started without a stdin, as good as EOF
         try:
             line = input(">>> ")
         except EOFError:
-            print(file=sys.stderr)
-            return
-        if not line.strip():
-            continue
+            break
+        if line.strip():
+            yield line
+    print(file=sys.stderr)
+
+
+def interactive(llm, args) -> None:
+    for line in prompt_lines():
         try:
             run_prompt(llm, line, args)
         except ValueError as exc:     # a prompt too long for the context: say so, keep going
@@ -153,8 +170,7 @@ def chat_params(llm, n_prompt: int, stops, args):
                                          llm.config.max_seq_len, args.steps is not None)
     except UsageError as exc:
         raise UsageError(f"the conversation is too long: {exc}; /reset starts a new one") from None
-    params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed)
+    params = sampling_params(args, max_tokens)
     # Stopping at the template's end-of-turn token needs SamplingParams.stop_token_ids (the
     # server branch adds it); until then the reply ends at EOS/BOS only.
     if "stop_token_ids" in {f.name for f in dataclasses.fields(SamplingParams)}:
@@ -166,21 +182,7 @@ def chat_turn(llm, template, messages, stops, args, out=sys.stdout) -> str:
     """Render the conversation, stream the assistant's reply, return its text."""
     from .chat import encode_rendered
     ids = encode_rendered(llm.tokenizer, template.render(messages, add_generation_prompt=True))
-    params = chat_params(llm, len(ids), stops, args)
-    start = time.perf_counter()
-    pieces = []
-    for piece in llm.stream(ids, params):
-        pieces.append(piece)
-        out.write(piece)
-        out.flush()
-    out.write("\n")
-    out.flush()
-    elapsed = time.perf_counter() - start
-    gen = llm.last_stats.get("generated", 0)
-    rate = gen / elapsed if elapsed > 0 else float("inf")
-    print(f"xllm: {len(ids)} prompt + {gen} generated tokens in {elapsed:.3f} s, "
-          f"{rate:.1f} tok/s", file=sys.stderr)
-    return "".join(pieces)
+    return stream_reply(llm, ids, chat_params(llm, len(ids), stops, args), out)
 
 
 def chat(llm, template, args) -> None:
@@ -189,14 +191,7 @@ def chat(llm, template, args) -> None:
     from .chat import end_of_turn_ids
     stops = end_of_turn_ids(template, llm.tokenizer)
     messages = []
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        if not line.strip():
-            continue
+    for line in prompt_lines():
         if line.strip() == "/reset":
             messages.clear()
             print("xllm: conversation cleared", file=sys.stderr)
@@ -240,10 +235,12 @@ def _inference(args) -> int:
     return run(args)
 
 
-def _inference_process(args) -> None:
+def _inference_process(args, has_stdin: bool) -> None:
     """The child of --stats-log: the same work and the same errors as without it."""
     signal.signal(signal.SIGINT, signal.default_int_handler)    # the parent ignores Ctrl-C
-    sys.stdin = os.fdopen(0, "r", closefd=False)    # multiprocessing gave the child /dev/null
+    # multiprocessing gave the child /dev/null; the parent's fd 0 is still ours (unless the
+    # parent had none: then fd 0 may be some other file now)
+    sys.stdin = os.fdopen(0, "r", closefd=False) if has_stdin else None
     sys.exit(_inference(args))
 
 
@@ -258,27 +255,38 @@ def run_with_stats(args) -> int:
         open(args.stats_log, "w").close()           # refuse a bad path before starting anything
     except OSError as exc:
         raise OSError(f"{args.stats_log}: cannot write the stats log ({exc.strerror})") from None
+    try:
+        has_stdin = sys.stdin is not None and sys.stdin.fileno() == 0
+    except (OSError, ValueError):            # replaced by something without a file descriptor
+        has_stdin = False
     sys.stdout.flush()
     sys.stderr.flush()
+    child = multiprocessing.get_context("fork").Process(target=_inference_process, args=(args, has_stdin),
+                                                        name="xllm-inference")
+    logger = None
+
+    def forward_sigterm(*_):
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     # Ctrl-C reaches the child too (same process group): it reports it and exits 130; this
     # process ignores it (set before the fork, so no window) and returns the child's code.
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_term = signal.getsignal(signal.SIGTERM)
-    child = multiprocessing.get_context("fork").Process(target=_inference_process, args=(args,),
-                                                        name="xllm-inference")
-    child.start()
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(child.pid, signal.SIGTERM))
-    logger = StatsLogger(child.pid, args.stats_log, interval=1.0)
     try:
-        logger.start()
+        child.start()
+        signal.signal(signal.SIGTERM, forward_sigterm)
+        logger = StatsLogger(child.pid, args.stats_log, interval=1.0).start()
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)   # exited, not yet reaped:
         logger.stop()                                             # its final times are logged
-        child.join()
     finally:
-        logger.stop()
-        if child.is_alive():
-            child.terminate()
-        child.join()
+        if logger is not None:
+            logger.stop()
+        if child.pid is not None:
+            if child.is_alive():
+                child.terminate()
+            child.join()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     code = child.exitcode
