@@ -369,3 +369,33 @@ def test_hf_special_tokens_map(tmp_path, hf_dirs):
     tok = load_hf_tokenizer(tmp_path / "tokenizer.json")          # the file itself
     assert (tok.bos_id, tok.eos_id) == (50256, 50256) and tok.vocab.chat_template is None
     assert tok.vocab.types[50256] == CONTROL and (tok.vocab.types[:50256] == NORMAL).all()
+
+
+def test_convert_hf_directory_with_tokenizer_json(tmp_path, hf_dirs):
+    # xllm-convert of a llama HF directory that ships only tokenizer.json (embedding padded
+    # past the tokenizer, as HF models often are): the GGUF holds what llama.cpp reads
+    import shutil
+
+    from hf_fixtures import make_hf_dir
+    from xllm.convert import main
+    from xllm.formats.gguf_reader import GGUFFile
+    m = make_hf_dir(tmp_path, "mha", tokenizer=None, vocab_size=50304,
+                    config_overrides={"bos_token_id": 50256, "eos_token_id": 50256})
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_dirs["gpt-2"] / file, m.path / file)
+    out = tmp_path / "model.gguf"
+    assert main([str(m.path), "-o", str(out)]) == 0
+    reader = GGUFFile(out)
+    T = gguf.GGUFValueType
+    assert reader.fields["tokenizer.ggml.model"].value == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].value == "gpt-2"
+    assert reader.fields["tokenizer.ggml.merges"].types == [T.ARRAY, T.STRING]
+    assert reader.fields["tokenizer.ggml.bos_token_id"].types == [T.UINT32]
+    vocab = Vocab.from_gguf(reader, out)
+    expected = gguf_tokenizer("gpt-2").vocab
+    assert len(vocab) == 50304 and vocab.pieces[:50257] == expected.pieces
+    assert vocab.merges == expected.merges and (vocab.types[50257:] == 5).all()
+    assert vocab.chat_template.startswith("{{ bos_token }}")
+    tok = Tokenizer.from_file(out)
+    for text, ids in read_vectors("gpt-2"):
+        assert tok.encode(text, bos=False) == ids, text

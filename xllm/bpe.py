@@ -136,10 +136,12 @@ def load_hf(path):
 def _check_byte_level(file: str, data) -> None:
     model = data.get("model") if isinstance(data, dict) else None
     kind = model.get("type") if isinstance(model, dict) else None
-    if kind != "BPE" or "merges" not in model:
-        raise ValueError(f"{file}: model type {kind!r}, expected 'BPE' with merges (only "
-                         f"byte-level BPE tokenizer.json files are supported; a SentencePiece "
-                         f"model needs its tokenizer.model)")
+    if kind != "BPE":
+        raise ValueError(f"{file}: model type {kind!r}, expected 'BPE' (only byte-level BPE "
+                         f"tokenizer.json files are supported; a SentencePiece model needs its "
+                         f"tokenizer.model)")
+    if not isinstance(model.get("merges"), list) or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{file}: the BPE model has no merges list or vocab object")
     parts = [data.get("pre_tokenizer"), data.get("decoder")]
     found = set()
     while parts:
