@@ -11,7 +11,7 @@ Two sources give the same kind of tokenizer:
     merges, the pre-tokenizer name found from the hash of its ids for a test text, special ids
     and flags from tokenizer_config.json / special_tokens_map.json / config.json through
     gguf.SpecialVocab).
-Decoding does not go through `tokenizers`: `token_bytes` gives each id's bytes as llama.cpp's
+Decoding does not go through `tokenizers`: `TokenBytes` gives each id's bytes as llama.cpp's
 token_to_piece does, so decoding can be streamed one token at a time.
 """
 from __future__ import annotations
@@ -52,23 +52,34 @@ _CHAR_TO_BYTE = {ord(c): chr(b) for b, c in BYTE_TO_CHAR.items()}
 _CHAR_TO_BYTE.update({c: "\U0010ffff" for c in range(0x80, 0x100) if c not in _CHAR_TO_BYTE})
 
 
-def token_bytes(vocab: Vocab) -> list:
+class TokenBytes:
     """What each id decodes to, as llama.cpp's token_to_piece (special=false) gives it: NORMAL
     tokens mapped back from the byte alphabet, USER_DEFINED tokens as their raw text, CONTROL
     and other tokens nothing.  A NORMAL token with characters outside the alphabet is taken
-    as raw text (as `tokenizers`' ByteLevel decoder does)."""
-    out = [b""] * len(vocab.pieces)
-    types = vocab.types
-    pieces = vocab.pieces
-    for i in np.flatnonzero(types == NORMAL).tolist():
-        p = pieces[i]
-        try:
-            out[i] = p.translate(_CHAR_TO_BYTE).encode("latin-1")
-        except UnicodeEncodeError:
-            out[i] = p.encode("utf-8")
-    for i in np.flatnonzero(types == USER_DEFINED).tolist():
-        out[i] = pieces[i].encode("utf-8")
-    return out
+    as raw text (as `tokenizers`' ByteLevel decoder does).  Computed per id on first use, so
+    a large vocabulary costs nothing at load."""
+
+    def __init__(self, vocab: Vocab):
+        self._pieces = vocab.pieces
+        self._types = vocab.types.tolist()
+        self._cache = [None] * len(vocab.pieces)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __getitem__(self, i: int) -> bytes:
+        out = self._cache[i]
+        if out is None:
+            piece, kind = self._pieces[i], self._types[i]
+            if kind == NORMAL:
+                try:
+                    out = piece.translate(_CHAR_TO_BYTE).encode("latin-1")
+                except UnicodeEncodeError:
+                    out = piece.encode("utf-8")
+            else:
+                out = piece.encode("utf-8") if kind == USER_DEFINED else b""
+            self._cache[i] = out
+        return out
 
 
 # ----------------------------------------------------------------------------- from a Vocab
@@ -81,11 +92,7 @@ def build_tokenizer(vocab: Vocab):
     if "" in pieces:                   # llama.cpp renames empty tokens the same way
         pieces = [p or f"[EMPTY_{i}]" for i, p in enumerate(pieces)]
     token_ids = dict(zip(pieces, range(len(pieces))))     # a repeated token: the last id wins
-    pairs = [tuple(m.split(" ", 1)) for m in vocab.merges]
-    if min(map(len, pairs)) != 2:
-        bad = next(i for i, p in enumerate(pairs) if len(p) != 2)
-        raise ValueError(f"merge {bad} is {vocab.merges[bad]!r}, expected two tokens "
-                         f"separated by a space")
+    pairs = _merge_pairs(vocab.merges)
     try:
         model = models.BPE(token_ids, pairs, ignore_merges=spec.ignore_merges)
     except Exception as exc:           # the library raises a bare Exception on a bad merge
@@ -102,6 +109,21 @@ def build_tokenizer(vocab: Vocab):
     tok.add_special_tokens([AddedToken(pieces[i], special=True, normalized=False) for i in special])
     tok.add_tokens([AddedToken(pieces[i], special=False, normalized=False) for i in user])
     return tok
+
+
+def _merge_pairs(merges: list) -> list:
+    """[(left, right)] of "left right" merges.  Byte-level tokens hold neither a space nor a
+    newline (both are spelled in the byte alphabet), so the whole list is split in two C
+    calls; a list that does not split into exactly two tokens per merge is walked to name the
+    bad one."""
+    flat = "\n".join(merges).replace(" ", "\n").split("\n")
+    if len(flat) == 2 * len(merges):
+        it = iter(flat)
+        return list(zip(it, it))
+    for i, merge in enumerate(merges):
+        if len(merge.replace("\n", " ").split(" ")) != 2:
+            raise ValueError(f"merge {i} is {merge!r}, expected two tokens separated by a space")
+    raise AssertionError("unreachable: every merge splits in two")
 
 
 # ----------------------------------------------------------------------------- from tokenizer.json

@@ -197,16 +197,17 @@ class Tokenizer:
         self._bpe = None                   # native SentencePiece encoder, or None
         self._hf = None                    # tokenizers.Tokenizer for byte-level BPE, or None
         if vocab.model == "gpt2":
-            from .bpe import build_tokenizer, token_bytes
+            from .bpe import TokenBytes, build_tokenizer
             self._hf = hf if hf is not None else build_tokenizer(vocab)
             self._hf_lock = threading.Lock()       # encode_special_tokens is per call
-            self._bytes = token_bytes(vocab)       # decoding data of every ByteStreamDecoder
+            self._bytes = TokenBytes(vocab)        # decoding data of every ByteStreamDecoder
         else:
             if sp is None:
                 self._bpe = SpmBPE(vocab)
             self._tables = _DecodeTables(vocab)    # decoding data shared by every StreamDecoder
         self._special_re = None            # SPM: pattern of the specials encode(special=True) parses
-        self.eos_ids = frozenset(eog_ids(vocab))   # ids that end generation
+        lookup = self._hf.token_to_id if self._hf is not None else None
+        self.eos_ids = frozenset(eog_ids(vocab, lookup))   # ids that end generation
 
     @classmethod
     def from_file(cls, path, vocab_size: Optional[int] = None) -> "Tokenizer":
@@ -359,20 +360,23 @@ class Tokenizer:
         return f"Tokenizer({self.backend}, {self.vocab_size} tokens, path={self.path!r})"
 
 
-def eog_ids(vocab: Vocab) -> set:
+def eog_ids(vocab: Vocab, lookup=None) -> set:
     """The ids that end generation, collected as llama.cpp does: eos, eot, eom and the fim
     pad/rep/sep ids, plus every token spelled like one of EOG_TEXTS; '<|end|>' is dropped when
     the vocabulary also has gpt-oss's '<|return|>' and '<|call|>' (or solar-open's '<|calls|>'
-    and '<|flush|>'), '</s>' when it has '<|tool_response>' or '<|plamo:eos|>'."""
+    and '<|flush|>'), '</s>' when it has '<|tool_response>' or '<|plamo:eos|>'.  `lookup`:
+    text -> id or None (the last id of a repeated text, as llama.cpp), else the pieces are
+    searched."""
     ids = {vocab.eos_id} | {vocab.special_ids.get(name) for name in
                              ("eot", "eom", "fim_pad", "fim_rep", "fim_sep")}
-    index = {}
-    for text in EOG_TEXTS + ("<|plamo:eos|>",):
-        index[text] = None
-    for i, piece in enumerate(vocab.pieces):        # the last id of a repeated text, as llama.cpp
-        if piece in index:
-            index[piece] = i
-    found = {text: i for text, i in index.items() if i is not None}
+    texts = EOG_TEXTS + ("<|plamo:eos|>",)
+    if lookup is None:
+        index, wanted = {}, frozenset(texts)
+        for i, piece in enumerate(vocab.pieces):
+            if piece in wanted:
+                index[piece] = i
+        lookup = index.get
+    found = {text: lookup(text) for text in texts if lookup(text) is not None}
     ids |= {i for text, i in found.items() if text in EOG_TEXTS}
     if "<|end|>" in found and (("<|return|>" in found and "<|call|>" in found)
                                or ("<|calls|>" in found and "<|flush|>" in found)):
