@@ -349,6 +349,18 @@ def test_unknown_pre_tokenizer_is_refused_first(tmp_path):
             "stablelm2", "tekken", "gpt-4o"} <= set(PRE_TOKENIZERS)
 
 
+def test_every_pre_tokenizer_builds():
+    # each regex compiles in the library's Oniguruma and splits text losslessly
+    from tokenizers import Regex, pre_tokenizers
+    from xllm.bpe_pre import CHKHSH
+    text = "Hello, World! I'll pay $1234.5 for 日本語 😀\n\n  tabs\tand ÀÉÎ don't"
+    for name, pre in PRE_TOKENIZERS.items():
+        split = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), "isolated")
+                                         for r in pre.splits])
+        assert "".join(p for p, _ in split.pre_tokenize_str(text)) == text, name
+    assert set(CHKHSH.values()) <= set(PRE_TOKENIZERS)
+
+
 def test_bad_byte_level_vocabularies():
     vocab = gguf_tokenizer("gpt-2").vocab
     args = dict(bos_id=50256, eos_id=50256, unk_id=None, model="gpt2", pre="gpt-2")

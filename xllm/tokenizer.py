@@ -164,14 +164,13 @@ def _drain_bytes(buf: bytearray, final: bool) -> str:
     return "".join(out)
 
 
-
 class ByteStreamDecoder(StreamDecoder):
     """StreamDecoder of a byte-level vocabulary: each token's bytes go through an incremental
     UTF-8 decoder, which holds back an unfinished character and turns invalid bytes into
     U+FFFD exactly as decoding the whole byte string at once does."""
 
     def __init__(self, tokenizer: "Tokenizer", context: Iterable[int] = ()):
-        self._bytes = tokenizer._bytes              # per-id bytes, built once per tokenizer
+        self._bytes = tokenizer._bytes              # per-id bytes, shared by the tokenizer's decoders
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         for token in context:                       # already shown (e.g. BOS + prompt)
             self.push(token)
