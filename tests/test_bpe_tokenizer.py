@@ -254,6 +254,16 @@ def test_user_defined_tokens_always_match():
     assert user in ids and custom.decode(ids) == "say my token now"
 
 
+def test_pickle():
+    import pickle
+    tok = gguf_tokenizer("gpt-2")
+    copy = pickle.loads(pickle.dumps(tok))
+    text = "hi<|endoftext|> there 😀"
+    assert copy.encode(text, special=True) == tok.encode(text, special=True) == [5303, 50256] + \
+        tok.encode(" there 😀")
+    assert copy.decode(copy.encode(text)) == text and copy.eos_ids == tok.eos_ids
+
+
 # ----------------------------------------------------------------------------- decoding
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)

@@ -355,6 +355,16 @@ class Tokenizer:
             return ByteStreamDecoder(self, context)
         return StreamDecoder(self, context)
 
+    def __getstate__(self):                # picklable (e.g. to another process): no lock
+        state = self.__dict__.copy()
+        state.pop("_hf_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._hf is not None:
+            self._hf_lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"Tokenizer({self.backend}, {self.vocab_size} tokens, path={self.path!r})"
 
