@@ -246,9 +246,12 @@ class Vocab:
             elif text == "<unk>":
                 types[i] = UNKNOWN
             ids.setdefault(text, i)
-        return cls(pieces, np.array(scores, dtype=np.float32), types,
-                   bos_id=ids.get("<s>", 1), eos_id=ids.get("</s>", 2), unk_id=ids.get("<unk>", 0),
-                   add_space_prefix=True, remove_extra_whitespaces=remove_extra_whitespaces)
+        try:
+            return cls(pieces, np.array(scores, dtype=np.float32), types,
+                       bos_id=ids.get("<s>", 1), eos_id=ids.get("</s>", 2), unk_id=ids.get("<unk>", 0),
+                       add_space_prefix=True, remove_extra_whitespaces=remove_extra_whitespaces)
+        except ValueError as exc:          # e.g. a one-token file has no room for bos_id 1
+            raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_sentencepiece(cls, path) -> "Vocab":
