@@ -35,6 +35,29 @@ def _micro_gguf(ggml_type_name: str = "F32", vocab: bool = True) -> bytes:
         return p.read_bytes()
 
 
+def _micro_bpe_vocab() -> bytes:
+    """A whole byte-level BPE vocabulary ("gpt2"): the 256 byte tokens, a few merges, a
+    control and a user-defined token."""
+    import gguf
+    from xllm.bpe import BYTE_TO_CHAR
+    tokens = [BYTE_TO_CHAR[b] for b in range(256)] + ["Ġt", "he", "Ġthe", "<|endoftext|>", "my tok"]
+    types = [1] * 259 + [3, 4]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "v.gguf"
+        w = gguf.GGUFWriter(str(p), "gpt2")
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(["Ġ t", "h e", "Ġt he"])
+        w.add_bos_token_id(259)
+        w.add_eos_token_id(259)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.close()
+        return p.read_bytes()
+
+
 def _micro_llama2c(int8: bool) -> bytes:
     """llama2.c files of dim 32: fp32 (run.c) or version-2 ak42 with group size 32 (runq.c)."""
     dim, hidden, layers, heads, kv, vocab, seq = 32, 64, 1, 4, 4, 16, 8
@@ -89,7 +112,7 @@ def seeds(name: str, whole: bool = False) -> list:
                 _read(models / "tokenizer.bin", HEAD_BYTES)]
     if name == "gguf_vocab":
         return [_micro_gguf("F32"), _read(fixtures / "vocab" / "ggml-vocab-llama-spm.gguf", HEAD_BYTES),
-                _read(fixtures / "vocab" / "ggml-vocab-gpt-2.gguf", HEAD_BYTES)]
+                _read(fixtures / "vocab" / "ggml-vocab-gpt-2.gguf", HEAD_BYTES), _micro_bpe_vocab()]
     if name == "hf":
         return [_micro_hf()]
     if name == "prompts":
