@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -316,50 +315,12 @@ def load_chat_template(checkpoint_path, override_file=None, tokenizer=None) -> O
 
 # ----------------------------------------------------------------------------- tokenizing
 
-def _special_pattern(vocab) -> Optional[re.Pattern]:
-    # the tokens llama.cpp's parse_special matches in text, longest first
-    from .tokenizer import CONTROL, UNKNOWN, USER_DEFINED
-    specials = sorted({p for p, t in zip(vocab.pieces, vocab.types.tolist())
-                       if t in (CONTROL, USER_DEFINED, UNKNOWN) and p}, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, specials))) if specials else None
-
-
-def _encode_special(tokenizer, text: str) -> List[int]:
-    """Special-token text parsed as those tokens, the rest encoded as text (llama.cpp's
-    parse_special: each text fragment encoded on its own, so an SPM vocabulary gives it the
-    dummy-prefix space, as llama.cpp does after a special token)."""
-    if "special" in _encode_parameters(tokenizer):
-        return tokenizer.encode(text, bos=False, special=True)
-    # Until the tokenizer's own `special=True` is on this branch: split on the vocabulary's
-    # CONTROL / USER_DEFINED / UNKNOWN pieces here.
-    pattern = _special_pattern(tokenizer.vocab)
-    if pattern is None:
-        return tokenizer.encode(text, bos=False)
-    index = {p: i for i, p in enumerate(tokenizer.vocab.pieces)}
-    ids, pos = [], 0
-    for m in pattern.finditer(text):
-        if m.start() > pos:
-            ids += tokenizer.encode(text[pos:m.start()], bos=False)
-        ids.append(index[m.group()])
-        pos = m.end()
-    if pos < len(text):
-        ids += tokenizer.encode(text[pos:], bos=False)
-    return ids
-
-
-def _encode_parameters(tokenizer) -> tuple:
-    import inspect
-    try:
-        return tuple(inspect.signature(tokenizer.encode).parameters)
-    except (TypeError, ValueError):
-        return ()
-
-
 def encode_rendered(tokenizer, text: str) -> List[int]:
-    """Token ids of a rendered chat prompt: special tokens in the text become those tokens,
-    and BOS comes first exactly once (added unless the template wrote it)."""
-    ids = _encode_special(tokenizer, text)
-    if not ids or ids[0] != tokenizer.bos_id:
+    """Token ids of a rendered chat prompt: special-token text becomes those tokens (llama.cpp's
+    parse_special), and a vocabulary that starts with BOS gets it exactly once (added unless
+    the template wrote it)."""
+    ids = tokenizer.encode(text, bos=False, special=True)
+    if tokenizer.add_bos and (not ids or ids[0] != tokenizer.bos_id):
         ids.insert(0, tokenizer.bos_id)
     return ids
 
@@ -371,7 +332,7 @@ def end_of_turn_ids(template: ChatTemplate, tokenizer) -> List[int]:
     """EOS, plus the special token the template writes right after an assistant's reply
     (<|eot_id|>, <end_of_turn>, <|im_end|>, <|end|>, ...): generation stops at either."""
     from .tokenizer import CONTROL, USER_DEFINED
-    stops = [tokenizer.eos_id]
+    stops = sorted(tokenizer.eos_ids)
     try:
         text = template.render([{"role": "user", "content": "hi"},
                                 {"role": "assistant", "content": _PROBE}], add_generation_prompt=False)
@@ -379,7 +340,7 @@ def end_of_turn_ids(template: ChatTemplate, tokenizer) -> List[int]:
         return stops
     at = text.rfind(_PROBE)
     tail = text[at + len(_PROBE):] if at >= 0 else ""
-    ids = _encode_special(tokenizer, tail) if tail else []
+    ids = tokenizer.encode(tail, bos=False, special=True) if tail else []
     if ids and int(tokenizer.vocab.types[ids[0]]) in (CONTROL, USER_DEFINED) and ids[0] not in stops:
         stops.append(ids[0])
     return stops
