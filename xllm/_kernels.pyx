@@ -44,7 +44,10 @@ OP_NAMES = ("embed", "rmsnorm", "qkv_proj", "rope", "kv_write", "attention", "at
             "residual", "ffn_gate_up", "swiglu", "ffn_down", "classifier")
 
 TYPE_F32, TYPE_F16, TYPE_Q4_0, TYPE_Q8_0 = 0, 1, 2, 8
-SUPPORTED_TYPES = (0, 1, 2, 8)
+TYPE_Q2_K, TYPE_Q3_K, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K = 10, 11, 12, 13, 14
+KQUANT_TYPES = (10, 11, 12, 13, 14)
+KQUANT_BLOCK_BYTES = {10: 84, 11: 110, 12: 144, 13: 176, 14: 210}     # bytes per 256 values
+SUPPORTED_TYPES = (0, 1, 2, 8) + KQUANT_TYPES
 
 xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
 
@@ -95,6 +98,7 @@ cdef inline void tick(Workspace *ws, int op, double *t) noexcept nogil:
 # ---------------------------------------------------------------------------- matmul
 
 cdef inline bint is_quantized(int type) noexcept nogil:
+    """Repacked types that pair with Q8_0 activations."""
     return type == XLLM_Q8_0 or type == XLLM_Q4_0
 
 
@@ -168,6 +172,25 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
         memcpy(y + <size_t>t * w.rows + r0, acc + <size_t>t * ld, nr * sizeof(float))
 
 
+cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, int T,
+                    float *y) noexcept nogil:
+    """y[t, r0:r0+nr] for all T tokens of K-quant weights (the file's rows).
+
+    Tiles of one row x 4 tokens, each a whole dot product (simd_kquants.h).  Token tiles
+    outside, rows inside: a tile's activations (4 x 320 bytes per 256 values) stay in L1
+    while the group's rows stream past them.
+    """
+    cdef int nb = w.cols // XLLM_QK_K
+    cdef int t0 = 0
+    cdef int nt, r
+    while t0 < T:
+        nt = min(XLLM_KQ_TOKENS, T - t0)
+        for r in range(nr):
+            xllm_kq_tile(w.type, w.data + <size_t>(r0 + r) * w.row_bytes, nb, xk + <size_t>t0 * nb, nb,
+                         nt, y + <size_t>t0 * w.rows + r0 + r, w.rows)
+        t0 += XLLM_KQ_TOKENS
+
+
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
     """y[t, o] = sum_i W[o, i] * x[t, i]  for T tokens; x (T, cols), y (T, rows)."""
     cdef const Matrix *ms[1]
@@ -178,6 +201,8 @@ cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *
 
 
 cdef inline int row_group(int type) noexcept nogil:
+    if xllm_is_kquant(type):
+        return XLLM_KQ_ROW_GROUP
     return XLLM_QROW_GROUP if is_quantized(type) else XLLM_ROW_GROUP
 
 
@@ -187,14 +212,15 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
 
     One parallel region over the row groups of all the matrices (Q, K and V; or gate and
     up), so small matrices do not each pay a fork/join and threads stay balanced.
-    Quantized weights: x is quantized to Q8_0 once, then int8 dot products per block.
-    Work is split by groups of output rows, so every thread count computes each output
-    with the same operations.
+    Quantized weights: x is quantized once to each activation format the matrices need
+    (Q8_0 blocks for Q8_0/Q4_0, Q8_K blocks for the K-quants: a Q4_K_M group may mix
+    both), then int8 dot products per block.  Work is split by groups of output rows, so
+    every thread count computes each output with the same operations.
     """
-    cdef int i, g, m, nb, total, gs, r0, n_prep
+    cdef int i, g, m, nb, nbk, total, gs, r0, n_prep, n_q8
     cdef int cols = w[0].cols
     cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
-    cdef bint any_quantized = False, any_float = False
+    cdef bint any_quantized = False, any_float = False, any_kquant = False
     cdef float *acc = NULL
     cdef const float *xf = x
     cdef size_t ldx = cols
@@ -204,12 +230,15 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
         gs = row_group(w[m].type)
         first[m + 1] = first[m] + (w[m].rows + gs - 1) // gs
         any_quantized = any_quantized or is_quantized(w[m].type)
-        any_float = any_float or not is_quantized(w[m].type)
+        any_kquant = any_kquant or xllm_is_kquant(w[m].type)
+        any_float = any_float or not (is_quantized(w[m].type) or xllm_is_kquant(w[m].type))
     total = first[n]
     nb = cols // XLLM_QK
+    nbk = cols // XLLM_QK_K
     n_prep = 0                             # input preparation items: quantized blocks or padded rows
-    if any_quantized:
-        n_prep = T * nb
+    n_q8 = T * nb if any_quantized else 0
+    if any_quantized or any_kquant:
+        n_prep = n_q8 + (T * nbk if any_kquant else 0)
     elif any_float and T > 1:
         # rows of x a multiple of 4 KiB apart share L1 sets with each other and with a tile's
         # weight rows; a padded copy (one cache line more per row) keeps them apart (2048 x
@@ -220,9 +249,12 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     with parallel(num_threads=ws.n_threads):
         # the input prepared by all threads in the same region (a barrier, not a second fork)
         for i in prange(n_prep, schedule='static'):
-            if any_quantized:
+            if i < n_q8:
                 xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
                                          <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
+            elif any_quantized or any_kquant:
+                xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
+                                      <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
             else:
                 memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
         acc = ws.acc + threadid() * ws.acc_per_thread
@@ -232,7 +264,9 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
                 m = m + 1
             gs = row_group(w[m].type)
             r0 = (g - first[m]) * gs
-            if is_quantized(w[m].type):
+            if xllm_is_kquant(w[m].type):
+                matmul_kq(w[m], r0, min(gs, w[m].rows - r0), <const xllm_block_q8k *>ws.xk, T, y[m])
+            elif is_quantized(w[m].type):
                 matmul_panels(w[m], r0, min(gs, w[m].rows - r0), xq, T, y[m], acc)
             else:
                 matmul_rows(w[m], r0, min(gs, w[m].rows - r0), xf, ldx, T, y[m], acc)
@@ -650,6 +684,7 @@ cdef class Decoder:
         ws.hb2 = <float *>self.buffers.alloc(T * config.hidden_dim * F)
         ws.xout = <float *>self.buffers.alloc(T * config.dim * F)
         ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
+        ws.xk = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
         ws.xpad = <float *>self.buffers.alloc(T * (max_cols + XPAD) * F)
         ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8 + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
@@ -736,11 +771,14 @@ def _tensor_matrix(data, int ggml_type, int rows, int cols):
         raise ValueError(f"unsupported tensor type {ggml_type}")
     if ggml_type in (TYPE_Q8_0, TYPE_Q4_0) and cols % XLLM_QK:
         raise ValueError(f"row length {cols} is not a multiple of {XLLM_QK}")
+    if ggml_type in KQUANT_TYPES and cols % XLLM_QK_K:
+        raise ValueError(f"row length {cols} is not a multiple of {XLLM_QK_K}")
     dtype = {0: np.float32, 1: np.float16}.get(ggml_type, np.uint8)
     data = np.ascontiguousarray(data)
     if data.dtype != dtype:
         raise ValueError(f"weights for type {ggml_type}: expected dtype {np.dtype(dtype)}, found {data.dtype}")
-    bytes_per_row = {0: 4 * cols, 1: 2 * cols, 8: cols // 32 * 34, 2: cols // 32 * 18}[ggml_type]
+    bytes_per_row = ({0: 4 * cols, 1: 2 * cols, 8: cols // 32 * 34, 2: cols // 32 * 18}[ggml_type]
+                     if ggml_type not in KQUANT_TYPES else cols // XLLM_QK_K * KQUANT_BLOCK_BYTES[ggml_type])
     if data.nbytes != rows * bytes_per_row:
         raise ValueError(f"weights hold {data.nbytes} bytes, expected {rows * bytes_per_row}")
     return data
@@ -804,6 +842,7 @@ def matmul(w, int ggml_type, x, int threads=1):
     ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
     ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
+    ws.xk = <char *>buffers.alloc(T * (cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
     ws.xpad = <float *>buffers.alloc(T * (cols + XPAD) * sizeof(float))
     y = np.empty((T, rows), dtype=np.float32)
     cdef float[:, ::1] yv = y
@@ -827,6 +866,28 @@ def quantize_q8_0(x):
         if cols:
             xllm_quantize_row_q8_0(&xv[r, 0], <xllm_block_q8_0 *>&ov[r, 0], cols)
     return out
+
+
+def quantize_q8k(x):
+    """The K-quant activation blocks of float32 rows (row length a multiple of 256):
+    (qs int8 (rows, cols), bsums int16 (rows, cols/16), d float32 (rows, cols/256))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % XLLM_QK_K:
+        raise ValueError(f"expected (rows, multiple of 256) float32, found shape {x.shape}")
+    rows, cols = x.shape
+    nbk = cols // XLLM_QK_K
+    blocks = np.empty((rows, nbk * sizeof(xllm_block_q8k)), dtype=np.uint8)
+    cdef const float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] bv = blocks
+    cdef int r
+    for r in range(rows):
+        if cols:
+            xllm_quantize_row_q8k(&xv[r, 0], <xllm_block_q8k *>&bv[r, 0], cols)
+    b = blocks.reshape(rows, nbk, sizeof(xllm_block_q8k))
+    qs = np.ascontiguousarray(b[:, :, :256]).view(np.int8).reshape(rows, cols)
+    bsums = np.ascontiguousarray(b[:, :, 256:288]).view(np.int16).reshape(rows, nbk * 16)
+    d = np.ascontiguousarray(b[:, :, 288:292]).view(np.float32).reshape(rows, nbk)
+    return qs, bsums, d
 
 
 def dequantize(data, int ggml_type, int rows, int cols):

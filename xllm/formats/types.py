@@ -18,7 +18,7 @@ TYPE_NAMES = {int(t): t.name for t in GGMLQuantizationType}
 TYPE_BY_NAME = {name: value for value, name in TYPE_NAMES.items()}
 
 # Types whose matrices the decoder step multiplies with (and whose rows it can embed).
-RUNNABLE = {F32, F16, Q4_0, Q8_0}
+RUNNABLE = {F32, F16, Q4_0, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K}
 # Types a 1-D tensor (a norm weight) may have.
 VECTOR_TYPES = {F32, F16}
 

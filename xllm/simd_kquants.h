@@ -1,0 +1,420 @@
+/* simd_kquants.h: the K-quant tensor types (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), included from simd.h.
+ *
+ * Weights stay in the file's row layout (blocks of 256 values; llama.cpp's ggml-common.h
+ * structures, byte for byte).  Activations are quantized once per matmul to a Q8_K-like block
+ * (ggml's quantize_row_q8_K_ref: 256 int8 values, an fp32 scale, 16 sums of 16 values).
+ *
+ * Every K type is read through one canonical form of a 256-block: unsigned values q[i]
+ * (Q2_K 0..3, Q3_K 0..7, Q4_K 0..15, Q5_K 0..31, Q6_K 0..63), one int8 scale sc[j] and one
+ * int8 min mn[j] per 16 values, and two fp16 super-scales d, dmin:
+ *     Q2_K, Q4_K, Q5_K:  w[i] = (d * sc[j]) * q[i] - dmin * mn[j]
+ *     Q3_K, Q6_K:        w[i] = (d * sc[j]) * (q[i] - off),    off = 4 / 32
+ * (Q4_K/Q5_K's scales and mins per 32 values appear twice.)  A block's dot product with an
+ * activation block (scale dx, values x, sums bsum[j]) is then two exact int32 sums,
+ *     isum = sum_j sc[j] * sum_{i in j} q[i] x[i]      msum = sum_j mn[j] * bsum[j]
+ * (folded types: mn = sc and isum -= off * msum), and a fixed sequence of float operations
+ *     acc = fma(d * dx, (float)isum, acc);  acc = fma(-(dmin * dx), (float)msum, acc)
+ * (folded types: only the first).  The integer sums are exact in any order, so the scalar,
+ * AVX2 (maddubs + madd) and AVX-512 VNNI (maddubs + vpdpwssd) paths, any token tile and any
+ * thread give the same bits. */
+#ifndef XLLM_SIMD_KQUANTS_H
+#define XLLM_SIMD_KQUANTS_H
+
+#define XLLM_QK_K 256
+
+enum { XLLM_Q2_K = 10, XLLM_Q3_K = 11, XLLM_Q4_K = 12, XLLM_Q5_K = 13, XLLM_Q6_K = 14 };
+
+/* Activation block: qs first so that a 64-byte aligned buffer keeps every qs load aligned. */
+typedef struct {
+    int8_t qs[XLLM_QK_K];       /* values = d * qs */
+    int16_t bsums[16];          /* bsums[j] = qs[16j] + .. + qs[16j + 15] */
+    float d;                    /* scale */
+    float pad[7];
+} xllm_block_q8k;
+
+_Static_assert(sizeof(xllm_block_q8k) == 320, "activation block is 256 + 32 + 32 bytes");
+
+static inline int xllm_is_kquant(int type) { return type >= XLLM_Q2_K && type <= XLLM_Q6_K; }
+
+/* Bytes of one 256-value block of a K type. */
+static inline int xllm_kq_block_bytes(int type) {
+    switch (type) {
+    case XLLM_Q2_K: return 84;
+    case XLLM_Q3_K: return 110;
+    case XLLM_Q4_K: return 144;
+    case XLLM_Q5_K: return 176;
+    case XLLM_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+/* off of the folded types (w = d sc (q - off)); 0 for the types with a separate min. */
+static inline int xllm_kq_offset(int type) {
+    return type == XLLM_Q3_K ? 4 : type == XLLM_Q6_K ? 32 : 0;
+}
+
+/* ggml's nearest_int: round half to even through the 1.5 * 2^23 trick. */
+static inline int xllm_nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* quantize_row_q8_K_ref of ggml, for n (multiple of 256) values; a zero block gets zero sums. */
+static void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n) {
+    for (int b = 0; b < n / XLLM_QK_K; b++, x += XLLM_QK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < XLLM_QK_K; j++) {
+            float ax = fabsf(x[j]);
+            if (ax > amax) { amax = ax; max = x[j]; }
+        }
+        memset(y[b].pad, 0, sizeof(y[b].pad));
+        if (!amax) {
+            y[b].d = 0;
+            memset(y[b].qs, 0, sizeof(y[b].qs));
+            memset(y[b].bsums, 0, sizeof(y[b].bsums));
+            continue;
+        }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < XLLM_QK_K; j++) {
+            int v = xllm_nearest_int(iscale * x[j]);
+            y[b].qs[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < 16; j++) {
+            int sum = 0;
+            for (int i = 0; i < 16; i++) sum += y[b].qs[16 * j + i];
+            y[b].bsums[j] = (int16_t)sum;
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+/* ------------------------------------------------------------------ scales and mins */
+
+/* Q4_K/Q5_K: the 12 packed bytes -> bytes 0..7 the 6-bit scales, 8..15 the 6-bit mins
+ * (llama.cpp's utmp rearrangement, equal to get_scale_min_k4 for j = 0..7). */
+static inline void xllm_kq_scale_min_k4(const uint8_t *packed, uint8_t out[16]) {
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    uint32_t u[4];
+    memcpy(u, packed, 12);
+    u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+    const uint32_t uaux = u[1] & kmask1;
+    u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+    u[2] = uaux;
+    u[0] &= kmask1;
+    memcpy(out, u, 16);
+}
+
+/* Q3_K: the 12 packed bytes -> the 16 6-bit scales minus 32 (dequantize_row_q3_K's aux). */
+static inline void xllm_kq_scales_q3k(const uint8_t *packed, int8_t out[16]) {
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    uint32_t aux[4];
+    memcpy(aux, packed, 12);
+    uint32_t tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    memcpy(out, aux, 16);
+    for (int j = 0; j < 16; j++) out[j] = (int8_t)(out[j] - 32);
+}
+
+/* The per-16 scales and mins and the super-scales of one block (the canonical form above). */
+static inline void xllm_kq_block_scales(int type, const uint8_t *blk, int8_t sc[16], int8_t mn[16],
+                                        float *d, float *dmin) {
+    uint16_t h;
+    uint8_t sm[16];
+    switch (type) {
+    case XLLM_Q2_K:                             /* scales[16], qs[64], d, dmin */
+        for (int j = 0; j < 16; j++) { sc[j] = (int8_t)(blk[j] & 0x0f); mn[j] = (int8_t)(blk[j] >> 4); }
+        memcpy(&h, blk + 80, 2); *d = xllm_fp16_to_fp32(h);
+        memcpy(&h, blk + 82, 2); *dmin = xllm_fp16_to_fp32(h);
+        break;
+    case XLLM_Q3_K:                             /* hmask[32], qs[64], scales[12], d */
+        xllm_kq_scales_q3k(blk + 96, sc);
+        memcpy(mn, sc, 16);
+        memcpy(&h, blk + 108, 2); *d = xllm_fp16_to_fp32(h);
+        *dmin = 0;
+        break;
+    case XLLM_Q4_K:                             /* d, dmin, scales[12], qs[128] */
+    case XLLM_Q5_K:                             /* d, dmin, scales[12], qh[32], qs[128] */
+        xllm_kq_scale_min_k4(blk + 4, sm);
+        for (int j = 0; j < 16; j++) { sc[j] = (int8_t)sm[j / 2]; mn[j] = (int8_t)sm[8 + j / 2]; }
+        memcpy(&h, blk, 2); *d = xllm_fp16_to_fp32(h);
+        memcpy(&h, blk + 2, 2); *dmin = xllm_fp16_to_fp32(h);
+        break;
+    default:                                    /* Q6_K: ql[128], qh[64], scales[16], d */
+        memcpy(sc, blk + 192, 16);
+        memcpy(mn, sc, 16);
+        memcpy(&h, blk + 208, 2); *d = xllm_fp16_to_fp32(h);
+        *dmin = 0;
+        break;
+    }
+}
+
+/* The 256 unsigned values of one block, in order (group g = values 32g..32g+31). */
+static inline void xllm_kq_block_values(int type, const uint8_t *blk, uint8_t q[XLLM_QK_K]) {
+    for (int g = 0; g < 8; g++) {
+        for (int l = 0; l < 32; l++) {
+            int v;
+            switch (type) {
+            case XLLM_Q2_K:
+                v = (blk[16 + 32 * (g >> 2) + l] >> (2 * (g & 3))) & 3;
+                break;
+            case XLLM_Q3_K:
+                v = ((blk[32 + 32 * (g >> 2) + l] >> (2 * (g & 3))) & 3) | (((blk[l] >> g) & 1) << 2);
+                break;
+            case XLLM_Q4_K:
+                v = (blk[16 + 32 * (g >> 1) + l] >> (4 * (g & 1))) & 0x0f;
+                break;
+            case XLLM_Q5_K:
+                v = ((blk[48 + 32 * (g >> 1) + l] >> (4 * (g & 1))) & 0x0f) | (((blk[16 + l] >> g) & 1) << 4);
+                break;
+            default: /* Q6_K */
+                v = ((blk[64 * (g >> 2) + 32 * (g & 1) + l] >> (4 * ((g >> 1) & 1))) & 0x0f) |
+                    (((blk[128 + 32 * (g >> 2) + l] >> (2 * (g & 3))) & 3) << 4);
+                break;
+            }
+            q[32 * g + l] = (uint8_t)v;
+        }
+    }
+}
+
+/* Dequantize one row of a K type, the same float operations as gguf.quants and ggml's
+ * dequantize_row_q*_K (no contraction into FMAs: the products are rounded first). */
+__attribute__((optimize("fp-contract=off")))
+static void xllm_dequantize_row_kq(int type, const void *src, float *dst, int n) {
+    const uint8_t *blk = (const uint8_t *)src;
+    const int bytes = xllm_kq_block_bytes(type), off = xllm_kq_offset(type);
+    uint8_t q[XLLM_QK_K];
+    int8_t sc[16], mn[16];
+    float d, dmin;
+    for (int b = 0; b < n / XLLM_QK_K; b++, blk += bytes, dst += XLLM_QK_K) {
+        xllm_kq_block_scales(type, blk, sc, mn, &d, &dmin);
+        xllm_kq_block_values(type, blk, q);
+        for (int j = 0; j < 16; j++) {
+            const float dl = d * (float)sc[j];
+            if (off) {
+                for (int i = 0; i < 16; i++) dst[16 * j + i] = dl * (float)(q[16 * j + i] - off);
+            } else {
+                const float ml = dmin * (float)mn[j];
+                for (int i = 0; i < 16; i++) dst[16 * j + i] = dl * (float)q[16 * j + i] - ml;
+            }
+        }
+    }
+}
+
+/* The fixed float sequence of one (weight block, activation block) pair, on every level. */
+static inline __attribute__((always_inline)) float
+xllm_kq_accumulate(float acc, int off, float d, float dmin, float dx, int32_t isum, int32_t msum) {
+    if (off) return fmaf(d * dx, (float)(isum - off * msum), acc);
+    acc = fmaf(d * dx, (float)isum, acc);
+    return fmaf(-(dmin * dx), (float)msum, acc);
+}
+
+/* ------------------------------------------------------------------ tiles
+ *
+ * One call computes y[t * ldy] = sum over the nb blocks of one weight row (w) with nt
+ * tokens' activation rows (token t's blocks at x + t * ldx): the whole dot product, the
+ * blocks in order. */
+
+#define XLLM_KQ_TOKENS 4       /* tokens per tile */
+#ifndef XLLM_KQ_ROW_GROUP
+#define XLLM_KQ_ROW_GROUP 16   /* K-quant weight rows per parallel work item */
+#endif
+
+static void xllm_kq_tile_scalar(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
+                                int nt, float *y, size_t ldy) {
+    const int bytes = xllm_kq_block_bytes(type), off = xllm_kq_offset(type);
+    float acc[XLLM_KQ_TOKENS] = {0};
+    uint8_t q[XLLM_QK_K];
+    int8_t sc[16], mn[16];
+    float d, dmin;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;
+        xllm_kq_block_scales(type, blk, sc, mn, &d, &dmin);
+        xllm_kq_block_values(type, blk, q);
+        for (int t = 0; t < nt; t++) {
+            const xllm_block_q8k *xb = x + t * ldx + b;
+            int32_t isum = 0, msum = 0;
+            for (int j = 0; j < 16; j++) {
+                int32_t s = 0;
+                for (int i = 0; i < 16; i++) s += (int32_t)q[16 * j + i] * xb->qs[16 * j + i];
+                isum += sc[j] * s;
+                msum += mn[j] * xb->bsums[j];
+            }
+            acc[t] = xllm_kq_accumulate(acc[t], off, d, dmin, xb->d, isum, msum);
+        }
+    }
+    for (int t = 0; t < nt; t++) y[t * ldy] = acc[t];
+}
+
+#if XLLM_X86
+/* Group g (values 32g..32g+31) of a block as 32 unsigned bytes. */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) __m256i
+xllm_kq_group_avx2(int type, const uint8_t *blk, int g) {
+#define XLLM_LD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define XLLM_SRL(v, s) _mm256_srli_epi16((v), (s))
+#define XLLM_AND(v, m) _mm256_and_si256((v), _mm256_set1_epi8(m))
+    switch (type) {
+    case XLLM_Q2_K:
+        return XLLM_AND(XLLM_SRL(XLLM_LD(blk + 16 + 32 * (g >> 2)), 2 * (g & 3)), 3);
+    case XLLM_Q3_K: {
+        __m256i lo = XLLM_AND(XLLM_SRL(XLLM_LD(blk + 32 + 32 * (g >> 2)), 2 * (g & 3)), 3);
+        __m256i hi = XLLM_AND(XLLM_SRL(XLLM_LD(blk), g), 1);
+        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
+    }
+    case XLLM_Q4_K:
+        return XLLM_AND(XLLM_SRL(XLLM_LD(blk + 16 + 32 * (g >> 1)), 4 * (g & 1)), 0x0f);
+    case XLLM_Q5_K: {
+        __m256i lo = XLLM_AND(XLLM_SRL(XLLM_LD(blk + 48 + 32 * (g >> 1)), 4 * (g & 1)), 0x0f);
+        __m256i hi = XLLM_AND(XLLM_SRL(XLLM_LD(blk + 16), g), 1);
+        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+    }
+    default: { /* Q6_K */
+        __m256i lo = XLLM_AND(XLLM_SRL(XLLM_LD(blk + 64 * (g >> 2) + 32 * (g & 1)), 4 * ((g >> 1) & 1)), 0x0f);
+        __m256i hi = XLLM_AND(XLLM_SRL(XLLM_LD(blk + 128 + 32 * (g >> 2)), 2 * (g & 3)), 3);
+        return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+    }
+    }
+#undef XLLM_LD
+#undef XLLM_SRL
+#undef XLLM_AND
+}
+
+/* The 16 scales and mins of a block as int8 vectors, and its super-scales. */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_kq_scales_avx2(int type, const uint8_t *blk, __m128i *sc, __m128i *mn, float *d, float *dmin) {
+    uint16_t h;
+    switch (type) {
+    case XLLM_Q2_K: {
+        __m128i raw = _mm_loadu_si128((const __m128i *)blk);
+        *sc = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+        *mn = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+        memcpy(&h, blk + 80, 2); *d = _cvtsh_ss(h);
+        memcpy(&h, blk + 82, 2); *dmin = _cvtsh_ss(h);
+        break;
+    }
+    case XLLM_Q3_K: {
+        int8_t s[16];
+        xllm_kq_scales_q3k(blk + 96, s);
+        *sc = *mn = _mm_loadu_si128((const __m128i *)s);
+        memcpy(&h, blk + 108, 2); *d = _cvtsh_ss(h);
+        *dmin = 0;
+        break;
+    }
+    case XLLM_Q4_K:
+    case XLLM_Q5_K: {
+        uint8_t sm[16];
+        xllm_kq_scale_min_k4(blk + 4, sm);
+        __m128i v = _mm_loadu_si128((const __m128i *)sm);
+        *sc = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+        *mn = _mm_shuffle_epi8(v, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15));
+        memcpy(&h, blk, 2); *d = _cvtsh_ss(h);
+        memcpy(&h, blk + 2, 2); *dmin = _cvtsh_ss(h);
+        break;
+    }
+    default:
+        *sc = *mn = _mm_loadu_si128((const __m128i *)(blk + 192));
+        memcpy(&h, blk + 208, 2); *d = _cvtsh_ss(h);
+        *dmin = 0;
+        break;
+    }
+}
+
+XLLM_AVX2_FN static inline __attribute__((always_inline)) int32_t xllm_hsum_i32_avx2(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Shuffles that spread scale bytes 2g (low 8 lanes) and 2g+1 (high 8 lanes) of a group. */
+#define XLLM_KQ_SCALE_SHUFFLE(g) _mm_setr_epi8(2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), \
+    2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1)
+
+/* p16 = maddubs(q, x) pairs (<= 2 * 63 * 127: no saturation), times the group's int16 scales. */
+#define XLLM_KQ_MADD_AVX2(acc, p16, s16) _mm256_add_epi32((acc), _mm256_madd_epi16((p16), (s16)))
+#define XLLM_KQ_MADD_VNNI(acc, p16, s16) _mm256_dpwssd_epi32((acc), (p16), (s16))
+
+#define XLLM_KQ_TILE_BODY(TYPE, NT, MADD)                                                              \
+    const int bytes = xllm_kq_block_bytes(TYPE), off = xllm_kq_offset(TYPE);                           \
+    float acc[NT];                                                                                     \
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;                                                        \
+    for (int b = 0; b < nb; b++) {                                                                     \
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;                                   \
+        __m128i sc8, mn8;                                                                              \
+        float d, dmin;                                                                                 \
+        xllm_kq_scales_avx2(TYPE, blk, &sc8, &mn8, &d, &dmin);                                        \
+        __m256i iacc[NT];                                                                              \
+        for (int t = 0; t < NT; t++) iacc[t] = _mm256_setzero_si256();                                 \
+        _Pragma("GCC unroll 8")                                                                        \
+        for (int g = 0; g < 8; g++) {                                                                  \
+            __m256i q = xllm_kq_group_avx2(TYPE, blk, g);                                             \
+            __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, XLLM_KQ_SCALE_SHUFFLE(g)));       \
+            for (int t = 0; t < NT; t++) {                                                             \
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x[t * ldx + b].qs + 32 * g));        \
+                iacc[t] = MADD(iacc[t], _mm256_maddubs_epi16(q, xv), s16);                             \
+            }                                                                                          \
+        }                                                                                              \
+        __m256i m16 = _mm256_cvtepi8_epi16(mn8);                                                       \
+        for (int t = 0; t < NT; t++) {                                                                 \
+            const xllm_block_q8k *xb = x + t * ldx + b;                                                \
+            __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), m16);       \
+            acc[t] = xllm_kq_accumulate(acc[t], off, d, dmin, xb->d, xllm_hsum_i32_avx2(iacc[t]),       \
+                                        xllm_hsum_i32_avx2(mv));                                       \
+        }                                                                                              \
+    }                                                                                                  \
+    for (int t = 0; t < NT; t++) y[t * ldy] = acc[t];
+
+#define XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, NT, MADD)                                               \
+ATTR static void xllm_kq_tile_##LEVEL##_##NAME##_##NT(const char *w, int nb, const xllm_block_q8k *x,    \
+                                                      size_t ldx, float *y, size_t ldy) {                \
+    XLLM_KQ_TILE_BODY(TYPE, NT, MADD)                                                                    \
+}
+
+#define XLLM_KQ_TILE_FNS(LEVEL, ATTR, NAME, TYPE, MADD)                                                  \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 1, MADD)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 2, MADD)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 3, MADD)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 4, MADD)
+
+#define XLLM_KQ_ALL_TYPES(LEVEL, ATTR, MADD)                                                             \
+    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q2k, XLLM_Q2_K, MADD)                                                  \
+    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q3k, XLLM_Q3_K, MADD)                                                  \
+    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q4k, XLLM_Q4_K, MADD)                                                  \
+    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q5k, XLLM_Q5_K, MADD)                                                  \
+    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q6k, XLLM_Q6_K, MADD)
+
+XLLM_KQ_ALL_TYPES(avx2, XLLM_AVX2_FN, XLLM_KQ_MADD_AVX2)
+XLLM_KQ_ALL_TYPES(vnni, XLLM_AVX512_FN, XLLM_KQ_MADD_VNNI)
+
+typedef void (*xllm_kq_tile_fn)(const char *, int, const xllm_block_q8k *, size_t, float *, size_t);
+
+#define XLLM_KQ_TABLE_ROW(LEVEL, NAME) \
+    {xllm_kq_tile_##LEVEL##_##NAME##_1, xllm_kq_tile_##LEVEL##_##NAME##_2, \
+     xllm_kq_tile_##LEVEL##_##NAME##_3, xllm_kq_tile_##LEVEL##_##NAME##_4}
+#define XLLM_KQ_TABLE(LEVEL) {XLLM_KQ_TABLE_ROW(LEVEL, q2k), XLLM_KQ_TABLE_ROW(LEVEL, q3k), \
+    XLLM_KQ_TABLE_ROW(LEVEL, q4k), XLLM_KQ_TABLE_ROW(LEVEL, q5k), XLLM_KQ_TABLE_ROW(LEVEL, q6k)}
+#endif
+
+/* One K-quant tile: weight row w (nb blocks) x nt (1..XLLM_KQ_TOKENS) tokens. */
+static inline void xllm_kq_tile(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
+                                int nt, float *y, size_t ldy) {
+#if XLLM_X86
+    if (xllm_simd_level == XLLM_SIMD_AVX512) {
+        static const xllm_kq_tile_fn vnni[5][XLLM_KQ_TOKENS] = XLLM_KQ_TABLE(vnni);
+        vnni[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
+        return;
+    }
+    if (xllm_simd_level == XLLM_SIMD_AVX2) {
+        static const xllm_kq_tile_fn avx2[5][XLLM_KQ_TOKENS] = XLLM_KQ_TABLE(avx2);
+        avx2[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
+        return;
+    }
+#endif
+    xllm_kq_tile_scalar(type, w, nb, x, ldx, nt, y, ldy);
+}
+
+#endif /* XLLM_SIMD_KQUANTS_H */
