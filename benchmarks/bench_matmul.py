@@ -1,10 +1,11 @@
 """xllm's matmul kernel against numpy's (OpenBLAS) on TinyLlama's projection shapes.
 
-    python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0] [--json]
+    python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0 q4_k q6_k] [--json]
 
 y = x @ W.T with W (rows, cols) and x (T, cols): T = 1 is a decode GEMV (weight streaming,
 measured against read bandwidth), T = 128 a prefill GEMM (measured against the fp32 FMA peak,
-and the int8 peak for Q8_0/Q4_0).  Shapes (rows x cols): 2048x2048 (q/o projections),
+and the int8 peak for Q8_0/Q4_0 and the K-quants Q2_K..Q6_K; K-quant weights are random
+valid blocks, xllm.benchmark.random_kquant_blocks).  Shapes (rows x cols): 2048x2048 (q/o projections),
 5632x2048 (gate/up), 2048x5632 (down).  Each call reads its weights from memory, not from
 cache: the benchmark cycles through enough copies of W to exceed the last-level cache.
 numpy runs on the same number of threads (OPENBLAS_NUM_THREADS is set before it loads).
@@ -17,6 +18,7 @@ import sys
 import time
 
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]
+TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14}
 
 
 def parse():
@@ -24,7 +26,7 @@ def parse():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
     p.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q4_0"],
-                   choices=["f32", "f16", "q8_0", "q4_0"])
+                   choices=list(TYPES))
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cache-mb", type=int, default=256, help="bytes of weight copies cycled through (>> L3)")
     p.add_argument("--json", action="store_true")
@@ -42,9 +44,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
 
 from xllm import _kernels, _probe  # noqa: E402
-from xllm.benchmark import CpuMonitor, measure_limits  # noqa: E402
-
-TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+from xllm.benchmark import KQUANT_TYPES, CpuMonitor, measure_limits, random_kquant_blocks  # noqa: E402
 
 
 def weights(kind, w32):
@@ -52,6 +52,8 @@ def weights(kind, w32):
         return w32
     if kind == "f16":
         return w32.astype(np.float16)
+    if TYPES[kind] in KQUANT_TYPES:
+        return random_kquant_blocks(np.random.default_rng(1), *w32.shape, TYPES[kind], 0.02)
     return quantize(w32, GGMLQuantizationType(TYPES[kind]))
 
 
@@ -102,7 +104,7 @@ def run_cases(rng, lim, rows_out):
                 del copies
                 gflops = flops / secs / 1e9
                 gbps = base.nbytes / secs / 1e9
-                quant = kind in ("q8_0", "q4_0")
+                quant = kind != "numpy" and TYPES[kind] not in (0, 1)
                 rows_out.append({
                     "shape": f"{rows}x{cols}", "tokens": T, "kernel": kind, "ms": secs * 1e3,
                     "gflops": gflops, "weight_gbps": gbps,

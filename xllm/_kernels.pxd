@@ -18,6 +18,7 @@ cdef extern from "simd.h" nogil:
     int XLLM_Q6_K
     int XLLM_QK_K
     int XLLM_KQ_TOKENS
+    int xllm_kq_tile_tokens()
     int XLLM_KQ_ROW_GROUP
     int XLLM_QK
     int XLLM_TILE_ROWS

@@ -176,19 +176,20 @@ cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, i
                     float *y) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens of K-quant weights (the file's rows).
 
-    Tiles of one row x 4 tokens, each a whole dot product (simd_kquants.h).  Token tiles
-    outside, rows inside: a tile's activations (4 x 320 bytes per 256 values) stay in L1
-    while the group's rows stream past them.
+    Tiles of one row x 4 tokens (8 on AVX-512), each a whole dot product (simd_kquants.h).
+    Token tiles outside, rows inside: a tile's activations (320 bytes per token and 256
+    values) stay in L1 while the group's rows stream past them.
     """
     cdef int nb = w.cols // XLLM_QK_K
+    cdef int tile = xllm_kq_tile_tokens()
     cdef int t0 = 0
     cdef int nt, r
     while t0 < T:
-        nt = min(XLLM_KQ_TOKENS, T - t0)
+        nt = min(tile, T - t0)
         for r in range(nr):
             xllm_kq_tile(w.type, w.data + <size_t>(r0 + r) * w.row_bytes, nb, xk + <size_t>t0 * nb, nb,
                          nt, y + <size_t>t0 * w.rows + r0 + r, w.rows)
-        t0 += XLLM_KQ_TOKENS
+        t0 += tile
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:

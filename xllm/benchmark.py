@@ -35,6 +35,7 @@ import numpy as np
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .convert import add_llama_metadata, atomic_gguf_writer
 from .formats import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
+from .formats.types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_layout
 
 # ----------------------------------------------------------------------------- machine limits
 
@@ -253,7 +254,16 @@ SHAPES: Dict[str, dict] = {
     "tiny": dict(dim=64, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2,
                  vocab_size=512, max_seq_len=256),            # for tests: fits in cache
 }
-DTYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0}
+DTYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0,
+          "q2_k": Q2_K, "q3_k": Q3_K, "q4_k": Q4_K, "q5_k": Q5_K, "q6_k": Q6_K}
+KQUANT_TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+QUANTIZED_TYPES = (Q8_0, Q4_0) + KQUANT_TYPES          # matmuls on int8 activations
+# llama.cpp's file type of a model whose matrices are all of one K type (the _S presets)
+_KQUANT_FILE_TYPE = {Q2_K: 10, Q3_K: 11, Q4_K: 14, Q5_K: 16, Q6_K: 18}
+# fp16 super-scale offsets in a K block, and a typical |scale * value| of random fields
+_KQUANT_SUPER_SCALES = {Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}
+_KQUANT_TYPICAL = {Q2_K: 14.0, Q3_K: 43.0, Q4_K: 256.0, Q5_K: 512.0, Q6_K: 1350.0}
+_KQUANT_MEAN_Q = {Q2_K: 1.5, Q4_K: 7.5, Q5_K: 15.5}
 _SHAPE_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
                "norm_eps", "rope_theta")
 
@@ -340,12 +350,31 @@ def _tensor_seed(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
 
 
+def random_kquant_blocks(rng: np.random.Generator, rows: int, cols: int, ggml_type: int,
+                         std: float) -> np.ndarray:
+    """(rows, row_bytes) uint8 of a K type: random bytes in every field (values, scales,
+    mins) and fp16 super-scales that give the values a spread of about `std`.  Valid blocks
+    that run exactly like quantized weights (for speed measurements; gguf cannot quantize
+    K types, and the quantizer is not needed to time a kernel)."""
+    values, size = block_layout(ggml_type)
+    nb = cols // values
+    raw = rng.integers(0, 256, (rows, nb, size), dtype=np.uint8)
+    d = std / _KQUANT_TYPICAL[ggml_type]
+    # d, then dmin = d * E[q]: the mins cancel the values' mean (uniform random fields)
+    for off, value in zip(_KQUANT_SUPER_SCALES[ggml_type], (d, d * _KQUANT_MEAN_Q.get(ggml_type, 0))):
+        raw[:, :, off:off + 2] = np.array([value], dtype=np.float16).view(np.uint8)
+    return raw.reshape(rows, nb * size)
+
+
 def _random_tensor(name: str, shape: tuple, ggml_type: int, seed: int, std: float) -> np.ndarray:
-    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time."""
+    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time;
+    K types: random_kquant_blocks."""
     if len(shape) == 1:
         return np.ones(shape, dtype=np.float32)
     rows, cols = shape
     rng = _tensor_seed(seed, name)
+    if ggml_type in KQUANT_TYPES:
+        return random_kquant_blocks(rng, rows, cols, ggml_type, std)
     if ggml_type == F32:
         out = np.empty((rows, cols), dtype=np.float32)
     elif ggml_type == F16:
@@ -372,7 +401,8 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     """Write a llama GGUF file of a real model's shape with random weights ~ N(0, std).
 
     shape: a name in SHAPES ("tinyllama-1.1b", "llama2-7b-layers", "stories110m", "tiny") or a
-    dict of hyperparameters; dtype: "f32", "f16", "q8_0" or "q4_0" for every matrix (norms
+    dict of hyperparameters; dtype: a DTYPES key ("f32", "f16", "q8_0", "q4_0", "q2_k" ..
+    "q6_k"; K types as random_kquant_blocks) for every matrix (norms
     stay f32); n_layers overrides the shape's; vocab: a tokenizer file (sentencepiece .model,
     llama2.c tokenizer.bin, GGUF), a tokenizer.Vocab, or None for a synthetic vocabulary of
     the right size.  Tensors are made and written one at a time (memory: one tensor), to a
@@ -398,6 +428,9 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
                          f"{hp['vocab_size']}")
     cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
     gtype = DTYPES[dtype]
+    if gtype in KQUANT_TYPES and (cfg.dim % 256 or cfg.hidden_dim % 256):
+        raise ValueError(f"dtype = {dtype!r}: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be "
+                         f"multiples of 256 (K-quant blocks)")
     out_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"{path}: directory {out_dir} does not exist")
@@ -413,8 +446,8 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
         with atomic_gguf_writer(path) as writer:
             name = shape if isinstance(shape, str) else "custom"
             add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
-            writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
-            if gtype in (Q8_0, Q4_0):
+            writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, **_KQUANT_FILE_TYPE}[gtype])
+            if gtype in QUANTIZED_TYPES:
                 writer.add_quantization_version(2)
             writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
             vocab.add_to_gguf(writer)
@@ -426,7 +459,8 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
                     dt = np.dtype(np.float32 if gtype == F32 else np.float16)
                     writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
                 else:
-                    nb = shp[0] * shp[1] // 32 * (34 if gtype == Q8_0 else 18)
+                    values, size = block_layout(gtype)
+                    nb = shp[0] * shp[1] // values * size
                     writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
                                            raw_dtype=GGMLQuantizationType(gtype))
             writer.write_header_to_file()
@@ -455,7 +489,8 @@ MATMUL_OPS = ("qkv_proj", "attn_out_proj", "ffn_gate_up", "ffn_down", "classifie
 
 
 def _value_bytes(ggml_type: int) -> float:
-    return {F32: 4.0, F16: 2.0, Q8_0: 34 / 32, Q4_0: 18 / 32}[ggml_type]
+    values, size = block_layout(ggml_type)
+    return size / values
 
 
 class CostModel:
@@ -528,7 +563,7 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         nbytes, flops = costs.get(op, (0, 0))
         if secs <= 0 and nbytes == 0 and flops == 0:
             continue
-        quant = op in MATMUL_OPS and types.get(op) in (Q8_0, Q4_0)
+        quant = op in MATMUL_OPS and types.get(op) in QUANTIZED_TYPES
         peak = (limits["int8_kernel_gops"] if quant else limits["fma_gflops"]) * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None
@@ -763,7 +798,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
 
     cost = CostModel(llm.checkpoint)
     types = cost.types
-    quant = any(t in (Q8_0, Q4_0) for t in types.values())
+    quant = any(t in QUANTIZED_TYPES for t in types.values())
     prefill_s = _median([r["prefill_s"] for r in runs])
     n_decode = gen_tokens - 1                       # tokens after the first come from decode steps
     decode_s = _median([r["decode_s"] for r in runs])
@@ -1083,7 +1118,7 @@ def _ops_text(rows) -> str:
 
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
-        ["weights (F32/F16 mapped, Q8_0/Q4_0 repacked)", _fmt_bytes(m["weights_bytes"])],
+        ["weights (F32/F16/K-quants mapped, Q8_0/Q4_0 repacked)", _fmt_bytes(m["weights_bytes"])],
         ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],

@@ -205,7 +205,25 @@ static void xllm_dequantize_row_kq(int type, const void *src, float *dst, int n)
     }
 }
 
-/* The fixed float sequence of one (weight block, activation block) pair, on every level. */
+/* ------------------------------------------------------------------ tiles
+ *
+ * One call computes y[t * ldy] = the dot product of one weight row (w, nb blocks) with nt
+ * tokens' activation rows (token t's blocks at x + t * ldx), the blocks in order.
+ *
+ * Lanes: every path splits a block's integer sums into the 8 int32 lanes of AVX2's
+ * madd_epi16 (lane k holds values 4k..4k+3 of each 32-value group, times their scale;
+ * its min sum holds bsum[2k] and bsum[2k+1] times their mins) and keeps one float
+ * accumulator per lane, fed per block by the fixed sequence of xllm_kq_accumulate; the 8
+ * lanes are added once at the end in xllm_hsum_avx2's order.  AVX-512 works on pairs of
+ * groups in 512-bit registers and folds the two 256-bit halves (exact int32) before the
+ * float step, so its lanes are AVX2's.  No horizontal sum per block. */
+
+#define XLLM_KQ_TOKENS 8       /* most tokens per tile (AVX-512; AVX2 and scalar tiles take 4) */
+#ifndef XLLM_KQ_ROW_GROUP
+#define XLLM_KQ_ROW_GROUP 16   /* K-quant weight rows per parallel work item */
+#endif
+
+/* The fixed float sequence of one (weight block, activation block) pair in one lane. */
 static inline __attribute__((always_inline)) float
 xllm_kq_accumulate(float acc, int off, float d, float dmin, float dx, int32_t isum, int32_t msum) {
     if (off) return fmaf(d * dx, (float)(isum - off * msum), acc);
@@ -213,21 +231,19 @@ xllm_kq_accumulate(float acc, int off, float d, float dmin, float dx, int32_t is
     return fmaf(-(dmin * dx), (float)msum, acc);
 }
 
-/* ------------------------------------------------------------------ tiles
- *
- * One call computes y[t * ldy] = sum over the nb blocks of one weight row (w) with nt
- * tokens' activation rows (token t's blocks at x + t * ldx): the whole dot product, the
- * blocks in order. */
+static inline float xllm_kq_lanes_sum(const float l[8]) {
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
 
-#define XLLM_KQ_TOKENS 4       /* tokens per tile */
-#ifndef XLLM_KQ_ROW_GROUP
-#define XLLM_KQ_ROW_GROUP 16   /* K-quant weight rows per parallel work item */
-#endif
+/* Tokens per tile at the level in force. */
+static inline int xllm_kq_tile_tokens(void) {
+    return xllm_simd_level == XLLM_SIMD_AVX512 ? XLLM_KQ_TOKENS : 4;
+}
 
 static void xllm_kq_tile_scalar(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
                                 int nt, float *y, size_t ldy) {
     const int bytes = xllm_kq_block_bytes(type), off = xllm_kq_offset(type);
-    float acc[XLLM_KQ_TOKENS] = {0};
+    float acc[XLLM_KQ_TOKENS][8] = {{0}};
     uint8_t q[XLLM_QK_K];
     int8_t sc[16], mn[16];
     float d, dmin;
@@ -237,17 +253,20 @@ static void xllm_kq_tile_scalar(int type, const char *w, int nb, const xllm_bloc
         xllm_kq_block_values(type, blk, q);
         for (int t = 0; t < nt; t++) {
             const xllm_block_q8k *xb = x + t * ldx + b;
-            int32_t isum = 0, msum = 0;
-            for (int j = 0; j < 16; j++) {
-                int32_t s = 0;
-                for (int i = 0; i < 16; i++) s += (int32_t)q[16 * j + i] * xb->qs[16 * j + i];
-                isum += sc[j] * s;
-                msum += mn[j] * xb->bsums[j];
+            for (int k = 0; k < 8; k++) {
+                int32_t isum = 0;
+                for (int g = 0; g < 8; g++) {
+                    const int i = 32 * g + 4 * k;
+                    int32_t s = 0;
+                    for (int j = 0; j < 4; j++) s += (int32_t)q[i + j] * xb->qs[i + j];
+                    isum += sc[i / 16] * s;
+                }
+                int32_t msum = mn[2 * k] * xb->bsums[2 * k] + mn[2 * k + 1] * xb->bsums[2 * k + 1];
+                acc[t][k] = xllm_kq_accumulate(acc[t][k], off, d, dmin, xb->d, isum, msum);
             }
-            acc[t] = xllm_kq_accumulate(acc[t], off, d, dmin, xb->d, isum, msum);
         }
     }
-    for (int t = 0; t < nt; t++) y[t * ldy] = acc[t];
+    for (int t = 0; t < nt; t++) y[t * ldy] = xllm_kq_lanes_sum(acc[t]);
 }
 
 #if XLLM_X86
@@ -323,93 +342,167 @@ xllm_kq_scales_avx2(int type, const uint8_t *blk, __m128i *sc, __m128i *mn, floa
     }
 }
 
-XLLM_AVX2_FN static inline __attribute__((always_inline)) int32_t xllm_hsum_i32_avx2(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
+/* The 16 int8 scales as int16, in both 128-bit lanes: lo = scales 0..7, hi = scales 8..15. */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_kq_scales16_avx2(__m128i sc8, __m256i *lo, __m256i *hi) {
+    __m256i s16 = _mm256_cvtepi8_epi16(sc8);
+    *lo = _mm256_permute4x64_epi64(s16, 0x44);
+    *hi = _mm256_permute4x64_epi64(s16, 0xee);
 }
 
-/* Shuffles that spread scale bytes 2g (low 8 lanes) and 2g+1 (high 8 lanes) of a group. */
-#define XLLM_KQ_SCALE_SHUFFLE(g) _mm_setr_epi8(2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), 2 * (g), \
-    2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1, 2 * (g) + 1)
+/* Group g's int16 scale vector (low 8 lanes: scale 2g, high 8: scale 2g+1) from lo/hi. */
+static const int8_t xllm_kq_scale_pick[4][32] __attribute__((aligned(32))) = {
+#define XLLM_KQ_PICK(a, b) {a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, \
+                            b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1}
+    XLLM_KQ_PICK(0, 2), XLLM_KQ_PICK(4, 6), XLLM_KQ_PICK(8, 10), XLLM_KQ_PICK(12, 14)
+#undef XLLM_KQ_PICK
+};
+
+XLLM_AVX2_FN static inline __attribute__((always_inline)) __m256i
+xllm_kq_group_scale_avx2(__m256i lo, __m256i hi, int g) {
+    return _mm256_shuffle_epi8(g < 4 ? lo : hi, _mm256_load_si256((const __m256i *)xllm_kq_scale_pick[g & 3]));
+}
+
+/* The 8 lanes added in xllm_kq_lanes_sum's order (simd.h's xllm_hsum_avx2 order). */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) float xllm_kq_hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));   /* l + l+4 */
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));              /* (0+4)+(2+6), (1+5)+(3+7) */
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The float step of one block for one token on the 8 lanes: isum, msum exact int32 lanes. */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) __m256
+xllm_kq_accumulate_avx2(__m256 acc, int off, float d, float dmin, float dx, __m256i isum, __m256i msum) {
+    if (off) {
+        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(msum, off == 32 ? 5 : 2));
+        return _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(-(dmin * dx)), _mm256_cvtepi32_ps(msum), acc);
+}
 
 /* p16 = maddubs(q, x) pairs (<= 2 * 63 * 127: no saturation), times the group's int16 scales. */
-#define XLLM_KQ_MADD_AVX2(acc, p16, s16) _mm256_add_epi32((acc), _mm256_madd_epi16((p16), (s16)))
-#define XLLM_KQ_MADD_VNNI(acc, p16, s16) _mm256_dpwssd_epi32((acc), (p16), (s16))
-
-#define XLLM_KQ_TILE_BODY(TYPE, NT, MADD)                                                              \
+#define XLLM_KQ_TILE_BODY_AVX2(TYPE, NT)                                                               \
     const int bytes = xllm_kq_block_bytes(TYPE), off = xllm_kq_offset(TYPE);                           \
-    float acc[NT];                                                                                     \
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;                                                        \
+    __m256 facc[NT];                                                                                   \
+    for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();                                        \
     for (int b = 0; b < nb; b++) {                                                                     \
         const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;                                   \
         __m128i sc8, mn8;                                                                              \
+        __m256i slo, shi;                                                                              \
         float d, dmin;                                                                                 \
         xllm_kq_scales_avx2(TYPE, blk, &sc8, &mn8, &d, &dmin);                                        \
+        xllm_kq_scales16_avx2(sc8, &slo, &shi);                                                        \
         __m256i iacc[NT];                                                                              \
         for (int t = 0; t < NT; t++) iacc[t] = _mm256_setzero_si256();                                 \
         _Pragma("GCC unroll 8")                                                                        \
         for (int g = 0; g < 8; g++) {                                                                  \
             __m256i q = xllm_kq_group_avx2(TYPE, blk, g);                                             \
-            __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, XLLM_KQ_SCALE_SHUFFLE(g)));       \
+            __m256i s16 = xllm_kq_group_scale_avx2(slo, shi, g);                                      \
             for (int t = 0; t < NT; t++) {                                                             \
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x[t * ldx + b].qs + 32 * g));        \
-                iacc[t] = MADD(iacc[t], _mm256_maddubs_epi16(q, xv), s16);                             \
+                iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), s16)); \
             }                                                                                          \
         }                                                                                              \
         __m256i m16 = _mm256_cvtepi8_epi16(mn8);                                                       \
         for (int t = 0; t < NT; t++) {                                                                 \
             const xllm_block_q8k *xb = x + t * ldx + b;                                                \
             __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), m16);       \
-            acc[t] = xllm_kq_accumulate(acc[t], off, d, dmin, xb->d, xllm_hsum_i32_avx2(iacc[t]),       \
-                                        xllm_hsum_i32_avx2(mv));                                       \
+            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, iacc[t], mv);             \
         }                                                                                              \
     }                                                                                                  \
-    for (int t = 0; t < NT; t++) y[t * ldy] = acc[t];
+    for (int t = 0; t < NT; t++) y[t * ldy] = xllm_kq_hsum_avx2(facc[t]);
 
-#define XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, NT, MADD)                                               \
+/* AVX-512: groups 2p and 2p+1 in one 512-bit register; vpdpwssd adds the scaled pairs. */
+static const int16_t xllm_kq_pair_pick[4][32] __attribute__((aligned(64))) = {
+#define XLLM_KQ_PAIR(a) {a, a, a, a, a, a, a, a, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, a + 1, \
+                         a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 2, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3, a + 3}
+    XLLM_KQ_PAIR(0), XLLM_KQ_PAIR(4), XLLM_KQ_PAIR(8), XLLM_KQ_PAIR(12)
+#undef XLLM_KQ_PAIR
+};
+
+#define XLLM_KQ_TILE_BODY_VNNI(TYPE, NT)                                                               \
+    const int bytes = xllm_kq_block_bytes(TYPE), off = xllm_kq_offset(TYPE);                           \
+    __m256 facc[NT];                                                                                   \
+    for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();                                        \
+    for (int b = 0; b < nb; b++) {                                                                     \
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;                                   \
+        __m128i sc8, mn8;                                                                              \
+        float d, dmin;                                                                                 \
+        xllm_kq_scales_avx2(TYPE, blk, &sc8, &mn8, &d, &dmin);                                        \
+        const __m512i s16all = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));                      \
+        __m512i iacc[NT];                                                                              \
+        for (int t = 0; t < NT; t++) iacc[t] = _mm512_setzero_si512();                                 \
+        _Pragma("GCC unroll 4")                                                                        \
+        for (int p = 0; p < 4; p++) {                                                                  \
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(xllm_kq_group_avx2(TYPE, blk, 2 * p)), \
+                                           xllm_kq_group_avx2(TYPE, blk, 2 * p + 1), 1);              \
+            __m512i s16 = _mm512_permutexvar_epi16(_mm512_load_si512(xllm_kq_pair_pick[p]), s16all);  \
+            for (int t = 0; t < NT; t++) {                                                             \
+                __m512i xv = _mm512_loadu_si512((const void *)(x[t * ldx + b].qs + 64 * p));          \
+                iacc[t] = _mm512_dpwssd_epi32(iacc[t], _mm512_maddubs_epi16(q, xv), s16);             \
+            }                                                                                          \
+        }                                                                                              \
+        __m256i m16 = _mm256_cvtepi8_epi16(mn8);                                                       \
+        for (int t = 0; t < NT; t++) {                                                                 \
+            const xllm_block_q8k *xb = x + t * ldx + b;                                                \
+            __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), m16);       \
+            __m256i is = _mm256_add_epi32(_mm512_castsi512_si256(iacc[t]), _mm512_extracti64x4_epi64(iacc[t], 1)); \
+            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, is, mv);                  \
+        }                                                                                              \
+    }                                                                                                  \
+    for (int t = 0; t < NT; t++) y[t * ldy] = xllm_kq_hsum_avx2(facc[t]);
+
+#define XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, NT, BODY)                                               \
 ATTR static void xllm_kq_tile_##LEVEL##_##NAME##_##NT(const char *w, int nb, const xllm_block_q8k *x,    \
                                                       size_t ldx, float *y, size_t ldy) {                \
-    XLLM_KQ_TILE_BODY(TYPE, NT, MADD)                                                                    \
+    BODY(TYPE, NT)                                                                                       \
 }
 
-#define XLLM_KQ_TILE_FNS(LEVEL, ATTR, NAME, TYPE, MADD)                                                  \
-    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 1, MADD)                                                    \
-    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 2, MADD)                                                    \
-    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 3, MADD)                                                    \
-    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 4, MADD)
+#define XLLM_KQ_TILE_FNS4(LEVEL, ATTR, NAME, TYPE, BODY)                                                 \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 1, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 2, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 3, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 4, BODY)
+#define XLLM_KQ_TILE_FNS8(LEVEL, ATTR, NAME, TYPE, BODY)                                                 \
+    XLLM_KQ_TILE_FNS4(LEVEL, ATTR, NAME, TYPE, BODY)                                                     \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 5, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 6, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 7, BODY)                                                    \
+    XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, 8, BODY)
 
-#define XLLM_KQ_ALL_TYPES(LEVEL, ATTR, MADD)                                                             \
-    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q2k, XLLM_Q2_K, MADD)                                                  \
-    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q3k, XLLM_Q3_K, MADD)                                                  \
-    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q4k, XLLM_Q4_K, MADD)                                                  \
-    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q5k, XLLM_Q5_K, MADD)                                                  \
-    XLLM_KQ_TILE_FNS(LEVEL, ATTR, q6k, XLLM_Q6_K, MADD)
+#define XLLM_KQ_ALL_TYPES(FNS, LEVEL, ATTR, BODY)                                                        \
+    FNS(LEVEL, ATTR, q2k, XLLM_Q2_K, BODY)                                                               \
+    FNS(LEVEL, ATTR, q3k, XLLM_Q3_K, BODY)                                                               \
+    FNS(LEVEL, ATTR, q4k, XLLM_Q4_K, BODY)                                                               \
+    FNS(LEVEL, ATTR, q5k, XLLM_Q5_K, BODY)                                                               \
+    FNS(LEVEL, ATTR, q6k, XLLM_Q6_K, BODY)
 
-XLLM_KQ_ALL_TYPES(avx2, XLLM_AVX2_FN, XLLM_KQ_MADD_AVX2)
-XLLM_KQ_ALL_TYPES(vnni, XLLM_AVX512_FN, XLLM_KQ_MADD_VNNI)
+XLLM_KQ_ALL_TYPES(XLLM_KQ_TILE_FNS4, avx2, XLLM_AVX2_FN, XLLM_KQ_TILE_BODY_AVX2)
+XLLM_KQ_ALL_TYPES(XLLM_KQ_TILE_FNS8, vnni, XLLM_AVX512_FN, XLLM_KQ_TILE_BODY_VNNI)
 
 typedef void (*xllm_kq_tile_fn)(const char *, int, const xllm_block_q8k *, size_t, float *, size_t);
 
-#define XLLM_KQ_TABLE_ROW(LEVEL, NAME) \
-    {xllm_kq_tile_##LEVEL##_##NAME##_1, xllm_kq_tile_##LEVEL##_##NAME##_2, \
-     xllm_kq_tile_##LEVEL##_##NAME##_3, xllm_kq_tile_##LEVEL##_##NAME##_4}
-#define XLLM_KQ_TABLE(LEVEL) {XLLM_KQ_TABLE_ROW(LEVEL, q2k), XLLM_KQ_TABLE_ROW(LEVEL, q3k), \
-    XLLM_KQ_TABLE_ROW(LEVEL, q4k), XLLM_KQ_TABLE_ROW(LEVEL, q5k), XLLM_KQ_TABLE_ROW(LEVEL, q6k)}
+#define XLLM_KQ_ROW4(LEVEL, NAME) xllm_kq_tile_##LEVEL##_##NAME##_1, xllm_kq_tile_##LEVEL##_##NAME##_2, \
+    xllm_kq_tile_##LEVEL##_##NAME##_3, xllm_kq_tile_##LEVEL##_##NAME##_4
+#define XLLM_KQ_ROW8(LEVEL, NAME) XLLM_KQ_ROW4(LEVEL, NAME), xllm_kq_tile_##LEVEL##_##NAME##_5, \
+    xllm_kq_tile_##LEVEL##_##NAME##_6, xllm_kq_tile_##LEVEL##_##NAME##_7, xllm_kq_tile_##LEVEL##_##NAME##_8
+#define XLLM_KQ_TABLE(ROW, LEVEL) {{ROW(LEVEL, q2k)}, {ROW(LEVEL, q3k)}, {ROW(LEVEL, q4k)}, \
+    {ROW(LEVEL, q5k)}, {ROW(LEVEL, q6k)}}
 #endif
 
-/* One K-quant tile: weight row w (nb blocks) x nt (1..XLLM_KQ_TOKENS) tokens. */
+/* One K-quant tile: weight row w (nb blocks) x nt (1..xllm_kq_tile_tokens()) tokens. */
 static inline void xllm_kq_tile(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
                                 int nt, float *y, size_t ldy) {
 #if XLLM_X86
     if (xllm_simd_level == XLLM_SIMD_AVX512) {
-        static const xllm_kq_tile_fn vnni[5][XLLM_KQ_TOKENS] = XLLM_KQ_TABLE(vnni);
+        static const xllm_kq_tile_fn vnni[5][8] = XLLM_KQ_TABLE(XLLM_KQ_ROW8, vnni);
         vnni[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
         return;
     }
     if (xllm_simd_level == XLLM_SIMD_AVX2) {
-        static const xllm_kq_tile_fn avx2[5][XLLM_KQ_TOKENS] = XLLM_KQ_TABLE(avx2);
+        static const xllm_kq_tile_fn avx2[5][4] = XLLM_KQ_TABLE(XLLM_KQ_ROW4, avx2);
         avx2[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
         return;
     }
