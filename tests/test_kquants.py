@@ -145,7 +145,7 @@ def split_parts(data, ggml_type, rows, cols):
 
 
 @pytest.mark.parametrize("ggml_type", list(K_TYPES.values()))
-@pytest.mark.parametrize("rows,cols", [(1, 256), (7, 768), (37, 512)])
+@pytest.mark.parametrize("rows,cols", [(1, 256), (7, 768), (37, 512), (5, 2560)])   # 2560: k-chunks of 8 blocks
 def test_kernel_matches_float64_dot(ggml_type, rows, cols):
     """y = x W^T for 1, 2, 3, 5 and 17 tokens on every SIMD level: within the float32
     rounding of the block sums of the float64 dot of gguf's dequantized weights with the

@@ -46,8 +46,8 @@ cdef extern from "simd.h" nogil:
     void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n)
     int xllm_is_kquant(int type)
     int xllm_kq_block_bytes(int type)
-    void xllm_kq_tile(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
-                      int nt, float *y, size_t ldy)
+    void xllm_kq_rows(int type, const char *w, size_t row_bytes, int nr, int nb,
+                      const xllm_block_q8k *x, size_t ldx, int nt, float *lanes, float *y, size_t ldy)
     int xllm_cpu_has_avx2()
     int xllm_cpu_has_avx512vnni()
     int xllm_set_simd_level(int level)

@@ -173,22 +173,21 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
 
 
 cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, int T,
-                    float *y) noexcept nogil:
+                    float *y, float *acc) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens of K-quant weights (the file's rows).
 
-    Tiles of one row x 4 tokens (8 on AVX-512), each a whole dot product (simd_kquants.h).
-    Token tiles outside, rows inside: a tile's activations (320 bytes per token and 256
-    values) stay in L1 while the group's rows stream past them.
+    Tiles of one row x 4 tokens (8 on AVX-512) over k-chunks (simd_kquants.h: xllm_kq_rows):
+    token tiles outside, rows inside, so a tile's activations stay in L1 while the group's
+    rows pass; acc holds 8 float lanes per (row, token) of a tile.
     """
     cdef int nb = w.cols // XLLM_QK_K
     cdef int tile = xllm_kq_tile_tokens()
     cdef int t0 = 0
-    cdef int nt, r
+    cdef int nt
     while t0 < T:
         nt = min(tile, T - t0)
-        for r in range(nr):
-            xllm_kq_tile(w.type, w.data + <size_t>(r0 + r) * w.row_bytes, nb, xk + <size_t>t0 * nb, nb,
-                         nt, y + <size_t>t0 * w.rows + r0 + r, w.rows)
+        xllm_kq_rows(w.type, w.data + <size_t>r0 * w.row_bytes, w.row_bytes, nr, nb,
+                     xk + <size_t>t0 * nb, nb, nt, acc, y + <size_t>t0 * w.rows + r0, w.rows)
         t0 += tile
 
 
@@ -266,7 +265,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
             gs = row_group(w[m].type)
             r0 = (g - first[m]) * gs
             if xllm_is_kquant(w[m].type):
-                matmul_kq(w[m], r0, min(gs, w[m].rows - r0), <const xllm_block_q8k *>ws.xk, T, y[m])
+                matmul_kq(w[m], r0, min(gs, w[m].rows - r0), <const xllm_block_q8k *>ws.xk, T, y[m], acc)
             elif is_quantized(w[m].type):
                 matmul_panels(w[m], r0, min(gs, w[m].rows - r0), xq, T, y[m], acc)
             else:
@@ -687,7 +686,8 @@ cdef class Decoder:
         ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
         ws.xk = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
         ws.xpad = <float *>self.buffers.alloc(T * (max_cols + XPAD) * F)
-        ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8 + 16
+        ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8,     # K-quant tiles: 8 lanes per (row, token)
+                                <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8) + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
         ws.att_per_thread = config.head_dim + block_size + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
@@ -840,7 +840,7 @@ def matmul(w, int ggml_type, x, int threads=1):
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8
+    ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8)
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
     ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
     ws.xk = <char *>buffers.alloc(T * (cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))

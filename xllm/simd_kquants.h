@@ -207,8 +207,10 @@ static void xllm_dequantize_row_kq(int type, const void *src, float *dst, int n)
 
 /* ------------------------------------------------------------------ tiles
  *
- * One call computes y[t * ldy] = the dot product of one weight row (w, nb blocks) with nt
- * tokens' activation rows (token t's blocks at x + t * ldx), the blocks in order.
+ * One call adds blocks [b0, b1) of one weight row (w) times nt tokens' activation rows
+ * (token t's blocks at x + t * ldx) into lanes[8 t .. 8 t + 7]; xllm_kq_lanes_sum then gives
+ * the dot product.  Walking the blocks in chunks (prefill: a tile's activations stay in L1)
+ * keeps each lane's sequence of operations, so any chunking gives the same bits.
  *
  * Lanes: every path splits a block's integer sums into the 8 int32 lanes of AVX2's
  * madd_epi16 (lane k holds values 4k..4k+3 of each 32-value group, times their scale;
@@ -240,14 +242,14 @@ static inline int xllm_kq_tile_tokens(void) {
     return xllm_simd_level == XLLM_SIMD_AVX512 ? XLLM_KQ_TOKENS : 4;
 }
 
-static void xllm_kq_tile_scalar(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
-                                int nt, float *y, size_t ldy) {
+static void xllm_kq_tile_scalar(int type, const char *w, int b0, int b1, const xllm_block_q8k *x,
+                                size_t ldx, int nt, float *lanes) {
     const int bytes = xllm_kq_block_bytes(type), off = xllm_kq_offset(type);
-    float acc[XLLM_KQ_TOKENS][8] = {{0}};
+    float (*acc)[8] = (float (*)[8])lanes;
     uint8_t q[XLLM_QK_K];
     int8_t sc[16], mn[16];
     float d, dmin;
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;
         xllm_kq_block_scales(type, blk, sc, mn, &d, &dmin);
         xllm_kq_block_values(type, blk, q);
@@ -266,7 +268,6 @@ static void xllm_kq_tile_scalar(int type, const char *w, int nb, const xllm_bloc
             }
         }
     }
-    for (int t = 0; t < nt; t++) y[t * ldy] = xllm_kq_lanes_sum(acc[t]);
 }
 
 #if XLLM_X86
@@ -386,8 +387,8 @@ xllm_kq_accumulate_avx2(__m256 acc, int off, float d, float dmin, float dx, __m2
 #define XLLM_KQ_TILE_BODY_AVX2(TYPE, NT)                                                               \
     const int bytes = xllm_kq_block_bytes(TYPE), off = xllm_kq_offset(TYPE);                           \
     __m256 facc[NT];                                                                                   \
-    for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();                                        \
-    for (int b = 0; b < nb; b++) {                                                                     \
+    for (int t = 0; t < NT; t++) facc[t] = _mm256_loadu_ps(lanes + 8 * t);                             \
+    for (int b = b0; b < b1; b++) {                                                                    \
         const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;                                   \
         __m128i sc8, mn8;                                                                              \
         __m256i slo, shi;                                                                              \
@@ -412,7 +413,7 @@ xllm_kq_accumulate_avx2(__m256 acc, int off, float d, float dmin, float dx, __m2
             facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, iacc[t], mv);             \
         }                                                                                              \
     }                                                                                                  \
-    for (int t = 0; t < NT; t++) y[t * ldy] = xllm_kq_hsum_avx2(facc[t]);
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(lanes + 8 * t, facc[t]);
 
 /* AVX-512: groups 2p and 2p+1 in one 512-bit register; vpdpwssd adds the scaled pairs. */
 static const int16_t xllm_kq_pair_pick[4][32] __attribute__((aligned(64))) = {
@@ -425,8 +426,8 @@ static const int16_t xllm_kq_pair_pick[4][32] __attribute__((aligned(64))) = {
 #define XLLM_KQ_TILE_BODY_VNNI(TYPE, NT)                                                               \
     const int bytes = xllm_kq_block_bytes(TYPE), off = xllm_kq_offset(TYPE);                           \
     __m256 facc[NT];                                                                                   \
-    for (int t = 0; t < NT; t++) facc[t] = _mm256_setzero_ps();                                        \
-    for (int b = 0; b < nb; b++) {                                                                     \
+    for (int t = 0; t < NT; t++) facc[t] = _mm256_loadu_ps(lanes + 8 * t);                             \
+    for (int b = b0; b < b1; b++) {                                                                    \
         const uint8_t *blk = (const uint8_t *)w + (size_t)b * bytes;                                   \
         __m128i sc8, mn8;                                                                              \
         float d, dmin;                                                                                 \
@@ -452,11 +453,11 @@ static const int16_t xllm_kq_pair_pick[4][32] __attribute__((aligned(64))) = {
             facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, is, mv);                  \
         }                                                                                              \
     }                                                                                                  \
-    for (int t = 0; t < NT; t++) y[t * ldy] = xllm_kq_hsum_avx2(facc[t]);
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(lanes + 8 * t, facc[t]);
 
 #define XLLM_KQ_TILE_FN(LEVEL, ATTR, NAME, TYPE, NT, BODY)                                               \
-ATTR static void xllm_kq_tile_##LEVEL##_##NAME##_##NT(const char *w, int nb, const xllm_block_q8k *x,    \
-                                                      size_t ldx, float *y, size_t ldy) {                \
+ATTR static void xllm_kq_tile_##LEVEL##_##NAME##_##NT(const char *w, int b0, int b1,                    \
+                                                      const xllm_block_q8k *x, size_t ldx, float *lanes) { \
     BODY(TYPE, NT)                                                                                       \
 }
 
@@ -482,7 +483,7 @@ ATTR static void xllm_kq_tile_##LEVEL##_##NAME##_##NT(const char *w, int nb, con
 XLLM_KQ_ALL_TYPES(XLLM_KQ_TILE_FNS4, avx2, XLLM_AVX2_FN, XLLM_KQ_TILE_BODY_AVX2)
 XLLM_KQ_ALL_TYPES(XLLM_KQ_TILE_FNS8, vnni, XLLM_AVX512_FN, XLLM_KQ_TILE_BODY_VNNI)
 
-typedef void (*xllm_kq_tile_fn)(const char *, int, const xllm_block_q8k *, size_t, float *, size_t);
+typedef void (*xllm_kq_tile_fn)(const char *, int, int, const xllm_block_q8k *, size_t, float *);
 
 #define XLLM_KQ_ROW4(LEVEL, NAME) xllm_kq_tile_##LEVEL##_##NAME##_1, xllm_kq_tile_##LEVEL##_##NAME##_2, \
     xllm_kq_tile_##LEVEL##_##NAME##_3, xllm_kq_tile_##LEVEL##_##NAME##_4
@@ -492,22 +493,42 @@ typedef void (*xllm_kq_tile_fn)(const char *, int, const xllm_block_q8k *, size_
     {ROW(LEVEL, q5k)}, {ROW(LEVEL, q6k)}}
 #endif
 
-/* One K-quant tile: weight row w (nb blocks) x nt (1..xllm_kq_tile_tokens()) tokens. */
-static inline void xllm_kq_tile(int type, const char *w, int nb, const xllm_block_q8k *x, size_t ldx,
-                                int nt, float *y, size_t ldy) {
+/* One K-quant tile: weight row w, blocks [b0, b1), nt (1..xllm_kq_tile_tokens()) tokens, into lanes. */
+static inline void xllm_kq_tile(int type, const char *w, int b0, int b1, const xllm_block_q8k *x, size_t ldx,
+                                int nt, float *lanes) {
 #if XLLM_X86
     if (xllm_simd_level == XLLM_SIMD_AVX512) {
         static const xllm_kq_tile_fn vnni[5][8] = XLLM_KQ_TABLE(XLLM_KQ_ROW8, vnni);
-        vnni[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
+        vnni[type - XLLM_Q2_K][nt - 1](w, b0, b1, x, ldx, lanes);
         return;
     }
     if (xllm_simd_level == XLLM_SIMD_AVX2) {
         static const xllm_kq_tile_fn avx2[5][4] = XLLM_KQ_TABLE(XLLM_KQ_ROW4, avx2);
-        avx2[type - XLLM_Q2_K][nt - 1](w, nb, x, ldx, y, ldy);
+        avx2[type - XLLM_Q2_K][nt - 1](w, b0, b1, x, ldx, lanes);
         return;
     }
 #endif
-    xllm_kq_tile_scalar(type, w, nb, x, ldx, nt, y, ldy);
+    xllm_kq_tile_scalar(type, w, b0, b1, x, ldx, nt, lanes);
+}
+
+#ifndef XLLM_KQ_CHUNK
+#define XLLM_KQ_CHUNK 8        /* blocks per k-chunk when several tokens share each row: an 8-token
+                                  tile's chunk of activations is 20 KB, in L1 while the rows pass */
+#endif
+
+/* y[t * ldy + r] for rows [0, nr) of a K-quant matrix (row r at w + r * row_bytes, nb blocks)
+ * and nt tokens, walking the blocks in chunks; lanes: nr * nt * 8 floats of scratch. */
+static void xllm_kq_rows(int type, const char *w, size_t row_bytes, int nr, int nb,
+                         const xllm_block_q8k *x, size_t ldx, int nt, float *lanes, float *y, size_t ldy) {
+    const int kc = nt == 1 ? nb : XLLM_KQ_CHUNK;
+    memset(lanes, 0, (size_t)nr * nt * 8 * sizeof(float));
+    for (int b0 = 0; b0 < nb; b0 += kc) {
+        const int b1 = b0 + kc < nb ? b0 + kc : nb;
+        for (int r = 0; r < nr; r++)
+            xllm_kq_tile(type, w + (size_t)r * row_bytes, b0, b1, x, ldx, nt, lanes + (size_t)r * nt * 8);
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) y[(size_t)t * ldy + r] = xllm_kq_lanes_sum(lanes + ((size_t)r * nt + t) * 8);
 }
 
 #endif /* XLLM_SIMD_KQUANTS_H */
