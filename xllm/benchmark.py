@@ -34,8 +34,8 @@ import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .convert import add_llama_metadata, atomic_gguf_writer
-from .formats import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
-from .formats.types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_layout
+from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes
+from .formats.types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_layout, type_name
 
 # ----------------------------------------------------------------------------- machine limits
 
@@ -673,7 +673,7 @@ def _model_info(llm, path) -> dict:
     counts: Dict[str, int] = {}
     for name, shape in layer_tensor_shapes(cfg).items():
         if len(shape) == 2:
-            tn = TYPE_NAMES[llm.checkpoint.tensors[name].ggml_type]
+            tn = type_name(llm.checkpoint.tensors[name].ggml_type)
             counts[tn] = counts.get(tn, 0) + 1
     return {
         "path": os.fspath(path),

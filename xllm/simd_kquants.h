@@ -199,7 +199,10 @@ static void xllm_dequantize_row_kq(int type, const void *src, float *dst, int n)
                 for (int i = 0; i < 16; i++) dst[16 * j + i] = dl * (float)(q[16 * j + i] - off);
             } else {
                 const float ml = dmin * (float)mn[j];
-                for (int i = 0; i < 16; i++) dst[16 * j + i] = dl * (float)q[16 * j + i] - ml;
+                for (int i = 0; i < 16; i++) {
+                    const float p = dl * (float)q[16 * j + i];      /* its own statement: clang */
+                    dst[16 * j + i] = p - ml;                       /* contracts only within one */
+                }
             }
         }
     }
