@@ -228,13 +228,21 @@ class RoundedInput:
         return x.astype(np.float64) @ self.w.T
 
 
-def rounded_reference(ckpt, tokens):
-    """(logits, first position whose computation met a near-tie, or len(tokens))."""
-    ties = set()
-    w = {n: (RoundedInput(t, ties) if len(t.shape) == 2 and n != "token_embd.weight"
-             else t.to_float32().astype(np.float64)) for n, t in ckpt.tensors.items()}
-    logits = forward(ckpt.config, w, tokens)
-    return logits, min(ties, default=len(tokens))
+class RoundedModel:
+    """tests/reference.py on a checkpoint's dequantized weights with rounded matmul inputs
+    (RoundedInput); the weights are dequantized once."""
+
+    def __init__(self, ckpt):
+        self.cfg = ckpt.config
+        self.ties = set()
+        self.w = {n: (RoundedInput(t, self.ties) if len(t.shape) == 2 and n != "token_embd.weight"
+                      else t.to_float32().astype(np.float64)) for n, t in ckpt.tensors.items()}
+
+    def __call__(self, tokens):
+        """(logits, first position whose computation met a near-tie, or len(tokens))."""
+        self.ties.clear()
+        logits = forward(self.cfg, self.w, tokens)
+        return logits, min(self.ties, default=len(tokens))
 
 
 def check_against_references(path, tokens, tmp):
@@ -242,7 +250,7 @@ def check_against_references(path, tokens, tmp):
 
     The difference has two sources: float32 arithmetic (the F32 fixture's error, ~1e-6 of
     the logit range) and the 8-bit rounding of every matmul's input, which the reference
-    run on rounded inputs (rounded_reference) reproduces value for value, except where an
+    run on rounded inputs (RoundedModel) reproduces value for value, except where an
     input sits on a rounding tie within float32 noise: the engine may round it the other
     way, and one such flip moves every later rounding decision, so the two runs part by as
     much as rounding moves the logits at all.  Causal attention keeps positions before the
@@ -256,7 +264,7 @@ def check_against_references(path, tokens, tmp):
     ckpt = open_checkpoint(path)
     got = LLM(path, threads=2).logits(tokens).astype(np.float64)
     exact = forward(ckpt.config, dequantized64(ckpt.tensors), tokens)
-    rounded, clean = rounded_reference(ckpt, tokens)
+    rounded, clean = RoundedModel(ckpt)(tokens)
     scale = np.abs(exact).max()
     rounding = np.abs(rounded - exact).max() / scale
     err = np.abs(got - exact).max() / scale
@@ -272,10 +280,11 @@ def check_against_references(path, tokens, tmp):
                         {"token_embd.weight": fixture("f32")})
     ckpt = open_checkpoint(plain)
     llm = LLM(plain, threads=2)
+    reference = RoundedModel(ckpt)
     for seed in range(8):                       # short sequences: each tight up to its first tie
         seq = tokens if seed == 0 else ids(6, seed=100 + seed)
         got = llm.logits(seq).astype(np.float64)
-        rounded, clean = rounded_reference(ckpt, seq)
+        rounded, clean = reference(seq)
         covered += clean
         if clean:
             tight = np.abs(got[:clean] - rounded[:clean]).max() / scale
