@@ -375,15 +375,19 @@ XLLM_AVX2_FN static inline __attribute__((always_inline)) float xllm_kq_hsum_avx
     return _mm_cvtss_f32(s);
 }
 
-/* The float step of one block for one token on the 8 lanes: isum, msum exact int32 lanes. */
+/* The float step of one block for one token on the 8 lanes: isum, msum exact int32 lanes.
+ * dv, ndv: d and -dmin broadcast once per weight block; dx is broadcast from memory (a load,
+ * not a shuffle).  (-dmin) * dx is -(dmin * dx) exactly, so the lanes follow
+ * xllm_kq_accumulate bit for bit. */
 XLLM_AVX2_FN static inline __attribute__((always_inline)) __m256
-xllm_kq_accumulate_avx2(__m256 acc, int off, float d, float dmin, float dx, __m256i isum, __m256i msum) {
+xllm_kq_accumulate_avx2(__m256 acc, int off, __m256 dv, __m256 ndv, const float *dx, __m256i isum, __m256i msum) {
+    const __m256 dxv = _mm256_broadcast_ss(dx);
     if (off) {
         isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(msum, off == 32 ? 5 : 2));
-        return _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
+        return _mm256_fmadd_ps(_mm256_mul_ps(dv, dxv), _mm256_cvtepi32_ps(isum), acc);
     }
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
-    return _mm256_fmadd_ps(_mm256_set1_ps(-(dmin * dx)), _mm256_cvtepi32_ps(msum), acc);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(dv, dxv), _mm256_cvtepi32_ps(isum), acc);
+    return _mm256_fmadd_ps(_mm256_mul_ps(ndv, dxv), _mm256_cvtepi32_ps(msum), acc);
 }
 
 /* p16 = maddubs(q, x) pairs (<= 2 * 63 * 127: no saturation), times the group's int16 scales. */
@@ -410,10 +414,11 @@ xllm_kq_accumulate_avx2(__m256 acc, int off, float d, float dmin, float dx, __m2
             }                                                                                          \
         }                                                                                              \
         __m256i m16 = _mm256_cvtepi8_epi16(mn8);                                                       \
+        const __m256 dv = _mm256_set1_ps(d), ndv = _mm256_set1_ps(-dmin);                              \
         for (int t = 0; t < NT; t++) {                                                                 \
             const xllm_block_q8k *xb = x + t * ldx + b;                                                \
             __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), m16);       \
-            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, iacc[t], mv);             \
+            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, dv, ndv, &xb->d, iacc[t], mv);            \
         }                                                                                              \
     }                                                                                                  \
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(lanes + 8 * t, facc[t]);
@@ -449,11 +454,12 @@ static const int16_t xllm_kq_pair_pick[4][32] __attribute__((aligned(64))) = {
             }                                                                                          \
         }                                                                                              \
         __m256i m16 = _mm256_cvtepi8_epi16(mn8);                                                       \
+        const __m256 dv = _mm256_set1_ps(d), ndv = _mm256_set1_ps(-dmin);                              \
         for (int t = 0; t < NT; t++) {                                                                 \
             const xllm_block_q8k *xb = x + t * ldx + b;                                                \
             __m256i mv = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb->bsums), m16);       \
             __m256i is = _mm256_add_epi32(_mm512_castsi512_si256(iacc[t]), _mm512_extracti64x4_epi64(iacc[t], 1)); \
-            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, d, dmin, xb->d, is, mv);                  \
+            facc[t] = xllm_kq_accumulate_avx2(facc[t], off, dv, ndv, &xb->d, is, mv);                 \
         }                                                                                              \
     }                                                                                                  \
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(lanes + 8 * t, facc[t]);
