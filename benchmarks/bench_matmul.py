@@ -1,11 +1,12 @@
 """xllm's matmul kernel against numpy's (OpenBLAS) on TinyLlama's projection shapes.
 
-    python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0] [--json]
-    (--types also takes bf16 q4_1 q5_0 q5_1 iq4_nl)
+    python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0 q4_k q6_k] [--json]
+    (--types also takes bf16 q4_1 q5_0 q5_1 iq4_nl q2_k q3_k q5_k)
 
 y = x @ W.T with W (rows, cols) and x (T, cols): T = 1 is a decode GEMV (weight streaming,
 measured against read bandwidth), T = 128 a prefill GEMM (measured against the fp32 FMA peak,
-and the int8 peak for Q8_0/Q4_0).  Shapes (rows x cols): 2048x2048 (q/o projections),
+and the int8 peak for Q8_0/Q4_0 and the K-quants Q2_K..Q6_K; K-quant weights are random
+valid blocks, xllm.benchmark.random_kquant_blocks).  Shapes (rows x cols): 2048x2048 (q/o projections),
 5632x2048 (gate/up), 2048x5632 (down).  Each call reads its weights from memory, not from
 cache: the benchmark cycles through enough copies of W to exceed the last-level cache.
 numpy runs on the same number of threads (OPENBLAS_NUM_THREADS is set before it loads).
@@ -18,6 +19,8 @@ import sys
 import time
 
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]
+TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "iq4_nl": 20,
+         "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14}
 
 
 def parse():
@@ -25,7 +28,7 @@ def parse():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
     p.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q4_0"],
-                   choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"])
+                   choices=list(TYPES))
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cache-mb", type=int, default=256, help="bytes of weight copies cycled through (>> L3)")
     p.add_argument("--json", action="store_true")
@@ -43,9 +46,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
 
 from xllm import _kernels, _probe  # noqa: E402
-from xllm.benchmark import CpuMonitor, measure_limits  # noqa: E402
-
-TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "iq4_nl": 20}
+from xllm.benchmark import KQUANT_TYPES, CpuMonitor, measure_limits, random_kquant_blocks  # noqa: E402
 
 
 def weights(kind, w32):
@@ -57,6 +58,8 @@ def weights(kind, w32):
         blocks = np.random.default_rng(0).integers(0, 256, (w32.shape[0], w32.shape[1] // 32, 18), dtype=np.uint8)
         blocks[..., :2] = np.array([0.001], np.float16).view(np.uint8)
         return blocks.reshape(w32.shape[0], -1)
+    if TYPES[kind] in KQUANT_TYPES:
+        return random_kquant_blocks(np.random.default_rng(1), *w32.shape, TYPES[kind], 0.02)
     return quantize(w32, GGMLQuantizationType(TYPES[kind]))
 
 
@@ -108,6 +111,7 @@ def run_cases(rng, lim, rows_out):
                 del copies
                 gflops = flops / secs / 1e9
                 gbps = base.nbytes / secs / 1e9
+                quant = kind != "numpy" and (TYPES[kind] in _kernels.QUANTIZED_TYPES or TYPES[kind] in KQUANT_TYPES)
                 rows_out.append({
                     "shape": f"{rows}x{cols}", "tokens": T, "kernel": kind, "ms": secs * 1e3,
                     "gflops": gflops, "weight_gbps": gbps,

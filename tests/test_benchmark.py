@@ -84,6 +84,25 @@ def test_make_random_model_loads_and_generates(tmp_path, dtype):
     assert not os.path.exists(str(path) + f".{os.getpid()}.tmp")
 
 
+@pytest.mark.parametrize("dtype", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+def test_make_random_kquant_model(tmp_path, dtype):
+    """K types: random valid blocks whose values spread like N(0, 0.02); the model runs."""
+    from xllm import LLM
+    from xllm.formats import open_checkpoint
+    shape = dict(dim=256, hidden_dim=512, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64)
+    path = bm.make_random_model(tmp_path / "k.gguf", shape, dtype, seed=3)
+    ckpt = open_checkpoint(path)
+    assert ckpt.tensors["blk.0.ffn_down.weight"].ggml_type == bm.DTYPES[dtype]
+    w = ckpt.tensors["blk.0.ffn_up.weight"].to_float32()
+    assert 0.015 < float(w.std()) < 0.025 and abs(float(w.mean())) < 0.002
+    assert np.isfinite(LLM(path, threads=1).logits([1, 5, 7])).all()
+    cost = bm.CostModel(ckpt)
+    assert cost.types["ffn_down"] == bm.DTYPES[dtype]
+    if dtype == "q4_k":                         # the benchmark itself names and counts the type
+        assert bm.main(["--weight", str(path), "--threads", "1", "--prompt-tokens", "4", "--gen-tokens", "2",
+                        "--repeats", "1", "--bandwidth-mb", "8", "--probe-iters", "200000"]) == 0
+
+
 def test_random_model_is_deterministic(tmp_path):
     a = bm.make_random_model(tmp_path / "a.gguf", "tiny", "q4_0", seed=5)
     b = bm.make_random_model(tmp_path / "b.gguf", "tiny", "q4_0", seed=5)
@@ -100,7 +119,9 @@ def test_custom_shape_and_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         bm.make_random_model(tmp_path / "x.gguf", "gpt-5", "f32")
     with pytest.raises(ValueError, match="dtype"):
-        bm.make_random_model(tmp_path / "x.gguf", "tiny", "q2_k")
+        bm.make_random_model(tmp_path / "x.gguf", "tiny", "iq2_xxs")
+    with pytest.raises(ValueError, match="multiples of 256"):
+        bm.make_random_model(tmp_path / "x.gguf", "tiny", "q4_k")
     with pytest.raises(ValueError, match="multiples of 32"):
         bm.make_random_model(tmp_path / "x.gguf", dict(dim=72, n_heads=4, hidden_dim=192), "f32")
     with pytest.raises(ValueError, match="259"):

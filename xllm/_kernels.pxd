@@ -1,7 +1,7 @@
 # The kernels' contract: the C helpers from simd.h, the structures a decoder step reads,
 # and the pointer kernels (`noexcept nogil`) that _kernels.pyx implements.
 
-from libc.stdint cimport int8_t, uint8_t, uint16_t, int32_t, int64_t
+from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, int64_t
 
 cdef extern from "simd.h" nogil:
     int XLLM_SIMD_SCALAR
@@ -12,6 +12,15 @@ cdef extern from "simd.h" nogil:
     int XLLM_Q4_0
     int XLLM_Q8_0
     bint xllm_is_legacy_quant(int type)
+    int XLLM_Q2_K
+    int XLLM_Q3_K
+    int XLLM_Q4_K
+    int XLLM_Q5_K
+    int XLLM_Q6_K
+    int XLLM_QK_K
+    int XLLM_KQ_TOKENS
+    int xllm_kq_tile_tokens()
+    int XLLM_KQ_ROW_GROUP
     int XLLM_QK
     int XLLM_TILE_ROWS
     int XLLM_TILE_TOKENS
@@ -31,6 +40,15 @@ cdef extern from "simd.h" nogil:
         int32_t sum
         int8_t qs[32]
     void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n)
+    ctypedef struct xllm_block_q8k:
+        int8_t qs[256]
+        int16_t bsums[16]
+        float d
+    void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n)
+    int xllm_is_kquant(int type)
+    int xllm_kq_block_bytes(int type)
+    void xllm_kq_rows(int type, const char *w, size_t row_bytes, int nr, int nb,
+                      const xllm_block_q8k *x, size_t ldx, int nt, float *lanes, float *y, size_t ldy)
     int xllm_cpu_has_avx2()
     int xllm_cpu_has_avx512vnni()
     int xllm_set_simd_level(int level)
@@ -55,9 +73,10 @@ cdef extern from "simd.h" nogil:
 
 ctypedef struct Matrix:
     const char *data        # F32/F16: rows x row_bytes, row-major, W[o, :] is row o;
-                            # quantized matmul operands: panels of 8 rows (simd.h, xllm_pack_panel),
-                            # ceil(rows/8) x 8 x row_bytes; the embedding table keeps the file's rows
-    int type                # XLLM_F32 / F16 / BF16 (float path) or a quantized type (panels)
+                            # Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL matmul operands: panels of 8 rows
+                            # (simd.h, xllm_pack_panel), ceil(rows/8) x 8 x row_bytes; the embedding
+                            # table keeps the file's rows; Q2_K..Q6_K: the file's rows (simd_kquants.h)
+    int type                # XLLM_F32 / F16 / BF16 (float path), a panel type, or Q2_K..Q6_K
     int rows                # output features
     int cols                # input features
     size_t row_bytes        # bytes of one row in `type`
@@ -119,6 +138,7 @@ ctypedef struct Workspace:
     float *hb2              # (T, hidden_dim) up
     float *xout             # (T, dim) projection output before the residual add
     char *xq                # (T, max_cols/32) xllm_block_q8_act: activations quantized once per matmul
+    char *xk                # (T, max_cols/256) xllm_block_q8k: the same for K-quant weights
     float *xpad             # (T, max_cols + XPAD) float matmul input, rows padded off 4 KiB multiples
     float *acc              # (n_threads, acc_per_thread) matmul accumulators: 8 lanes per (row, token)
                             # for F32/F16, one float per (row, token) for Q8_0/Q4_0

@@ -45,11 +45,15 @@ OP_NAMES = ("embed", "rmsnorm", "qkv_proj", "rope", "kv_write", "attention", "at
 
 TYPE_F32, TYPE_F16, TYPE_Q4_0, TYPE_Q8_0 = 0, 1, 2, 8
 TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_IQ4_NL, TYPE_BF16 = 3, 6, 7, 20, 30
-SUPPORTED_TYPES = (0, 1, 2, 8, 3, 6, 7, 20, 30)
-# (values, bytes) per block of each supported type; the quantized ones run in panels
+TYPE_Q2_K, TYPE_Q3_K, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K = 10, 11, 12, 13, 14
+KQUANT_TYPES = (10, 11, 12, 13, 14)
+SUPPORTED_TYPES = (0, 1, 2, 8, 3, 6, 7, 20, 30) + KQUANT_TYPES
+# (values, bytes) per block of each supported type
 BLOCK_LAYOUT = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 6: (32, 22),
-                7: (32, 24), 20: (32, 18)}
-QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] > 1)
+                7: (32, 24), 20: (32, 18), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176),
+                14: (256, 210)}
+# the types repacked into 8-row panels and run with Q8_0 activations (K types run in place on Q8_K)
+QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] == 32)
 
 xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
 
@@ -100,6 +104,7 @@ cdef inline void tick(Workspace *ws, int op, double *t) noexcept nogil:
 # ---------------------------------------------------------------------------- matmul
 
 cdef inline bint is_quantized(int type) noexcept nogil:
+    """Repacked types that pair with Q8_0 activations."""
     return type == XLLM_Q8_0 or type == XLLM_Q4_0 or xllm_is_legacy_quant(type)
 
 
@@ -173,6 +178,25 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
         memcpy(y + <size_t>t * w.rows + r0, acc + <size_t>t * ld, nr * sizeof(float))
 
 
+cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, int T,
+                    float *y, float *acc) noexcept nogil:
+    """y[t, r0:r0+nr] for all T tokens of K-quant weights (the file's rows).
+
+    Tiles of one row x 4 tokens (8 on AVX-512) over k-chunks (simd_kquants.h: xllm_kq_rows):
+    token tiles outside, rows inside, so a tile's activations stay in L1 while the group's
+    rows pass; acc holds 8 float lanes per (row, token) of a tile.
+    """
+    cdef int nb = w.cols // XLLM_QK_K
+    cdef int tile = xllm_kq_tile_tokens()
+    cdef int t0 = 0
+    cdef int nt
+    while t0 < T:
+        nt = min(tile, T - t0)
+        xllm_kq_rows(w.type, w.data + <size_t>r0 * w.row_bytes, w.row_bytes, nr, nb,
+                     xk + <size_t>t0 * nb, nb, nt, acc, y + <size_t>t0 * w.rows + r0, w.rows)
+        t0 += tile
+
+
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
     """y[t, o] = sum_i W[o, i] * x[t, i]  for T tokens; x (T, cols), y (T, rows)."""
     cdef const Matrix *ms[1]
@@ -183,6 +207,8 @@ cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *
 
 
 cdef inline int row_group(int type) noexcept nogil:
+    if xllm_is_kquant(type):
+        return XLLM_KQ_ROW_GROUP
     return XLLM_QROW_GROUP if is_quantized(type) else XLLM_ROW_GROUP
 
 
@@ -192,14 +218,15 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
 
     One parallel region over the row groups of all the matrices (Q, K and V; or gate and
     up), so small matrices do not each pay a fork/join and threads stay balanced.
-    Quantized weights: x is quantized to Q8_0 once, then int8 dot products per block.
-    Work is split by groups of output rows, so every thread count computes each output
-    with the same operations.
+    Quantized weights: x is quantized once to each activation format the matrices need
+    (Q8_0 blocks for Q8_0/Q4_0, Q8_K blocks for the K-quants: a Q4_K_M group may mix
+    both), then int8 dot products per block.  Work is split by groups of output rows, so
+    every thread count computes each output with the same operations.
     """
-    cdef int i, g, m, nb, total, gs, r0, n_prep
+    cdef int i, g, m, nb, nbk, total, gs, r0, n_prep, n_q8
     cdef int cols = w[0].cols
     cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
-    cdef bint any_quantized = False, any_float = False
+    cdef bint any_quantized = False, any_float = False, any_kquant = False
     cdef float *acc = NULL
     cdef const float *xf = x
     cdef size_t ldx = cols
@@ -209,12 +236,15 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
         gs = row_group(w[m].type)
         first[m + 1] = first[m] + (w[m].rows + gs - 1) // gs
         any_quantized = any_quantized or is_quantized(w[m].type)
-        any_float = any_float or not is_quantized(w[m].type)
+        any_kquant = any_kquant or xllm_is_kquant(w[m].type)
+        any_float = any_float or not (is_quantized(w[m].type) or xllm_is_kquant(w[m].type))
     total = first[n]
     nb = cols // XLLM_QK
+    nbk = cols // XLLM_QK_K
     n_prep = 0                             # input preparation items: quantized blocks or padded rows
-    if any_quantized:
-        n_prep = T * nb
+    n_q8 = T * nb if any_quantized else 0
+    if any_quantized or any_kquant:
+        n_prep = n_q8 + (T * nbk if any_kquant else 0)
     elif any_float and T > 1:
         # rows of x a multiple of 4 KiB apart share L1 sets with each other and with a tile's
         # weight rows; a padded copy (one cache line more per row) keeps them apart (2048 x
@@ -225,9 +255,12 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     with parallel(num_threads=ws.n_threads):
         # the input prepared by all threads in the same region (a barrier, not a second fork)
         for i in prange(n_prep, schedule='static'):
-            if any_quantized:
+            if i < n_q8:
                 xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
                                          <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
+            elif any_quantized or any_kquant:
+                xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
+                                      <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
             else:
                 memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
         acc = ws.acc + threadid() * ws.acc_per_thread
@@ -237,7 +270,9 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
                 m = m + 1
             gs = row_group(w[m].type)
             r0 = (g - first[m]) * gs
-            if is_quantized(w[m].type):
+            if xllm_is_kquant(w[m].type):
+                matmul_kq(w[m], r0, min(gs, w[m].rows - r0), <const xllm_block_q8k *>ws.xk, T, y[m], acc)
+            elif is_quantized(w[m].type):
                 matmul_panels(w[m], r0, min(gs, w[m].rows - r0), xq, T, y[m], acc)
             else:
                 matmul_rows(w[m], r0, min(gs, w[m].rows - r0), xf, ldx, T, y[m], acc)
@@ -655,8 +690,10 @@ cdef class Decoder:
         ws.hb2 = <float *>self.buffers.alloc(T * config.hidden_dim * F)
         ws.xout = <float *>self.buffers.alloc(T * config.dim * F)
         ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
+        ws.xk = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
         ws.xpad = <float *>self.buffers.alloc(T * (max_cols + XPAD) * F)
-        ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8 + 16
+        ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8,     # K-quant tiles: 8 lanes per (row, token)
+                                <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8) + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
         ws.att_per_thread = config.head_dim + block_size + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
@@ -806,9 +843,10 @@ def matmul(w, int ggml_type, x, int threads=1):
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.acc_per_thread = <size_t>T * XLLM_ROW_GROUP * 8
+    ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8)
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
     ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
+    ws.xk = <char *>buffers.alloc(T * (cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
     ws.xpad = <float *>buffers.alloc(T * (cols + XPAD) * sizeof(float))
     y = np.empty((T, rows), dtype=np.float32)
     cdef float[:, ::1] yv = y
@@ -832,6 +870,28 @@ def quantize_q8_0(x):
         if cols:
             xllm_quantize_row_q8_0(&xv[r, 0], <xllm_block_q8_0 *>&ov[r, 0], cols)
     return out
+
+
+def quantize_q8k(x):
+    """The K-quant activation blocks of float32 rows (row length a multiple of 256):
+    (qs int8 (rows, cols), bsums int16 (rows, cols/16), d float32 (rows, cols/256))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % XLLM_QK_K:
+        raise ValueError(f"expected (rows, multiple of 256) float32, found shape {x.shape}")
+    rows, cols = x.shape
+    nbk = cols // XLLM_QK_K
+    blocks = np.empty((rows, nbk * sizeof(xllm_block_q8k)), dtype=np.uint8)
+    cdef const float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] bv = blocks
+    cdef int r
+    for r in range(rows):
+        if cols:
+            xllm_quantize_row_q8k(&xv[r, 0], <xllm_block_q8k *>&bv[r, 0], cols)
+    b = blocks.reshape(rows, nbk, sizeof(xllm_block_q8k))
+    qs = np.ascontiguousarray(b[:, :, :256]).view(np.int8).reshape(rows, cols)
+    bsums = np.ascontiguousarray(b[:, :, 256:288]).view(np.int16).reshape(rows, nbk * 16)
+    d = np.ascontiguousarray(b[:, :, 288:292]).view(np.float32).reshape(rows, nbk)
+    return qs, bsums, d
 
 
 def dequantize(data, int ggml_type, int rows, int cols):

@@ -35,7 +35,8 @@ import numpy as np
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .convert import add_llama_metadata, atomic_gguf_writer
 from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes, row_bytes
-from .formats.types import BF16, Q4_1, Q5_0, Q5_1, block_layout, is_block_quantized, type_name
+from .formats.types import BF16, Q2_K, Q3_K, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_layout, \
+    is_block_quantized, type_name
 
 # ----------------------------------------------------------------------------- machine limits
 
@@ -255,9 +256,16 @@ SHAPES: Dict[str, dict] = {
                  vocab_size=512, max_seq_len=256),            # for tests: fits in cache
 }
 DTYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-          "q5_1": Q5_1}
-# general.file_type of a model whose every matrix has that type (llama.cpp's LlamaFileType)
-_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, BF16: 32}
+          "q5_1": Q5_1, "q2_k": Q2_K, "q3_k": Q3_K, "q4_k": Q4_K, "q5_k": Q5_K, "q6_k": Q6_K}
+KQUANT_TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+# general.file_type of a model whose every matrix has that type (llama.cpp's LlamaFileType;
+# the _S presets for the K types)
+_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, BF16: 32,
+               Q2_K: 10, Q3_K: 11, Q4_K: 14, Q5_K: 16, Q6_K: 18}
+# fp16 super-scale offsets in a K block, and a typical |scale * value| of random fields
+_KQUANT_SUPER_SCALES = {Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}
+_KQUANT_TYPICAL = {Q2_K: 14.0, Q3_K: 43.0, Q4_K: 256.0, Q5_K: 512.0, Q6_K: 1350.0}
+_KQUANT_MEAN_Q = {Q2_K: 1.5, Q4_K: 7.5, Q5_K: 15.5}
 _SHAPE_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
                "norm_eps", "rope_theta")
 
@@ -344,12 +352,31 @@ def _tensor_seed(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
 
 
+def random_kquant_blocks(rng: np.random.Generator, rows: int, cols: int, ggml_type: int,
+                         std: float) -> np.ndarray:
+    """(rows, row_bytes) uint8 of a K type: random bytes in every field (values, scales,
+    mins) and fp16 super-scales that give the values a spread of about `std`.  Valid blocks
+    that run exactly like quantized weights (for speed measurements; gguf cannot quantize
+    K types, and the quantizer is not needed to time a kernel)."""
+    values, size = block_layout(ggml_type)
+    nb = cols // values
+    raw = rng.integers(0, 256, (rows, nb, size), dtype=np.uint8)
+    d = std / _KQUANT_TYPICAL[ggml_type]
+    # d, then dmin = d * E[q]: the mins cancel the values' mean (uniform random fields)
+    for off, value in zip(_KQUANT_SUPER_SCALES[ggml_type], (d, d * _KQUANT_MEAN_Q.get(ggml_type, 0))):
+        raw[:, :, off:off + 2] = np.array([value], dtype=np.float16).view(np.uint8)
+    return raw.reshape(rows, nb * size)
+
+
 def _random_tensor(name: str, shape: tuple, ggml_type: int, seed: int, std: float) -> np.ndarray:
-    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time."""
+    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time;
+    K types: random_kquant_blocks."""
     if len(shape) == 1:
         return np.ones(shape, dtype=np.float32)
     rows, cols = shape
     rng = _tensor_seed(seed, name)
+    if ggml_type in KQUANT_TYPES:
+        return random_kquant_blocks(rng, rows, cols, ggml_type, std)
     if ggml_type == F32:
         out = np.empty((rows, cols), dtype=np.float32)
     elif ggml_type == F16:
@@ -375,7 +402,8 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     """Write a llama GGUF file of a real model's shape with random weights ~ N(0, std).
 
     shape: a name in SHAPES ("tinyllama-1.1b", "llama2-7b-layers", "stories110m", "tiny") or a
-    dict of hyperparameters; dtype: a key of DTYPES ("f32", "q8_0", "q5_1", ...) for every matrix (norms
+    dict of hyperparameters; dtype: a key of DTYPES ("f32", "q8_0", "q5_1", "q4_k", ...; K types as
+    random_kquant_blocks) for every matrix (norms
     stay f32); n_layers overrides the shape's; vocab: a tokenizer file (sentencepiece .model,
     llama2.c tokenizer.bin, GGUF), a tokenizer.Vocab, or None for a synthetic vocabulary of
     the right size.  Tensors are made and written one at a time (memory: one tensor), to a
@@ -401,6 +429,9 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
                          f"{hp['vocab_size']}")
     cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
     gtype = DTYPES[dtype]
+    if gtype in KQUANT_TYPES and (cfg.dim % 256 or cfg.hidden_dim % 256):
+        raise ValueError(f"dtype = {dtype!r}: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be "
+                         f"multiples of 256 (K-quant blocks)")
     out_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"{path}: directory {out_dir} does not exist")
@@ -1087,7 +1118,7 @@ def _ops_text(rows) -> str:
 
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
-        ["weights (F32/F16/BF16 mapped, quantized repacked)", _fmt_bytes(m["weights_bytes"])],
+        ["weights (F32/F16/BF16/K-quants mapped, other quantized repacked)", _fmt_bytes(m["weights_bytes"])],
         ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],

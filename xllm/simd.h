@@ -121,6 +121,8 @@ static inline uint16_t xllm_fp32_to_fp16(float f) {
     return (uint16_t)(sign | h);
 }
 
+#include "simd_kquants.h"          /* Q2_K..Q6_K: blocks, Q8_K activations, dequantization, tiles */
+
 /* ------------------------------------------------------------------ quantized blocks */
 
 #define XLLM_QK 32
@@ -252,7 +254,9 @@ static void xllm_pack_panel(int type, const char *src, size_t row_bytes, int nr,
 
 /* Dequantize one row of n values of the given type into floats. */
 static void xllm_dequantize_row(int type, const void *src, float *dst, int n) {
-    if (type == XLLM_F32) {
+    if (xllm_is_kquant(type)) {
+        xllm_dequantize_row_kq(type, src, dst, n);
+    } else if (type == XLLM_F32) {
         memcpy(dst, src, (size_t)n * sizeof(float));
     } else if (type == XLLM_F16) {
         const uint16_t *h = (const uint16_t *)src;
