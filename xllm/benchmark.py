@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
-from .convert import add_llama_metadata, atomic_gguf_writer
+from .convert import add_model_metadata, atomic_gguf_writer
 from .formats import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
 
 # ----------------------------------------------------------------------------- machine limits
@@ -412,7 +412,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     try:
         with atomic_gguf_writer(path) as writer:
             name = shape if isinstance(shape, str) else "custom"
-            add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
+            add_model_metadata(writer, cfg, f"random-{name}-{dtype}")
             writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
             if gtype in (Q8_0, Q4_0):
                 writer.add_quantization_version(2)

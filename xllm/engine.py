@@ -219,8 +219,8 @@ class LLM:
                     req.generated.append(token)
                     yield req, token
                     cfg = self.config
-                    if req.params.stop_at_eos and token in (cfg.eos_id, cfg.bos_id):
-                        sched.finish(req, "eos" if token == cfg.eos_id else "bos")
+                    if req.params.stop_at_eos and (token in cfg.eos_ids or token == cfg.bos_id):
+                        sched.finish(req, "eos" if token in cfg.eos_ids else "bos")
                     elif len(req.generated) >= req.params.max_tokens:
                         sched.finish(req, "length")
         finally:
@@ -270,7 +270,7 @@ class LLM:
         decoder = self.tokenizer.stream_decoder(context=req.prompt_ids)
         cfg = self.config
         for _, token in self.generate_step([req]):
-            if req.params.stop_at_eos and token in (cfg.eos_id, cfg.bos_id):
+            if req.params.stop_at_eos and (token in cfg.eos_ids or token == cfg.bos_id):
                 break
             piece = decoder.push(token)
             if piece:
