@@ -53,7 +53,10 @@ def silu(x):
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    """0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as x / (1 + exp(-2u))
+    (the same function; 1 + tanh(u) cancels to 0 in float64 for u < -19)."""
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+    return x / (1.0 + np.exp(-2.0 * u))
 
 
 def causal_attention(q, k, v):
