@@ -237,13 +237,15 @@ def make_transformers_dir(root, case: str, dtype: str = "F32", seed: int = 0) ->
     import transformers
     cls_name, kwargs = FAMILY_CASES[case]
     cls = getattr(transformers, cls_name)
-    config = getattr(transformers, cls_name.replace("ForCausalLM", "Config").replace("LMHeadModel", "Config"))(**kwargs)
+    config_cls = cls_name.replace("ForCausalLM", "Config").replace("LMHeadModel", "Config")
+    config = getattr(transformers, config_cls)(**kwargs)
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(0.1 * torch.randn_like(p) + (1.0 if re.search(r"norm|ln_", name) and name.endswith("weight") else 0.0))
+            if p.ndim == 1:         # norm weights around 1, biases around 0
+                is_norm = re.search(r"norm|ln_", name) and name.endswith("weight")
+                p.copy_(0.1 * torch.randn_like(p) + (1.0 if is_norm else 0.0))
             elif re.search(r"embed_tokens|wte", name):
                 p.normal_(0.0, 1.0)
             elif "wpe" in name:

@@ -263,7 +263,8 @@ GGUF_REFUSALS = {
              r"llama.rope.scaling.type = 'yarn', expected one of none, linear"),
     "sliding_window": ("qwen2", {"qwen2.attention.sliding_window": 4096.0}, None, None,
                        r"'qwen2.attention.sliding_window' is set: sliding-window attention is not supported"),
-    "other_architecture": ("qwen2", None, None, "phi3", r"general.architecture = 'phi3', expected one of llama, qwen2, gpt2"),
+    "other_architecture": ("qwen2", None, None, "phi3",
+                           r"general.architecture = 'phi3', expected one of llama, qwen2, gpt2"),
     "unused_tensor": ("qwen2", None, {"output.bias": (512,)}, None, r"unexpected tensor.*'output.bias'.*qwen2"),
     "llama3_and_linear": ("llama3-rope", {"llama.rope.scaling.factor": 2.0}, None, None,
                           r"both rope_freqs.weight and llama.rope.scaling.factor"),
@@ -359,8 +360,10 @@ def test_converted_gguf_matches_transformers(hf_dirs, tmp_path, case, dtype):
 
 HF_REFUSALS = {  # case, config.json changes, message
     "qwen2_sliding_window": ("qwen2", {"use_sliding_window": True}, r"use_sliding_window = True"),
-    "gpt2_erf_gelu": ("gpt2", {"activation_function": "gelu"}, r"activation_function = 'gelu', expected 'gelu_new' or"),
-    "gpt2_layer_scaled": ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, r"scale_attn_by_inverse_layer_idx = True"),
+    "gpt2_erf_gelu": ("gpt2", {"activation_function": "gelu"},
+                      r"activation_function = 'gelu', expected 'gelu_new' or"),
+    "gpt2_layer_scaled": ("gpt2", {"scale_attn_by_inverse_layer_idx": True},
+                          r"scale_attn_by_inverse_layer_idx = True"),
     "yarn": ("llama-gqa", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_parameters": None},
              r"rope type 'yarn' is not supported \(supported: default, linear, llama3\)"),
     "other_architecture": ("llama-gqa", {"architectures": ["Phi3ForCausalLM"]},

@@ -293,8 +293,9 @@ def _create_temp(out_path: str) -> str:
 
 @contextlib.contextmanager
 def atomic_gguf_writer(out_path: str, arch: str = "llama"):
-    """A GGUFWriter (general.architecture = arch) on a temporary file next to `out_path`.  On a normal exit the file is
-    fsync'ed and renamed over `out_path` (and the directory fsync'ed, so the rename lasts);
+    """A GGUFWriter (general.architecture = arch) on a temporary file next to `out_path`.
+    On a normal exit the file is fsync'ed and renamed over `out_path` (and the directory
+    fsync'ed, so the rename lasts);
     on any exception or Ctrl-C the temporary file is removed and `out_path` is untouched."""
     from gguf import GGUFWriter
     tmp = _create_temp(out_path)
@@ -497,7 +498,8 @@ def _dtype_chooser(dtype: Optional[str]):
 @cli_entry("xllm-convert")
 def main(argv=None) -> int:
     p = ArgumentParser(prog="xllm-convert",
-                       description="Write a checkpoint (llama2.c .bin, GGUF, HF directory) as a GGUF file (llama, qwen2 or gpt2).")
+                       description="Write a checkpoint (llama2.c .bin, GGUF, HF directory) as a GGUF file "
+                                   "(llama, qwen2 or gpt2).")
     p.add_argument("src", help="checkpoint: llama2.c .bin (legacy fp32 or ak42 int8), GGUF, or HF directory")
     p.add_argument("-o", "--output", required=True, help="output .gguf file (written atomically)")
     p.add_argument("--token", help="tokenizer to embed: llama2.c tokenizer.bin or sentencepiece .model "
