@@ -272,7 +272,7 @@ REFUSALS = {
     "missing_config": ({}, None, "rm config.json", r"missing config.json"),
     "bad_json": ({}, None, "garble config.json", r"config.json is not valid JSON"),
     "missing_tokenizer": ({}, None, "rm tokenizer.model", r"missing tokenizer.model"),
-    "tokenizer_json_only": ({}, None, "tokenizer.json only", r"needs tokenizer.model \(sentencepiece\); tokenizer.json-only tokenizers are not supported"),
+    "tokenizer_json_only": ({}, None, "tokenizer.json only", r"tokenizer\.json: the BPE model has no merges list or vocab object"),
     "no_safetensors": ({}, None, "rm model.safetensors", r"no model.safetensors or model.safetensors.index.json"),
     "truncated_safetensors": ({}, None, "truncate model.safetensors", r"model.safetensors: not a readable safetensors file"),
     "unsupported_dtype": ({}, None, "f64 norm", r"'model.norm.weight' has dtype F64"),

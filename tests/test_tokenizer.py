@@ -420,7 +420,10 @@ def test_gguf_tiny_vocab_reads(tmp_path):
 
 def test_gguf_wrong_tokenizer_model(tmp_path):
     import gguf
-    with pytest.raises(ValueError, match=r"bad\.gguf.*tokenizer\.ggml\.model = 'gpt2', expected 'llama'"):
+    with pytest.raises(ValueError, match=r"bad\.gguf.*tokenizer\.ggml\.model = 'bert', expected "
+                                         r"one of \['llama', 'gpt2'\]"):
+        _read_vocab(tmp_path, **{"tokenizer.ggml.model": ("bert", gguf.GGUFValueType.STRING, None)})
+    with pytest.raises(ValueError, match=r"bad\.gguf: missing or empty GGUF key 'tokenizer\.ggml\.merges'"):
         _read_vocab(tmp_path, **{"tokenizer.ggml.model": ("gpt2", gguf.GGUFValueType.STRING, None)})
 
 

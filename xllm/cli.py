@@ -19,7 +19,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="xllm-main", description="Generate text with a llama-family model on the CPU.")
     p.add_argument("--weight", help="GGUF file, llama2.c .bin or Hugging Face directory "
                                     "(default: the small TinyStories model shipped in the package)")
-    p.add_argument("--token", help="tokenizer: sentencepiece .model or llama2.c tokenizer .bin "
+    p.add_argument("--token", help="tokenizer: sentencepiece .model, llama2.c tokenizer .bin or "
+                                   "HF tokenizer.json "
                                    "(default: the vocabulary embedded in the GGUF)")
     p.add_argument("--threads", type=positive_int, default=None, help="OpenMP threads (default: usable cores)")
     p.add_argument("--prompt", help="text to continue; without it (and with --weight) an interactive loop")

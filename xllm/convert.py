@@ -455,7 +455,7 @@ def resolve_vocab(ckpt: Checkpoint, token, source: str):
     vocab = load_vocab(token) if token is not None else ckpt.vocab
     if vocab is None:
         raise UsageError(f"{source} has no vocabulary: pass --token TOKENIZER "
-                         f"(llama2.c tokenizer.bin or sentencepiece .model)")
+                         f"(llama2.c tokenizer.bin, sentencepiece .model or HF tokenizer.json)")
     if len(vocab.pieces) != ckpt.config.vocab_size:
         raise UsageError(f"{token or source}: the tokenizer has {len(vocab.pieces)} tokens, but "
                          f"{source} has vocab_size {ckpt.config.vocab_size}")
@@ -463,8 +463,9 @@ def resolve_vocab(ckpt: Checkpoint, token, source: str):
 
 
 def load_vocab(path):
-    """The tokenizer.Vocab of a sentencepiece .model, a llama2.c tokenizer.bin or a GGUF file
-    (the whole file is read: compare its size with the model's afterwards)."""
+    """The tokenizer.Vocab of a sentencepiece .model, a llama2.c tokenizer.bin, an HF
+    tokenizer.json or a GGUF file (the whole file is read: compare its size with the model's
+    afterwards)."""
     from .tokenizer import Tokenizer
     return Tokenizer.from_file(path).vocab
 
@@ -502,7 +503,8 @@ def main(argv=None) -> int:
                                    "(llama, qwen2 or gpt2).")
     p.add_argument("src", help="checkpoint: llama2.c .bin (legacy fp32 or ak42 int8), GGUF, or HF directory")
     p.add_argument("-o", "--output", required=True, help="output .gguf file (written atomically)")
-    p.add_argument("--token", help="tokenizer to embed: llama2.c tokenizer.bin or sentencepiece .model "
+    p.add_argument("--token", help="tokenizer to embed: llama2.c tokenizer.bin, sentencepiece .model "
+                                   "or HF tokenizer.json "
                                    "(required when SRC has no vocabulary, e.g. a llama2.c .bin)")
     p.add_argument("--dtype", choices=["f32", "f16"],
                    help="type of the 2-D weights (default: keep the source's); norms are always f32")

@@ -164,6 +164,31 @@ class GGUFFile:
         except UnicodeDecodeError:
             self._fail(f"{what} at byte {self._pos - n} is not valid UTF-8")
 
+    def _strings(self, key, n):
+        """An array of n strings: the loop of `_string` with its lookups hoisted (a Llama 3
+        vocabulary holds ~410k strings)."""
+        buf, pos, size = self._buf, self._pos, self._size
+        unpack = struct.Struct("<Q").unpack_from
+        out = []
+        append = out.append
+        try:
+            for i in range(n):
+                if pos + 8 > size:
+                    break
+                (length,) = unpack(buf, pos)
+                end = pos + 8 + length
+                if end > size:
+                    break
+                append(str(buf[pos + 8:end], "utf-8"))
+                pos = end
+        except UnicodeDecodeError:
+            self._pos = pos + 8
+            self._fail(f"item {i} of {key!r} at byte {pos + 8} is not valid UTF-8")
+        self._pos = pos
+        if len(out) < n:
+            self._string(f"item {len(out)} of {key!r}")     # raises the truncation error
+        return out
+
     def _value(self, key, vtype):
         try:
             vt = GGUFValueType(vtype)
@@ -180,7 +205,7 @@ class GGUFFile:
             self._fail(f"GGUF key {key!r} is an array of unknown type {itype}")
         n = self._count(f"the length of {key!r}")
         if it == GGUFValueType.STRING:
-            values = [self._string(f"item {i} of {key!r}") for i in range(n)]
+            values = self._strings(key, n)
         elif it == GGUFValueType.ARRAY:
             self._fail(f"GGUF key {key!r} is an array of arrays (not used by llama models)")
         else:

@@ -34,10 +34,6 @@ SP_FILE = "tokenizer.model"
 # safetensors dtype -> (numpy dtype of the stored bits, ggml type the engine gets)
 DTYPES = {"F32": (np.float32, F32), "F16": (np.float16, F16), "BF16": (np.uint16, F32)}
 
-# llama.cpp's convert_hf_to_gguf.py fills ids past the sentencepiece model the same way.
-PAD_SCORE = -10000.0
-UNUSED_TYPE = 5            # sentencepiece / GGUF token type UNUSED
-
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Reorder the rows of an HF q_proj/k_proj (weight or bias) so adjacent-pair RoPE equals
@@ -55,37 +51,34 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- vocabulary
 
 def read_hf_vocab(path: str, vocab_size: int):
-    """tokenizer.model as a `Vocab` of exactly `vocab_size` pieces.
+    """tokenizer.model (sentencepiece), else tokenizer.json (byte-level BPE: Llama 3, Qwen2,
+    GPT-2 ...), as a `Vocab` of exactly `vocab_size` pieces.
 
-    HF pads the embedding past the sentencepiece model at times (e.g. to a multiple of 64); the
-    extra ids get llama.cpp's filler ('[PAD<id>]', score -10000, type UNUSED).  A sentencepiece
-    model larger than the embedding would produce ids the model has no row for: refused.
+    HF pads the embedding past the tokenizer at times (e.g. to a multiple of 64); the extra ids
+    get llama.cpp's filler ('[PAD<id>]', score -10000, type UNUSED).  A tokenizer larger than
+    the embedding would produce ids the model has no row for: refused.
     """
     sp_path = os.path.join(path, SP_FILE)
-    if not os.path.isfile(sp_path):
-        if os.path.isfile(os.path.join(path, "tokenizer.json")):
-            raise ValueError(f"{path}: needs {SP_FILE} (sentencepiece); "
-                             "tokenizer.json-only tokenizers are not supported")
-        raise ValueError(f"{path}: missing {SP_FILE} (the sentencepiece tokenizer)")
-    from ..tokenizer import Vocab
-    try:
-        vocab = Vocab.from_sentencepiece(sp_path)
-    except ValueError:
-        raise
-    except Exception as exc:     # sentencepiece raises RuntimeError/OSError on a corrupt model
-        raise ValueError(f"{sp_path}: not a sentencepiece model ({type(exc).__name__}: {exc})") from None
+    source = SP_FILE
+    if os.path.isfile(sp_path):
+        from ..tokenizer import Vocab
+        try:
+            vocab = Vocab.from_sentencepiece(sp_path)
+        except ValueError:
+            raise
+        except Exception as exc:     # sentencepiece raises RuntimeError/OSError on a corrupt model
+            raise ValueError(f"{sp_path}: not a sentencepiece model ({type(exc).__name__}: {exc})") from None
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+        from ..tokenizer import load_hf_tokenizer
+        source = "tokenizer.json"
+        vocab = load_hf_tokenizer(path).vocab
+    else:
+        raise ValueError(f"{path}: missing {SP_FILE} or tokenizer.json (the tokenizer)")
     n = len(vocab.pieces)
     if n > vocab_size:
-        raise ValueError(f"{path}: {SP_FILE} has {n} pieces, more than {CONFIG_FILE} vocab_size = "
+        raise ValueError(f"{path}: {source} has {n} pieces, more than {CONFIG_FILE} vocab_size = "
                          f"{vocab_size} (the model has no embedding row for ids >= {vocab_size})")
-    if n < vocab_size:
-        pad = range(n, vocab_size)
-        vocab = dataclasses.replace(
-            vocab,
-            pieces=list(vocab.pieces) + [f"[PAD{i}]" for i in pad],
-            scores=np.concatenate([vocab.scores, np.full(len(pad), PAD_SCORE, dtype=np.float32)]),
-            types=np.concatenate([vocab.types, np.full(len(pad), UNUSED_TYPE, dtype=np.int32)]))
-    return vocab
+    return vocab.padded(vocab_size)
 
 
 # ----------------------------------------------------------------------------- safetensors
