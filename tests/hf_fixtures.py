@@ -230,12 +230,15 @@ _TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _CONV1D = re.compile(r".*\.(c_attn|c_proj|c_fc)\.weight")
 
 
-def make_transformers_dir(root, case: str, dtype: str = "F32", seed: int = 0) -> Path:
-    """A model of FAMILY_CASES[case] built by transformers with random weights of O(1)
-    activations, saved with save_pretrained (safetensors, `dtype`), plus tok512's tokenizer."""
+def make_transformers_dir(root, case: str, dtype: str = "F32", seed: int = 0, tokenizer: bool = True,
+                          **config) -> Path:
+    """A model of FAMILY_CASES[case] (config keywords overridden by `config`) built by
+    transformers with random weights of O(1) activations, saved with save_pretrained
+    (safetensors, `dtype`), plus tok512's tokenizer.model unless `tokenizer` is false."""
     import torch
     import transformers
     cls_name, kwargs = FAMILY_CASES[case]
+    kwargs = {**kwargs, **config}
     cls = getattr(transformers, cls_name)
     config_cls = cls_name.replace("ForCausalLM", "Config").replace("LMHeadModel", "Config")
     config = getattr(transformers, config_cls)(**kwargs)
@@ -256,7 +259,8 @@ def make_transformers_dir(root, case: str, dtype: str = "F32", seed: int = 0) ->
     model = model.to(getattr(torch, _TORCH_DTYPES[dtype]))
     path = Path(root) / f"{case}-{dtype}"
     model.save_pretrained(str(path))
-    shutil.copy(TOKENIZERS["tok512"], path / "tokenizer.model")
+    if tokenizer:
+        shutil.copy(TOKENIZERS["tok512"], path / "tokenizer.model")
     return path
 
 

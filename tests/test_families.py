@@ -209,11 +209,13 @@ def test_generation_stops_at_any_eos_id(shared_models):
     free = LLM(ckpt, tokenizer=tok, threads=1).generate([prompt], SamplingParams(
         max_tokens=8, temperature=0.0, stop_at_eos=False))[0].token_ids
     stop = free[3]
-    end = next(i for i, t in enumerate(free) if t in (stop, cfg.bos_id))   # BOS ends a story too
     eos = next(i for i in range(3, 512) if i not in free)
     ckpt2 = dataclasses.replace(ckpt, config=dataclasses.replace(cfg, eos_id=eos, eos_ids=(eos, stop)))
-    out = LLM(ckpt2, tokenizer=tok, threads=1).generate([prompt], SamplingParams(max_tokens=8, temperature=0.0))
-    assert out[0].token_ids == free[:end + 1]
+    llm = LLM(ckpt2, tokenizer=tok, threads=1)
+    assert {eos, stop} <= llm.stop_ids
+    ends = llm.stop_ids | {cfg.bos_id}                  # the tokenizer's EOG ids and BOS end it too
+    end = next(i for i, t in enumerate(free) if t in ends)
+    assert llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0))[0].token_ids == free[:end + 1]
 
 
 # ----------------------------------------------------------------------------- GGUF files
@@ -384,3 +386,42 @@ def test_hf_refusals(tmp_path, case):
     (path / "model.safetensors").write_bytes(b"never read")
     with pytest.raises(ValueError, match=message):
         open_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- real byte-level BPE vocabularies
+
+VOCABS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "vocab")
+BPE_CASES = {  # FAMILY_CASES name, vocabulary, config changes
+    "gpt2": ("gpt2", "ggml-vocab-gpt-2.gguf", dict(n_embd=32, n_head=2, n_layer=1, n_positions=40,
+                                                    vocab_size=50257, bos_token_id=50256, eos_token_id=50256)),
+    "llama3": ("llama3-rope", "ggml-vocab-llama-bpe.gguf",
+               dict(hidden_size=32, num_hidden_layers=1, tie_word_embeddings=True, vocab_size=128256,
+                    bos_token_id=128000, eos_token_id=[128001, 128009])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BPE_CASES))
+def test_bpe_vocabulary_directory_and_gguf(tmp_path, name):
+    """An HF directory with only tokenizer.json (GPT-2's, Llama 3's vocabulary): the text
+    generated greedily equals transformers' tokens, from the directory and after xllm-convert
+    (a GGUF with tokenizer.ggml.model gpt2); Llama 3's config eos list ends generation."""
+    pytest.importorskip("transformers")
+    from gguf import GGUFReader
+    from hf_fixtures import make_transformers_dir, transformers_greedy
+    from test_bpe_tokenizer import write_hf_dir
+    from xllm.convert import load_vocab, main
+    case, vocab_file, config = BPE_CASES[name]
+    path = make_transformers_dir(tmp_path, case, "BF16", seed=2, tokenizer=False, **config)
+    write_hf_dir(load_vocab(os.path.join(VOCABS, vocab_file)), path)
+    params = SamplingParams(max_tokens=8, temperature=0.0, stop_at_eos=False)
+    llm = LLM(str(path), threads=2)
+    out = llm.generate("Hello world, it is", params)[0]
+    from tokenizers import Tokenizer as HFTokenizer    # the prompt as the model's own tokenizer reads it
+    assert out.prompt_token_ids == HFTokenizer.from_file(str(path / "tokenizer.json")).encode("Hello world, it is").ids
+    assert out.token_ids == transformers_greedy(path, out.prompt_token_ids, 8)
+    assert llm.stop_ids >= set(np.atleast_1d(config["eos_token_id"]).tolist())
+    gguf_path = tmp_path / "m.gguf"
+    assert main([str(path), "-o", str(gguf_path)]) == 0
+    assert GGUFReader(str(gguf_path)).fields["tokenizer.ggml.model"].contents() == "gpt2"
+    again = LLM(str(gguf_path), threads=2).generate("Hello world, it is", params)[0]
+    assert (again.prompt_token_ids, again.token_ids, again.text) == (out.prompt_token_ids, out.token_ids, out.text)
