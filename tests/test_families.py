@@ -425,3 +425,27 @@ def test_bpe_vocabulary_directory_and_gguf(tmp_path, name):
     assert GGUFReader(str(gguf_path)).fields["tokenizer.ggml.model"].contents() == "gpt2"
     again = LLM(str(gguf_path), threads=2).generate("Hello world, it is", params)[0]
     assert (again.prompt_token_ids, again.token_ids, again.text) == (out.prompt_token_ids, out.token_ids, out.text)
+
+
+LLAMA_SIMPLE = os.path.join(os.environ.get("XLLM_PEERS", os.path.expanduser("~/.cache/xllm-peers")),
+                            "llama.cpp", "build", "bin", "llama-simple")
+
+
+@pytest.mark.parametrize("case,dtype", [("llama3-rope", "F32"), ("llama-linear-rope", "F16"),
+                                        ("llama-biases", "F32"), ("qwen2", "BF16"), ("gpt2", "F32"),
+                                        ("gpt2-untied", "BF16")])
+def test_llama_cpp_runs_the_converted_file(hf_dirs, tmp_path, case, dtype):
+    """llama.cpp (../shared/tools/build-llama-cpp.sh) greedily continues the converted file
+    with the same text as xllm (skipped where llama.cpp has not been built)."""
+    import subprocess
+    from xllm.convert import main
+    if not os.path.exists(LLAMA_SIMPLE):
+        pytest.skip(f"{LLAMA_SIMPLE} not built (../shared/tools/build-llama-cpp.sh)")
+    out = tmp_path / "m.gguf"
+    assert main([str(hf_dirs[case, dtype][0]), "-o", str(out)]) == 0
+    text = LLM(str(out), threads=2).generate("Once upon a time", SamplingParams(
+        max_tokens=12, temperature=0.0, stop_at_eos=False))[0].text
+    run = subprocess.run([LLAMA_SIMPLE, "-m", str(out), "-n", "12", "Once upon a time"],
+                         capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-500:]
+    assert ("Once upon a time" + text) in run.stdout.decode("utf-8", errors="replace")
