@@ -1,4 +1,7 @@
-"""Build Hugging Face llama checkpoint directories for tests (numpy + safetensors, no torch).
+"""Build Hugging Face checkpoint directories for tests.
+
+Llama directories by hand (numpy + safetensors, no torch; below), and directories of every
+family made by transformers itself (`make_transformers_dir`, at the end).
 
 `make_hf_dir` writes config.json, the tensors (one model.safetensors, or shards with
 model.safetensors.index.json) in F32/F16/BF16, and a sentencepiece tokenizer.model, and returns
@@ -7,6 +10,7 @@ the config and the weights as stored (rounded to the file dtype, float64) for th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from dataclasses import dataclass, field
@@ -196,3 +200,86 @@ def write_config(model: HFModel, **changes) -> None:
             cfg[k] = v
     (model.path / "config.json").write_text(json.dumps(cfg, indent=2))
     model.config = cfg
+
+
+# ----------------------------------------------------------------------------- transformers-made directories
+
+# name -> (transformers class, config keywords): the families and the cases the issue asks for.
+# Every vocabulary is tok512's (512 ids, bos 1, eos 2) so the directories carry a tokenizer.model.
+_COMMON = dict(vocab_size=512, bos_token_id=1, eos_token_id=2)
+_LLAMA = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=96, rms_norm_eps=1e-5, **_COMMON)
+FAMILY_CASES = {
+    "llama-gqa": ("LlamaForCausalLM", dict(_LLAMA, num_attention_heads=8)),
+    "llama-mha-tied": ("LlamaForCausalLM", dict(_LLAMA, num_key_value_heads=4, tie_word_embeddings=True,
+                                                rope_theta=5e5)),
+    # original context 64: with head_dim 16 the pairs fall in all three bands of the scaling
+    "llama3-rope": ("LlamaForCausalLM", dict(_LLAMA, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})),
+    "llama-linear-rope": ("LlamaForCausalLM", dict(_LLAMA, rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    "llama-biases": ("LlamaForCausalLM", dict(_LLAMA, attention_bias=True, mlp_bias=True)),
+    "qwen2": ("Qwen2ForCausalLM", dict(_LLAMA, num_attention_heads=8, rope_theta=1e6)),
+    "qwen2-tied-mha": ("Qwen2ForCausalLM", dict(_LLAMA, num_key_value_heads=4, tie_word_embeddings=True)),
+    # n_positions smaller than the vocabulary: position and token ids must not be mixed up
+    "gpt2": ("GPT2LMHeadModel", dict(n_embd=64, n_layer=2, n_head=4, n_positions=48, **_COMMON)),
+    "gpt2-untied": ("GPT2LMHeadModel", dict(n_embd=48, n_layer=2, n_head=3, n_positions=40, n_inner=80,
+                                            tie_word_embeddings=False, layer_norm_epsilon=1e-6, **_COMMON)),
+}
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_CONV1D = re.compile(r".*\.(c_attn|c_proj|c_fc)\.weight")
+
+
+def make_transformers_dir(root, case: str, dtype: str = "F32", seed: int = 0, tokenizer: bool = True,
+                          **config) -> Path:
+    """A model of FAMILY_CASES[case] (config keywords overridden by `config`) built by
+    transformers with random weights of O(1) activations, saved with save_pretrained
+    (safetensors, `dtype`), plus tok512's tokenizer.model unless `tokenizer` is false."""
+    import torch
+    import transformers
+    cls_name, kwargs = FAMILY_CASES[case]
+    kwargs = {**kwargs, **config}
+    cls = getattr(transformers, cls_name)
+    config_cls = cls_name.replace("ForCausalLM", "Config").replace("LMHeadModel", "Config")
+    config = getattr(transformers, config_cls)(**kwargs)
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:         # norm weights around 1, biases around 0
+                is_norm = re.search(r"norm|ln_", name) and name.endswith("weight")
+                p.copy_(0.1 * torch.randn_like(p) + (1.0 if is_norm else 0.0))
+            elif re.search(r"embed_tokens|wte", name):
+                p.normal_(0.0, 1.0)
+            elif "wpe" in name:
+                p.normal_(0.0, 0.5)
+            else:
+                fan_in = p.shape[0] if _CONV1D.fullmatch(name) else p.shape[1]
+                p.normal_(0.0, fan_in ** -0.5)
+    model = model.to(getattr(torch, _TORCH_DTYPES[dtype]))
+    path = Path(root) / f"{case}-{dtype}"
+    model.save_pretrained(str(path))
+    if tokenizer:
+        shutil.copy(TOKENIZERS["tok512"], path / "tokenizer.model")
+    return path
+
+
+def transformers_logits(path, ids):
+    """The directory's model from transformers in float32: logits float64 [len(ids), vocab]."""
+    import torch
+    import transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].double().numpy()
+
+
+def transformers_greedy(path, ids, n):
+    """n greedy tokens after `ids` from transformers (float32, whole prefix recomputed)."""
+    import torch
+    import transformers
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids):]

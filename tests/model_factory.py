@@ -1,23 +1,30 @@
-"""Random llama checkpoints of any shape for tests, in memory or as GGUF files."""
+"""Random checkpoints of any family and shape for tests, in memory or as GGUF files."""
 import numpy as np
 from gguf import GGUFWriter, GGMLQuantizationType
 from gguf.quants import quantize
 
 from xllm.config import ModelConfig
-from xllm.convert import add_llama_metadata
+from xllm.convert import add_model_metadata
 from xllm.formats import Checkpoint, Tensor, F32, F16, Q8_0, Q4_0, layer_tensor_shapes
 
 
 def random_weights(cfg: ModelConfig, seed=0, scale=0.5):
-    """GGUF name -> float32 array; norms around 1, matrices ~ N(0, scale^2 / fan_in)."""
+    """GGUF name -> float32 array; norms around 1, biases ~ N(0, 0.1^2), matrices
+    ~ N(0, scale^2 / fan_in); rope_freqs.weight holds the config's llama3 factors."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in layer_tensor_shapes(cfg).items():
-        if len(shape) == 1:
+        if name == "rope_freqs.weight":
+            out[name] = np.asarray(cfg.rope_freq_factors, dtype=np.float32)
+        elif name.endswith(".bias"):
+            out[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        elif len(shape) == 1:
             out[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
             out[name] = (scale * rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
     out["token_embd.weight"] *= np.sqrt(cfg.dim)          # embeddings of unit-ish size
+    if "position_embd.weight" in out:
+        out["position_embd.weight"] *= np.sqrt(cfg.dim) / 2
     return out
 
 
@@ -47,9 +54,9 @@ def random_checkpoint(cfg: ModelConfig, ggml_type=F32, seed=0):
 
 
 def write_gguf(path, cfg: ModelConfig, tensors, vocab=None):
-    """A llama GGUF of these tensors (and a vocabulary) for file-level tests."""
-    w = GGUFWriter(str(path), "llama")
-    add_llama_metadata(w, cfg, "test")
+    """A GGUF of these tensors (cfg's architecture) (and a vocabulary) for file-level tests."""
+    w = GGUFWriter(str(path), cfg.arch)
+    add_model_metadata(w, cfg, "test")
     if vocab is not None:
         for key, value in vocab.gguf_fields().items():
             if isinstance(value, str):

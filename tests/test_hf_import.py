@@ -250,12 +250,13 @@ def _add(name, shape):
 # id -> (geometry, config changes, weight edit, file edit, message regex)
 REFUSALS = {
     "other_architecture": ({"architectures": ["MistralForCausalLM"]}, None, None, r"architectures = \['MistralForCausalLM'\]"),
-    "other_model_type": ({"architectures": ..., "model_type": "gpt2"}, None, None, r"model_type = 'gpt2'"),
-    "rope_linear": ({"rope_scaling": {"type": "linear", "factor": 2.0}}, None, None, r"rope type 'linear' is not supported"),
-    "rope_llama3": ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, None, None, r"rope type 'llama3'"),
+    "other_model_type": ({"architectures": ..., "model_type": "mistral"}, None, None, r"model_type = 'mistral'"),
+    "rope_dynamic": ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, None, None, r"rope type 'dynamic' is not supported"),
+    "partial_rotary": ({"partial_rotary_factor": 0.5}, None, None, r"partial_rotary_factor = 0.5"),
+    "rope_linear_no_factor": ({"rope_scaling": {"rope_type": "linear"}}, None, None, r"rope_scaling.factor = None"),
     "rope_parameters_yarn": ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, None, None, r"rope_parameters.*'yarn'"),
-    "attention_bias": ({"attention_bias": True}, None, None, r"attention_bias = True"),
-    "mlp_bias": ({"mlp_bias": True}, None, None, r"mlp_bias = True"),
+    "attention_bias_without_tensors": ({"attention_bias": True}, None, None, r"missing tensor 'model.layers.0.self_attn.q_proj.bias'"),
+    "mlp_bias_without_tensors": ({"mlp_bias": True}, None, None, r"missing tensor 'model.layers.0.mlp.gate_proj.bias'"),
     "hidden_act": ({"hidden_act": "gelu"}, None, None, r"hidden_act = 'gelu'"),
     "bad_field": ({"hidden_size": "64"}, None, None, r"hidden_size = '64', expected a positive integer"),
     "missing_field": ({"num_hidden_layers": ...}, None, None, r"missing 'num_hidden_layers'"),

@@ -59,6 +59,9 @@ cdef extern from "simd.h" nogil:
     float xllm_dot_f32(const float *a, const float *b, int n)
     void xllm_axpy_f32(float a, const float *x, float *y, int n)
     void xllm_swiglu(float *gate, const float *up, int n)
+    void xllm_layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps)
+    void xllm_gelu_tanh(float *x, int n)
+    void xllm_add_f32(float *x, const float *b, int n)
     void xllm_attend_block(const float *q, const float *kb, const float *vb, size_t stride, int n_pos,
                            int hd, float scale, float *m, float *l, float *out, float *scores)
     void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
@@ -83,15 +86,25 @@ ctypedef struct Matrix:
 
 
 ctypedef struct Layer:
-    const float *attn_norm  # (dim,) RMSNorm weight before attention
-    Matrix wq               # (n_heads*head_dim, dim)
+    # every bias pointer is NULL when the architecture has none (ModelConfig's switches)
+    const float *attn_norm  # (dim,) RMSNorm / LayerNorm weight before attention
+    const float *attn_norm_b  # (dim,) LayerNorm bias
+    Matrix wq               # (n_heads*head_dim, dim); a fused attn_qkv is split into q/k/v row views
     Matrix wk               # (n_kv_heads*head_dim, dim)
     Matrix wv               # (n_kv_heads*head_dim, dim)
+    const float *bq         # (q_dim,) q/k/v biases (qwen2, gpt2)
+    const float *bk         # (kv_dim,)
+    const float *bv         # (kv_dim,)
     Matrix wo               # (dim, n_heads*head_dim)
-    const float *ffn_norm   # (dim,) RMSNorm weight before the FFN
-    Matrix w_gate           # (hidden_dim, dim)  "w1"
+    const float *bo         # (dim,)
+    const float *ffn_norm   # (dim,) norm weight before the FFN
+    const float *ffn_norm_b # (dim,)
+    Matrix w_gate           # (hidden_dim, dim)  "w1"; rows = 0 for a GELU FFN (no gate)
     Matrix w_up             # (hidden_dim, dim)  "w3"
     Matrix w_down           # (dim, hidden_dim)  "w2"
+    const float *b_gate     # (hidden_dim,)
+    const float *b_up       # (hidden_dim,)
+    const float *b_down     # (dim,)
 
 
 ctypedef struct Dims:
@@ -106,6 +119,10 @@ ctypedef struct Dims:
     int vocab_size
     int max_seq_len
     float norm_eps
+    bint layer_norm         # LayerNorm with bias (gpt2) instead of RMSNorm
+    bint gelu               # FFN gelu_tanh(up) (gpt2) instead of silu(gate) * up
+    bint rope               # rotary positions (else learned position embeddings are added)
+    bint rope_neox          # rotate (i, i + head_dim/2) (qwen2) instead of (2i, 2i+1)
 
 
 ctypedef struct KVPool:
@@ -152,11 +169,16 @@ ctypedef struct Workspace:
 cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil
 cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int n_tokens, Workspace *ws) noexcept nogil
 cdef void c_rmsnorm(float *out, const float *x, const float *weight, int n_tokens, int dim, float eps) noexcept nogil
-cdef void c_rope(float *vec, const int32_t *pos, int n_tokens, int n_heads, int head_dim, const float *table) noexcept nogil
+cdef void c_rope(float *vec, const int32_t *pos, int n_tokens, int n_heads, int head_dim, const float *table,
+                 bint neox) noexcept nogil
+cdef void c_layernorm(float *out, const float *x, const float *weight, const float *bias, int n_tokens, int dim,
+                      float eps) noexcept nogil
+cdef void c_gelu_tanh(float *x, int n) noexcept nogil
+cdef void c_add_bias(float *x, const float *bias, int n_tokens, int width) noexcept nogil
 cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil
 cdef void c_add_inplace(float *x, const float *y, int n) noexcept nogil
 cdef void c_softmax(float *x, int n) noexcept nogil
 cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b, Workspace *ws) noexcept nogil
-cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed, const float *final_norm,
-                       const Matrix *classifier, const KVPool *kv, const Batch *b, Workspace *ws,
-                       float *logits) noexcept nogil
+cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed, const Matrix *pos_embed,
+                       const float *final_norm, const float *final_norm_b, const Matrix *classifier,
+                       const KVPool *kv, const Batch *b, Workspace *ws, float *logits) noexcept nogil

@@ -312,13 +312,17 @@ cdef void rmsnorm_tokens(float *out, const float *x, const float *weight, int T,
 
 
 cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_dim,
-                 const float *table) noexcept nogil:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of every head by pos * theta^(-2i/head_dim)."""
+                 const float *table, bint neox) noexcept nogil:
+    """Rotate the pairs of every head by pos * freq_i (the table's cos/sin, freq_i scaled as
+    the config says): adjacent pairs (x[2i], x[2i+1]), or with `neox` the halves
+    (x[i], x[i + head_dim/2]) as qwen2 (llama.cpp's NEOX) and HF rotate_half do."""
     cdef int t, h, i
     cdef float x0, x1, c, s
     cdef float *v
     cdef const float *cs
     cdef int half = head_dim // 2
+    cdef int step = 1 if neox else 2          # distance of pair i's first element to pair i+1's
+    cdef int other = half if neox else 1      # distance of a pair's second element to its first
     for t in range(T):
         cs = table + <size_t>pos[t] * half * 2
         for h in range(n_heads):
@@ -326,10 +330,62 @@ cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_di
             for i in range(half):
                 c = cs[2 * i]
                 s = cs[2 * i + 1]
-                x0 = v[2 * i]
-                x1 = v[2 * i + 1]
-                v[2 * i] = x0 * c - x1 * s
-                v[2 * i + 1] = x0 * s + x1 * c
+                x0 = v[step * i]
+                x1 = v[step * i + other]
+                v[step * i] = x0 * c - x1 * s
+                v[step * i + other] = x0 * s + x1 * c
+
+
+cdef void c_layernorm(float *out, const float *x, const float *weight, const float *bias, int T, int dim,
+                      float eps) noexcept nogil:
+    """out[t] = (x[t] - mean) / sqrt(var + eps) * weight + bias (simd_ops.h: xllm_layernorm)."""
+    cdef int t
+    for t in range(T):
+        xllm_layernorm(out + <size_t>t * dim, x + <size_t>t * dim, weight, bias, dim, eps)
+
+
+cdef void norm_tokens(const Dims *d, float *out, const float *x, const float *weight, const float *bias,
+                      int T, int n_threads) noexcept nogil:
+    """The family's norm (RMSNorm, or LayerNorm with bias) of T rows, rows split across threads."""
+    cdef int t
+    if not d.layer_norm:
+        rmsnorm_tokens(out, x, weight, T, d.dim, d.norm_eps, n_threads)
+        return
+    if T == 1:
+        xllm_layernorm(out, x, weight, bias, d.dim, d.norm_eps)
+        return
+    for t in prange(T, schedule='static', num_threads=n_threads):
+        xllm_layernorm(out + <size_t>t * d.dim, x + <size_t>t * d.dim, weight, bias, d.dim, d.norm_eps)
+
+
+cdef void c_gelu_tanh(float *x, int n) noexcept nogil:
+    """x = gelu(x), GPT-2's tanh form (simd_ops.h: xllm_gelu_tanh)."""
+    xllm_gelu_tanh(x, n)
+
+
+cdef void gelu_tokens(float *x, int T, int width, int n_threads) noexcept nogil:
+    """c_gelu_tanh over T rows of `width`, rows split across threads."""
+    cdef int t
+    for t in prange(T, schedule='static', num_threads=n_threads):
+        xllm_gelu_tanh(x + <size_t>t * width, width)
+
+
+cdef void c_add_bias(float *x, const float *bias, int T, int width) noexcept nogil:
+    """x[t, :] += bias for each of T rows (a no-op for a NULL bias)."""
+    cdef int t
+    if bias == NULL:
+        return
+    for t in range(T):
+        xllm_add_f32(x + <size_t>t * width, bias, width)
+
+
+cdef void add_positions(const Matrix *pos_embed, const int32_t *pos, int T, int dim, float *x,
+                        float *row) noexcept nogil:
+    """x[t] += position_embd[pos[t]] (learned absolute positions; `row` is dim floats of scratch)."""
+    cdef int t
+    for t in range(T):
+        xllm_dequantize_row(pos_embed.type, pos_embed.data + <size_t>pos[t] * pos_embed.row_bytes, row, dim)
+        xllm_add_f32(x + <size_t>t * dim, row, dim)
 
 
 cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil:
@@ -430,9 +486,16 @@ cdef void write_kv(const Dims *d, const KVPool *kv, int layer, const Batch *b,
 # ---------------------------------------------------------------------------- decoder step
 
 cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed,
-                         const float *final_norm, const Matrix *classifier, const KVPool *kv,
-                         const Batch *b, Workspace *ws, float *logits) noexcept nogil:
-    """One forward pass of all batch tokens through every layer; logits for b.out_rows."""
+                         const Matrix *pos_embed, const float *final_norm, const float *final_norm_b,
+                         const Matrix *classifier, const KVPool *kv, const Batch *b, Workspace *ws,
+                         float *logits) noexcept nogil:
+    """One forward pass of all batch tokens through every layer; logits for b.out_rows.
+
+    One body for every family; the Dims switches choose the norm (RMSNorm / LayerNorm),
+    the positions (RoPE adjacent / halves, or learned embeddings added to the input) and
+    the FFN (SwiGLU / GELU); a NULL bias pointer skips that bias.  The time of the bias adds
+    is charged to their projection, GELU's to the "swiglu" operator.
+    """
     cdef int T = b.n_tokens
     cdef int l, t
     cdef const Layer *L
@@ -442,16 +505,18 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     cdef float *gate_up_out[2]
     cdef double clock = now()
 
-    # token embedding
+    # token embedding (+ learned position embedding)
     for t in range(T):
         xllm_dequantize_row(embed.type, embed.data + <size_t>b.tokens[t] * embed.row_bytes,
                             ws.x + <size_t>t * d.dim, d.dim)
+    if not d.rope:
+        add_positions(pos_embed, b.pos, T, d.dim, ws.x, ws.xout)
     tick(ws, OP_EMBED, &clock)
 
     for l in range(d.n_layers):
         L = &layers[l]
-        # attention: x += Wo . attn(rope(Wq xn), rope(Wk xn), Wv xn),  xn = rmsnorm(x)
-        rmsnorm_tokens(ws.xb, ws.x, L.attn_norm, T, d.dim, d.norm_eps, ws.n_threads)
+        # attention: x += Wo . attn(rope(Wq xn + bq), rope(Wk xn + bk), Wv xn + bv) + bo,  xn = norm(x)
+        norm_tokens(d, ws.xb, ws.x, L.attn_norm, L.attn_norm_b, T, ws.n_threads)
         tick(ws, OP_NORM, &clock)
         qkv[0] = &L.wq
         qkv[1] = &L.wk
@@ -460,31 +525,45 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         qkv_out[1] = ws.k
         qkv_out[2] = ws.v
         c_matmul_multi(qkv, qkv_out, 3, ws.xb, T, ws)
+        c_add_bias(ws.q, L.bq, T, d.q_dim)
+        c_add_bias(ws.k, L.bk, T, d.kv_dim)
+        c_add_bias(ws.v, L.bv, T, d.kv_dim)
         tick(ws, OP_QKV, &clock)
-        c_rope(ws.q, b.pos, T, d.n_heads, d.head_dim, ws.rope)
-        c_rope(ws.k, b.pos, T, d.n_kv_heads, d.head_dim, ws.rope)
-        tick(ws, OP_ROPE, &clock)
+        if d.rope:
+            c_rope(ws.q, b.pos, T, d.n_heads, d.head_dim, ws.rope, d.rope_neox)
+            c_rope(ws.k, b.pos, T, d.n_kv_heads, d.head_dim, ws.rope, d.rope_neox)
+            tick(ws, OP_ROPE, &clock)
         write_kv(d, kv, l, b, ws.k, ws.v)
         tick(ws, OP_KV_WRITE, &clock)
         c_attention(d, kv, l, b, ws)
         tick(ws, OP_ATTENTION, &clock)
         c_matmul(&L.wo, ws.xb, T, ws.xout, ws)
+        c_add_bias(ws.xout, L.bo, T, d.dim)
         tick(ws, OP_ATTN_OUT, &clock)
         c_add_inplace(ws.x, ws.xout, T * d.dim)
         tick(ws, OP_RESIDUAL, &clock)
 
-        # feed-forward: x += W2 . (silu(W1 xn) * W3 xn),  xn = rmsnorm(x)
-        rmsnorm_tokens(ws.xb, ws.x, L.ffn_norm, T, d.dim, d.norm_eps, ws.n_threads)
+        # feed-forward: x += W2 . (silu(W1 xn) * W3 xn)  or  W2 . gelu(W3 xn + b3) + b2,  xn = norm(x)
+        norm_tokens(d, ws.xb, ws.x, L.ffn_norm, L.ffn_norm_b, T, ws.n_threads)
         tick(ws, OP_NORM, &clock)
-        gate_up[0] = &L.w_gate
-        gate_up[1] = &L.w_up
-        gate_up_out[0] = ws.hb
-        gate_up_out[1] = ws.hb2
-        c_matmul_multi(gate_up, gate_up_out, 2, ws.xb, T, ws)
-        tick(ws, OP_FFN_GATE_UP, &clock)
-        swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, ws.n_threads)
+        if d.gelu:
+            c_matmul(&L.w_up, ws.xb, T, ws.hb, ws)
+            c_add_bias(ws.hb, L.b_up, T, d.hidden_dim)
+            tick(ws, OP_FFN_GATE_UP, &clock)
+            gelu_tokens(ws.hb, T, d.hidden_dim, ws.n_threads)
+        else:
+            gate_up[0] = &L.w_gate
+            gate_up[1] = &L.w_up
+            gate_up_out[0] = ws.hb
+            gate_up_out[1] = ws.hb2
+            c_matmul_multi(gate_up, gate_up_out, 2, ws.xb, T, ws)
+            c_add_bias(ws.hb, L.b_gate, T, d.hidden_dim)
+            c_add_bias(ws.hb2, L.b_up, T, d.hidden_dim)
+            tick(ws, OP_FFN_GATE_UP, &clock)
+            swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, ws.n_threads)
         tick(ws, OP_SWIGLU, &clock)
         c_matmul(&L.w_down, ws.hb, T, ws.xout, ws)
+        c_add_bias(ws.xout, L.b_down, T, d.dim)
         tick(ws, OP_FFN_DOWN, &clock)
         c_add_inplace(ws.x, ws.xout, T * d.dim)
         tick(ws, OP_RESIDUAL, &clock)
@@ -492,8 +571,12 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     # final norm and classifier, only for the rows that need logits
     if b.n_out > 0:
         for t in range(b.n_out):
-            c_rmsnorm(ws.xb + <size_t>t * d.dim, ws.x + <size_t>b.out_rows[t] * d.dim,
-                      final_norm, 1, d.dim, d.norm_eps)
+            if d.layer_norm:
+                xllm_layernorm(ws.xb + <size_t>t * d.dim, ws.x + <size_t>b.out_rows[t] * d.dim,
+                               final_norm, final_norm_b, d.dim, d.norm_eps)
+            else:
+                c_rmsnorm(ws.xb + <size_t>t * d.dim, ws.x + <size_t>b.out_rows[t] * d.dim,
+                          final_norm, 1, d.dim, d.norm_eps)
         c_matmul(classifier, ws.xb, b.n_out, logits, ws)
         tick(ws, OP_CLASSIFIER, &clock)
 
@@ -583,16 +666,20 @@ cdef Matrix make_matrix(object tensor, str name, list keep, bint operand=True, i
 
 
 cdef class Decoder:
-    """A llama model's weights bound to a workspace: `step` runs one batched forward pass.
+    """A model's weights bound to a workspace: `step` runs one batched forward pass.
 
-    `weights` maps GGUF tensor names to formats.Tensor; norms must be float32 arrays.
+    `config` is a ModelConfig (its architecture switches become Dims'); `weights` maps GGUF
+    matrix names to formats.Tensor (attn_q/k/v, also for a fused QKV: Model splits it);
+    `norms` maps the names of norm weights and biases to float32 arrays.
     The KV pool arrays are owned by the caller (kv_cache.KVCache) and must outlive this.
     """
     cdef Dims dims
     cdef Layer *layers
     cdef Matrix embed
+    cdef Matrix pos_embed          # learned position embeddings (rows = 0 with RoPE)
     cdef Matrix classifier
     cdef const float *final_norm
+    cdef const float *final_norm_b
     cdef KVPool kv
     cdef _Buffers buffers
     cdef object _keep
@@ -603,6 +690,7 @@ cdef class Decoder:
 
     def __cinit__(self):
         self.layers = NULL
+        memset(&self.pos_embed, 0, sizeof(Matrix))
 
     def __dealloc__(self):
         free(self.layers)
@@ -610,6 +698,7 @@ cdef class Decoder:
     def __init__(self, config, dict weights, dict norms, k_pool, v_pool, int block_size,
                  int max_tokens, int threads, rope_table):
         cdef int l
+        cdef Layer *L
         cdef Workspace *ws
         if max_tokens < 1:
             raise ValueError(f"max_tokens = {max_tokens}, expected >= 1")
@@ -628,31 +717,57 @@ cdef class Decoder:
         self.dims.norm_eps = config.norm_eps
         keep = [weights, norms, k_pool, v_pool, rope_table]
 
-        def norm_ptr(name):
-            arr = norms[name]
-            if arr.dtype != np.float32 or arr.shape != (config.dim,) or not arr.flags.c_contiguous:
-                raise ValueError(f"norm {name!r}: expected contiguous float32 ({config.dim},)")
+        def vec_ptr(name, int n, bint present=True):
+            """Pointer to a float32 (n,) vector of `norms` (norm weights and biases); 0 (NULL)
+            when the architecture has no such tensor."""
+            if not present:
+                return 0
+            arr = norms.get(name)
+            if arr is None or arr.dtype != np.float32 or arr.shape != (n,) or not arr.flags.c_contiguous:
+                raise ValueError(f"vector {name!r}: expected contiguous float32 ({n},)")
             return <uintptr_t>arr.__array_interface__["data"][0]
 
-        # quantized matmul operands are repacked once, here (make_matrix)
+        cdef bint layer_norm = config.norm == "layer"
+        cdef bint gelu = config.activation == "gelu_tanh"
+        self.dims.layer_norm = layer_norm
+        self.dims.gelu = gelu
+        self.dims.rope = config.position == "rope"
+        self.dims.rope_neox = config.rope_style == "neox"
+        # quantized matmul operands are repacked once, here (make_matrix); a fused attn_qkv
+        # arrives as three row views (Model) and is packed as three matrices
         self.layers = <Layer *>calloc(config.n_layers, sizeof(Layer))
         if self.layers == NULL:
             raise MemoryError()
+        d, q, kv, h = config.dim, config.q_dim, config.kv_dim, config.hidden_dim
         for l in range(config.n_layers):
             p = f"blk.{l}."
-            self.layers[l].attn_norm = <const float *><uintptr_t>norm_ptr(p + "attn_norm.weight")
-            self.layers[l].ffn_norm = <const float *><uintptr_t>norm_ptr(p + "ffn_norm.weight")
-            self.layers[l].wq = make_matrix(weights[p + "attn_q.weight"], p + "attn_q.weight", keep, True, threads)
-            self.layers[l].wk = make_matrix(weights[p + "attn_k.weight"], p + "attn_k.weight", keep, True, threads)
-            self.layers[l].wv = make_matrix(weights[p + "attn_v.weight"], p + "attn_v.weight", keep, True, threads)
-            self.layers[l].wo = make_matrix(weights[p + "attn_output.weight"], p + "attn_output.weight", keep, True, threads)
-            self.layers[l].w_gate = make_matrix(weights[p + "ffn_gate.weight"], p + "ffn_gate.weight", keep, True, threads)
-            self.layers[l].w_up = make_matrix(weights[p + "ffn_up.weight"], p + "ffn_up.weight", keep, True, threads)
-            self.layers[l].w_down = make_matrix(weights[p + "ffn_down.weight"], p + "ffn_down.weight", keep, True, threads)
+            L = &self.layers[l]
+            L.attn_norm = <const float *><uintptr_t>vec_ptr(p + "attn_norm.weight", d)
+            L.attn_norm_b = <const float *><uintptr_t>vec_ptr(p + "attn_norm.bias", d, layer_norm)
+            L.ffn_norm = <const float *><uintptr_t>vec_ptr(p + "ffn_norm.weight", d)
+            L.ffn_norm_b = <const float *><uintptr_t>vec_ptr(p + "ffn_norm.bias", d, layer_norm)
+            L.wq = make_matrix(weights[p + "attn_q.weight"], p + "attn_q.weight", keep, True, threads)
+            L.wk = make_matrix(weights[p + "attn_k.weight"], p + "attn_k.weight", keep, True, threads)
+            L.wv = make_matrix(weights[p + "attn_v.weight"], p + "attn_v.weight", keep, True, threads)
+            L.bq = <const float *><uintptr_t>vec_ptr(p + "attn_q.bias", q, config.qkv_bias)
+            L.bk = <const float *><uintptr_t>vec_ptr(p + "attn_k.bias", kv, config.qkv_bias)
+            L.bv = <const float *><uintptr_t>vec_ptr(p + "attn_v.bias", kv, config.qkv_bias)
+            L.wo = make_matrix(weights[p + "attn_output.weight"], p + "attn_output.weight", keep, True, threads)
+            L.bo = <const float *><uintptr_t>vec_ptr(p + "attn_output.bias", d, config.out_bias)
+            if not gelu:
+                L.w_gate = make_matrix(weights[p + "ffn_gate.weight"], p + "ffn_gate.weight", keep, True, threads)
+                L.b_gate = <const float *><uintptr_t>vec_ptr(p + "ffn_gate.bias", h, config.ffn_bias)
+            L.w_up = make_matrix(weights[p + "ffn_up.weight"], p + "ffn_up.weight", keep, True, threads)
+            L.b_up = <const float *><uintptr_t>vec_ptr(p + "ffn_up.bias", h, config.ffn_bias)
+            L.w_down = make_matrix(weights[p + "ffn_down.weight"], p + "ffn_down.weight", keep, True, threads)
+            L.b_down = <const float *><uintptr_t>vec_ptr(p + "ffn_down.bias", d, config.ffn_bias)
         self.embed = make_matrix(weights["token_embd.weight"], "token_embd.weight", keep, False)
+        if not self.dims.rope:
+            self.pos_embed = make_matrix(weights["position_embd.weight"], "position_embd.weight", keep, False)
         cls_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
         self.classifier = make_matrix(weights[cls_name], cls_name, keep, True, threads)
-        self.final_norm = <const float *><uintptr_t>norm_ptr("output_norm.weight")
+        self.final_norm = <const float *><uintptr_t>vec_ptr("output_norm.weight", d)
+        self.final_norm_b = <const float *><uintptr_t>vec_ptr("output_norm.bias", d, layer_norm)
 
         # KV pool (n_layers, n_blocks, block_size, kv_dim) float32, owned by the caller
         for pool in (k_pool, v_pool):
@@ -767,8 +882,9 @@ cdef class Decoder:
         b.n_out = out_rows.shape[0]
         b.out_rows = &out_rows[0] if b.n_out else NULL
         with nogil:
-            c_decoder_step(&self.dims, self.layers, &self.embed, self.final_norm, &self.classifier,
-                           &self.kv, &b, &self.buffers.ws, &logits[0, 0] if b.n_out else NULL)
+            c_decoder_step(&self.dims, self.layers, &self.embed, &self.pos_embed, self.final_norm,
+                           self.final_norm_b, &self.classifier, &self.kv, &b, &self.buffers.ws,
+                           &logits[0, 0] if b.n_out else NULL)
 
 
 # ---------------------------------------------------------------------------- wrappers for tests and tools
@@ -946,31 +1062,80 @@ def rmsnorm(x, weight, float eps):
     return out
 
 
-def rope_table(int max_seq_len, int head_dim, double theta):
-    """cos/sin of pos * theta^(-2i/head_dim), computed in float64: (max_seq_len, head_dim/2, 2)."""
+def rope_table(int max_seq_len, int head_dim, double theta, inv_freq=None):
+    """cos/sin of pos * freq_i in float64, stored float32: (max_seq_len, head_dim/2, 2).
+
+    freq_i = theta^(-2i/head_dim), or `inv_freq` (head_dim/2 values: config.rope_inv_freq,
+    with linear / llama3 scaling applied) when given."""
     if head_dim % 2 or head_dim < 2:
         raise ValueError(f"head_dim = {head_dim}, expected an even number")
-    i = np.arange(head_dim // 2, dtype=np.float64)
-    freqs = theta ** (-2.0 * i / head_dim)
+    if inv_freq is None:
+        i = np.arange(head_dim // 2, dtype=np.float64)
+        freqs = theta ** (-2.0 * i / head_dim)
+    else:
+        freqs = np.asarray(inv_freq, dtype=np.float64)
+        if freqs.shape != (head_dim // 2,) or not np.all(np.isfinite(freqs)):
+            raise ValueError(f"inv_freq: expected {head_dim // 2} finite values, found shape {freqs.shape}")
     angles = np.arange(max_seq_len, dtype=np.float64)[:, None] * freqs[None, :]
     return np.ascontiguousarray(np.stack([np.cos(angles), np.sin(angles)], axis=-1), dtype=np.float32)
 
 
-def rope(x, positions, int n_heads, int head_dim, double theta):
-    """Rotate adjacent pairs of every head of x (T, n_heads*head_dim) in place and return it."""
+def rope(x, positions, int n_heads, int head_dim, double theta, bint neox=False, inv_freq=None):
+    """Rotate every head of x (T, n_heads*head_dim) in place and return it: adjacent pairs,
+    or the two halves with `neox`; frequencies as in rope_table."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     positions = np.ascontiguousarray(positions, dtype=np.int32)
     if x.ndim != 2 or x.shape[1] != n_heads * head_dim or positions.shape != (x.shape[0],):
         raise ValueError("x (T, n_heads*head_dim) and positions (T,) expected")
     if positions.size and positions.min() < 0:
         raise ValueError("negative position")
-    table = rope_table(int(positions.max()) + 1 if positions.size else 1, head_dim, theta)
+    table = rope_table(int(positions.max()) + 1 if positions.size else 1, head_dim, theta, inv_freq)
     cdef float[:, ::1] xv = x
     cdef const int32_t[::1] pv = positions
     cdef const float[:, :, ::1] tv = table
     if x.size:
-        c_rope(&xv[0, 0], &pv[0], x.shape[0], n_heads, head_dim, &tv[0, 0, 0])
+        c_rope(&xv[0, 0], &pv[0], x.shape[0], n_heads, head_dim, &tv[0, 0, 0], neox)
     return x
+
+
+def layernorm(x, weight, bias, float eps):
+    """Float32 (T, dim) rows normalized to mean 0 and variance 1, scaled by weight, plus bias."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if x.ndim != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
+        raise ValueError(f"x (T, dim), weight (dim,) and bias (dim,) expected, found {x.shape}, "
+                         f"{weight.shape} and {bias.shape}")
+    out = np.empty_like(x)
+    cdef const float[:, ::1] xv = x
+    cdef const float[::1] wv = weight
+    cdef const float[::1] bv = bias
+    cdef float[:, ::1] ov = out
+    if x.size:
+        c_layernorm(&ov[0, 0], &xv[0, 0], &wv[0], &bv[0], x.shape[0], x.shape[1], eps)
+    return out
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU (tanh form), elementwise (new array)."""
+    a = np.array(x, dtype=np.float32)
+    cdef float[::1] av = a.reshape(-1)
+    if a.size:
+        c_gelu_tanh(&av[0], a.size)
+    return a
+
+
+def add_bias(x, bias):
+    """x (T, width) + bias (width,) for every row, through the decoder's bias kernel (new array)."""
+    a = np.array(x, dtype=np.float32)
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if a.ndim != 2 or bias.shape != (a.shape[1],):
+        raise ValueError(f"x (T, width) and bias (width,) expected, found {a.shape} and {bias.shape}")
+    cdef float[:, ::1] av = a
+    cdef const float[::1] bv = bias
+    if a.size:
+        c_add_bias(&av[0, 0], &bv[0], a.shape[0], a.shape[1])
+    return a
 
 
 def softmax(x):

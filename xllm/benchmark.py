@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
-from .convert import add_llama_metadata, atomic_gguf_writer
+from .convert import add_model_metadata, atomic_gguf_writer
 from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes, row_bytes
 from .formats.types import BF16, Q2_K, Q3_K, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_layout, \
     is_block_quantized, type_name
@@ -446,7 +446,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     try:
         with atomic_gguf_writer(path) as writer:
             name = shape if isinstance(shape, str) else "custom"
-            add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
+            add_model_metadata(writer, cfg, f"random-{name}-{dtype}")
             writer.add_file_type(_FILE_TYPES[gtype])
             if is_block_quantized(gtype):
                 writer.add_quantization_version(2)

@@ -1,7 +1,7 @@
-"""Write a checkpoint as a llama GGUF file, and the `xllm-convert` tool.
+"""Write a checkpoint as a GGUF file, and the `xllm-convert` tool.
 
-`write_gguf` writes what llama.cpp's own converter writes for a llama model: general.* and
-llama.* hyperparameters, the tokenizer.ggml.* vocabulary, and the tensors under their GGUF
+`write_gguf` writes what llama.cpp's own converter writes for a llama, qwen2 or gpt2 model:
+general.* and {arch}.* hyperparameters, the tokenizer.ggml.* vocabulary, and the tensors under their GGUF
 names.  Tensors are converted and written one at a time (header, key/values and tensor
 infos first, then each tensor's data), so a model larger than memory converts in bounded
 memory: at most one output tensor plus a few MB of temporaries at a time.  The file appears
@@ -26,6 +26,7 @@ import numpy as np
 from quant.reference import BLOCKS, dequantize, quantize
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry
+from .config import ARCHITECTURES
 from .formats import (F16, F32, Q4_0, Q8_0, TYPE_NAMES, Checkpoint, Tensor, layer_tensor_shapes,
                       open_checkpoint, row_bytes)
 
@@ -164,14 +165,14 @@ def gguf_value(key: str, value):
     return GGUFValue(value, vtype)
 
 
-_MANAGED_PREFIXES = ("GGUF.", "llama.", "split.")
+_MANAGED_PREFIXES = ("GGUF.", "split.") + tuple(arch + "." for arch in ARCHITECTURES)
 _MANAGED_KEYS = {"general.architecture", "general.file_type", "general.quantization_version",
                  "general.alignment"}
 
 
 def gguf_metadata(path: str, reader=None, tokenizer: bool = True, skip=()) -> dict:
     """Key/values of a GGUF file worth carrying into a rewritten copy: everything except the
-    llama.* hyperparameters, file type and layout keys that `write_gguf` writes itself, the
+    {arch}.* hyperparameters, file type and layout keys that `write_gguf` writes itself, the
     keys in `skip`, and the tokenizer.* keys unless `tokenizer` (the vocabulary comes from
     the same file)."""
     from gguf import GGUFReader
@@ -210,32 +211,42 @@ def _f32(v):
     return GGUFValue(float(v), _gguf_value_type().FLOAT32)
 
 
-def llama_metadata(c, name: str) -> dict:
-    """general.name and the llama.* hyperparameter keys llama.cpp reads, for ModelConfig c."""
+def model_metadata(c, name: str) -> dict:
+    """general.name and the `{arch}.*` hyperparameter keys llama.cpp reads for ModelConfig c
+    (the keys its convert_hf_to_gguf.py writes for llama, qwen2 and gpt2)."""
     from gguf.gguf_writer import GGUFValue
     u32, f32 = _u32, _f32
+    a = c.arch + "."
     kv = {
         "general.name": GGUFValue(name, _gguf_value_type().STRING),
-        "llama.vocab_size": u32(c.vocab_size),
-        "llama.context_length": u32(c.max_seq_len),
-        "llama.embedding_length": u32(c.dim),
-        "llama.block_count": u32(c.n_layers),
-        "llama.feed_forward_length": u32(c.hidden_dim),
-        "llama.rope.dimension_count": u32(c.head_dim),
-        "llama.attention.head_count": u32(c.n_heads),
-        "llama.attention.head_count_kv": u32(c.n_kv_heads),
-        "llama.attention.layer_norm_rms_epsilon": f32(c.norm_eps),
-        "llama.rope.freq_base": f32(c.rope_theta),
+        a + "context_length": u32(c.max_seq_len),
+        a + "embedding_length": u32(c.dim),
+        a + "block_count": u32(c.n_layers),
+        a + "feed_forward_length": u32(c.hidden_dim),
+        a + "attention.head_count": u32(c.n_heads),
     }
+    if c.arch == "llama":
+        kv[a + "vocab_size"] = u32(c.vocab_size)
+    if c.norm == "layer":
+        kv[a + "attention.layer_norm_epsilon"] = f32(c.norm_eps)
+    else:
+        kv[a + "attention.layer_norm_rms_epsilon"] = f32(c.norm_eps)
+    if c.position == "rope":
+        kv[a + "attention.head_count_kv"] = u32(c.n_kv_heads)
+        kv[a + "rope.dimension_count"] = u32(c.head_dim)
+        kv[a + "rope.freq_base"] = f32(c.rope_theta)
+        if c.rope_scaling == "linear":      # llama3's factors are the rope_freqs.weight tensor
+            kv[a + "rope.scaling.type"] = GGUFValue("linear", _gguf_value_type().STRING)
+            kv[a + "rope.scaling.factor"] = f32(c.rope_factor)
     if c.head_dim != c.dim // c.n_heads:
-        kv["llama.attention.key_length"] = u32(c.head_dim)
-        kv["llama.attention.value_length"] = u32(c.head_dim)
+        kv[a + "attention.key_length"] = u32(c.head_dim)
+        kv[a + "attention.value_length"] = u32(c.head_dim)
     return kv
 
 
-def add_llama_metadata(writer, c, name: str) -> None:
-    """Write llama_metadata(c, name) into a gguf.GGUFWriter (every llama GGUF xllm makes)."""
-    for key, value in llama_metadata(c, name).items():
+def add_model_metadata(writer, c, name: str) -> None:
+    """Write model_metadata(c, name) into a gguf.GGUFWriter (every GGUF xllm makes)."""
+    for key, value in model_metadata(c, name).items():
         writer.add_key_value(key, value.value, value.type, value.sub_type)
 
 
@@ -251,19 +262,13 @@ class WriteReport:
 
 
 def _tensor_order(ckpt: Checkpoint) -> list:
-    """GGUF names in llama.cpp's order: embedding, blocks, final norm, classifier; then extras."""
-    expected = layer_tensor_shapes(ckpt.config)
-    rank = {n: i for i, n in enumerate(expected)}
-    head = [n for n in ("token_embd.weight",) if n in expected]
-    blocks = sorted((n for n in expected if n.startswith("blk.")),
-                    key=lambda n: (int(n.split(".")[1]), rank[n]))
-    tail = [n for n in ("output_norm.weight", "output.weight") if n in expected]
-    names = head + blocks + tail
-    extras = [n for n in ckpt.tensors if n not in expected]
-    for n in names:
+    """GGUF names in layer_tensor_shapes' order (embeddings, blocks, final norm, classifier),
+    then any extras."""
+    expected = list(layer_tensor_shapes(ckpt.config))
+    for n in expected:
         if n not in ckpt.tensors:
             raise ValueError(f"{ckpt.path}: missing tensor {n!r}")
-    return names + extras
+    return expected + [n for n in ckpt.tensors if n not in expected]
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -287,15 +292,16 @@ def _create_temp(out_path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_gguf_writer(out_path: str):
-    """A GGUFWriter on a temporary file next to `out_path`.  On a normal exit the file is
-    fsync'ed and renamed over `out_path` (and the directory fsync'ed, so the rename lasts);
+def atomic_gguf_writer(out_path: str, arch: str = "llama"):
+    """A GGUFWriter (general.architecture = arch) on a temporary file next to `out_path`.
+    On a normal exit the file is fsync'ed and renamed over `out_path` (and the directory
+    fsync'ed, so the rename lasts);
     on any exception or Ctrl-C the temporary file is removed and `out_path` is untouched."""
     from gguf import GGUFWriter
     tmp = _create_temp(out_path)
     writer = None
     try:
-        writer = GGUFWriter(tmp, "llama")
+        writer = GGUFWriter(tmp, arch)
         yield writer
         fout = writer.fout[0]
         fout.flush()
@@ -339,7 +345,7 @@ def _progress_bar(enabled: Optional[bool], total: int, desc: str):
 def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = None, vocab=None,
                progress: Optional[bool] = None, metadata: Optional[dict] = None,
                on_tensor: Optional[Callable] = None) -> WriteReport:
-    """Write `ckpt` to `out_path` as a llama GGUF file, atomically.
+    """Write `ckpt` to `out_path` as a GGUF file of its architecture, atomically.
 
     tensor_type(tensor) -> ggml type chooses each 2-D tensor's stored type (default: keep
     it); 1-D tensors are always F32.  vocab (a tokenizer.Vocab, default ckpt.vocab) is
@@ -396,7 +402,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     if not name:
         base = os.path.basename(os.path.normpath(ckpt.path))
         name = os.path.splitext(base)[0] or "llama"
-    kv.update(llama_metadata(ckpt.config, name))
+    kv.update(model_metadata(ckpt.config, name))
     types_2d = [target for _, t, target, _, _ in plan if len(t.shape) == 2]
     kv["general.file_type"] = _u32(_file_type(types_2d))
     if any(target in (Q8_0, Q4_0) for target in types_2d):
@@ -407,7 +413,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
 
     bar = None
     try:
-        with atomic_gguf_writer(out_path) as writer:
+        with atomic_gguf_writer(out_path, cfg.arch) as writer:
             for key, value in kv.items():
                 if key == "general.architecture":
                     continue
@@ -493,7 +499,8 @@ def _dtype_chooser(dtype: Optional[str]):
 @cli_entry("xllm-convert")
 def main(argv=None) -> int:
     p = ArgumentParser(prog="xllm-convert",
-                       description="Write a checkpoint (llama2.c .bin, GGUF, HF directory) as a llama GGUF file.")
+                       description="Write a checkpoint (llama2.c .bin, GGUF, HF directory) as a GGUF file "
+                                   "(llama, qwen2 or gpt2).")
     p.add_argument("src", help="checkpoint: llama2.c .bin (legacy fp32 or ak42 int8), GGUF, or HF directory")
     p.add_argument("-o", "--output", required=True, help="output .gguf file (written atomically)")
     p.add_argument("--token", help="tokenizer to embed: llama2.c tokenizer.bin, sentencepiece .model "

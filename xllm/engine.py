@@ -156,6 +156,8 @@ class LLM:
         self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
                            kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs)
         self.config = cfg
+        # ids that end generation: the model's (config eos_ids) and the tokenizer's EOG set
+        self.stop_ids = frozenset(cfg.eos_ids) | frozenset(getattr(self.tokenizer, "eos_ids", ()))
         self.max_seqs = max_seqs
         self.max_batch_tokens = max_batch_tokens
         self._ids = itertools.count()
@@ -165,7 +167,8 @@ class LLM:
 
     def _request(self, prompt, params: SamplingParams, arrival: int) -> Request:
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt, bos=True)
+            # BOS as the vocabulary says (GPT-2's adds none); an empty text starts from BOS
+            ids = self.tokenizer.encode(prompt) or [self.config.bos_id]
             text = prompt
         else:
             ids = [int(t) for t in prompt]
@@ -219,8 +222,8 @@ class LLM:
                     req.generated.append(token)
                     yield req, token
                     cfg = self.config
-                    if req.params.stop_at_eos and token in (cfg.eos_id, cfg.bos_id):
-                        sched.finish(req, "eos" if token == cfg.eos_id else "bos")
+                    if req.params.stop_at_eos and (token in self.stop_ids or token == cfg.bos_id):
+                        sched.finish(req, "eos" if token in self.stop_ids else "bos")
                     elif len(req.generated) >= req.params.max_tokens:
                         sched.finish(req, "length")
         finally:
@@ -270,7 +273,7 @@ class LLM:
         decoder = self.tokenizer.stream_decoder(context=req.prompt_ids)
         cfg = self.config
         for _, token in self.generate_step([req]):
-            if req.params.stop_at_eos and token in (cfg.eos_id, cfg.bos_id):
+            if req.params.stop_at_eos and (token in self.stop_ids or token == cfg.bos_id):
                 break
             piece = decoder.push(token)
             if piece:

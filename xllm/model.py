@@ -1,4 +1,5 @@
-"""Model: a checkpoint's weights bound to the kernels, a workspace and a paged KV cache.
+"""Model: a checkpoint's weights bound to the kernels, a workspace and a paged KV cache (any
+family of config.py: llama, qwen2, gpt2).
 
     model = Model(open_checkpoint("model.gguf"), threads=2)
     logits = model.step([Chunk(seq_id=0, tokens=[1, 403, 407], start_pos=0)])
@@ -9,7 +10,8 @@ sequence): for each layer, in one Cython call without the GIL,
     x  += Wo . attention(rope(Wq . rmsnorm(x)), rope(Wk . rmsnorm(x)), Wv . rmsnorm(x))
     x  += W2 . (silu(W1 . rmsnorm(x)) * W3 . rmsnorm(x))
 
-then the final rmsnorm and the classifier for the positions that need logits.  Every
+(llama; the other families switch the norm, the FFN, the positions and add biases), then
+the final norm and the classifier for the positions that need logits.  Every
 projection is one matmul over all batch tokens, so each weight is read once per step.
 """
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _kernels
-from .config import ModelConfig
+from .config import ModelConfig, rope_inv_freq
 from .kv_cache import KVCache
-from .formats import Checkpoint, layer_tensor_shapes
+from .formats import Checkpoint, Tensor, layer_tensor_shapes
 
 
 def usable_cores() -> int:
@@ -46,6 +48,22 @@ def resolve_threads(threads: Optional[int]) -> int:
         print(f"xllm: warning: {threads} threads requested but only {cores} cores are usable; "
               f"expect slower, not faster, runs", file=sys.stderr)
     return threads
+
+
+def split_fused_qkv(cfg: ModelConfig, matrices: dict, vectors: dict) -> None:
+    """Replace each blk.N.attn_qkv (rows: q, then k, then v) by attn_q/k/v row views of it
+    (no copy: a block of rows of a row-major matrix is contiguous), and its bias likewise."""
+    bounds = {"attn_q": (0, cfg.q_dim), "attn_k": (cfg.q_dim, cfg.q_dim + cfg.kv_dim),
+              "attn_v": (cfg.q_dim + cfg.kv_dim, cfg.q_dim + 2 * cfg.kv_dim)}
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        fused = matrices.pop(p + "attn_qkv.weight")
+        bias = vectors.pop(p + "attn_qkv.bias", None)
+        for part, (r0, r1) in bounds.items():
+            matrices[p + part + ".weight"] = Tensor(p + part + ".weight", fused.ggml_type,
+                                                    (r1 - r0, fused.shape[1]), fused.data[r0:r1])
+            if bias is not None:
+                vectors[p + part + ".bias"] = bias[r0:r1]
 
 
 @dataclass
@@ -70,14 +88,15 @@ class Model:
         if kv_blocks is None:   # room for max_seqs full contexts; pages are touched only when used
             kv_blocks = max(1, max_seqs) * -(-cfg.max_seq_len // block_size)
         self.kv = KVCache(cfg, kv_blocks, block_size)
-        # norms are tiny: keep float32 copies; matrices stay views of the (mapped) file
+        # norms and biases are tiny: keep float32 copies; matrices stay views of the (mapped) file
         shapes = layer_tensor_shapes(cfg)
         norms = {name: np.ascontiguousarray(ckpt.tensors[name].to_float32(), dtype=np.float32)
                  for name, shape in shapes.items() if len(shape) == 1}
         matrices = {name: ckpt.tensors[name] for name, shape in shapes.items() if len(shape) == 2}
-        if cfg.tied_embeddings:
-            matrices.pop("output.weight", None)
-        self.rope_table = _kernels.rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        if cfg.fused_qkv:
+            split_fused_qkv(cfg, matrices, norms)
+        self.rope_table = _kernels.rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta,
+                                              rope_inv_freq(cfg))
         self.decoder = _kernels.Decoder(cfg, matrices, norms, self.kv.k, self.kv.v, block_size,
                                         max_batch_tokens, self.threads, self.rope_table)
 
@@ -88,9 +107,9 @@ class Model:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights a decode step streams: every tensor once, except an untied
-        embedding table, of which it reads one row per token."""
-        names = [n for n in layer_tensor_shapes(self.config)
-                 if n != "token_embd.weight" or self.config.tied_embeddings]
+        embedding table and learned position embeddings, of which it reads one row per token."""
+        names = [n for n in layer_tensor_shapes(self.config) if n != "position_embd.weight"
+                 and (n != "token_embd.weight" or self.config.tied_embeddings)]
         return sum(self.checkpoint.tensors[n].data.nbytes for n in names)
 
     def step(self, chunks: Sequence[Chunk]) -> list:

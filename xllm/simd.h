@@ -932,4 +932,6 @@ static void xllm_tile_finish(int type, const char *w, size_t ldw, int nr, const 
     }
 }
 
+#include "simd_ops.h"   /* LayerNorm, GELU, bias add (the non-llama families) */
+
 #endif /* XLLM_SIMD_H */

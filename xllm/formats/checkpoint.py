@@ -2,7 +2,7 @@
 
 Every format reader (formats.gguf, .llama2c, .llama2c_int8, .hf) returns a `Checkpoint`: a
 `ModelConfig`, the tensors under their GGUF
-llama names (token_embd.weight, blk.N.attn_q.weight, ..., output_norm.weight, output.weight)
+names (token_embd.weight, blk.N.attn_q.weight, ..., output_norm.weight, output.weight)
 in numpy order (rows, cols), and the embedded vocabulary if the file has one.  Nothing is
 copied: F32/F16/quantized data stay views of the memory-mapped file.  Every header field,
 tensor name, shape and byte size is checked before use; a bad file raises ValueError naming
@@ -52,27 +52,48 @@ class Checkpoint:
 
 
 def layer_tensor_shapes(cfg: ModelConfig) -> dict:
-    """GGUF name -> numpy shape, for every tensor a llama model of `cfg` must have."""
-    shapes = {"token_embd.weight": (cfg.vocab_size, cfg.dim), "output_norm.weight": (cfg.dim,)}
-    if not cfg.tied_embeddings:
-        shapes["output.weight"] = (cfg.vocab_size, cfg.dim)
+    """GGUF name -> numpy shape, for every tensor a model of `cfg` must have (llama.cpp's
+    names: token_embd, position_embd, rope_freqs, blk.N.attn_q / attn_qkv ..., output_norm,
+    output; `.bias` next to `.weight` where the architecture has biases)."""
+    shapes = {"token_embd.weight": (cfg.vocab_size, cfg.dim)}
+    if cfg.position == "learned":
+        shapes["position_embd.weight"] = (cfg.max_seq_len, cfg.dim)
+    if cfg.rope_scaling == "llama3":
+        shapes["rope_freqs.weight"] = (cfg.head_dim // 2,)
+    layer_norm = cfg.norm == "layer"
+
+    def add(name, shape, bias):
+        shapes[name + ".weight"] = shape
+        if bias:
+            shapes[name + ".bias"] = (shape[0],)
+
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        shapes[p + "attn_norm.weight"] = (cfg.dim,)
-        shapes[p + "attn_q.weight"] = (cfg.q_dim, cfg.dim)
-        shapes[p + "attn_k.weight"] = (cfg.kv_dim, cfg.dim)
-        shapes[p + "attn_v.weight"] = (cfg.kv_dim, cfg.dim)
-        shapes[p + "attn_output.weight"] = (cfg.dim, cfg.q_dim)
-        shapes[p + "ffn_norm.weight"] = (cfg.dim,)
-        shapes[p + "ffn_gate.weight"] = (cfg.hidden_dim, cfg.dim)
-        shapes[p + "ffn_up.weight"] = (cfg.hidden_dim, cfg.dim)
-        shapes[p + "ffn_down.weight"] = (cfg.dim, cfg.hidden_dim)
+        add(p + "attn_norm", (cfg.dim,), layer_norm)
+        if cfg.fused_qkv:
+            add(p + "attn_qkv", (cfg.q_dim + 2 * cfg.kv_dim, cfg.dim), cfg.qkv_bias)
+        else:
+            add(p + "attn_q", (cfg.q_dim, cfg.dim), cfg.qkv_bias)
+            add(p + "attn_k", (cfg.kv_dim, cfg.dim), cfg.qkv_bias)
+            add(p + "attn_v", (cfg.kv_dim, cfg.dim), cfg.qkv_bias)
+        add(p + "attn_output", (cfg.dim, cfg.q_dim), cfg.out_bias)
+        add(p + "ffn_norm", (cfg.dim,), layer_norm)
+        if cfg.activation == "swiglu":
+            add(p + "ffn_gate", (cfg.hidden_dim, cfg.dim), cfg.ffn_bias)
+        add(p + "ffn_up", (cfg.hidden_dim, cfg.dim), cfg.ffn_bias)
+        add(p + "ffn_down", (cfg.dim, cfg.hidden_dim), cfg.ffn_bias)
+    add("output_norm", (cfg.dim,), layer_norm)
+    if not cfg.tied_embeddings:
+        shapes["output.weight"] = (cfg.vocab_size, cfg.dim)
     return shapes
 
 
 def validate_tensors(path: str, cfg: ModelConfig, tensors: dict) -> None:
-    """Every tensor the config implies is present, with its shape, a supported type and its bytes."""
-    for name, shape in layer_tensor_shapes(cfg).items():
+    """Every tensor the config implies is present, with its shape, a supported type and its
+    bytes; a tensor the config does not use (a bias the architecture has no place for, a
+    tensor of another architecture) is refused rather than ignored."""
+    expected = layer_tensor_shapes(cfg)
+    for name, shape in expected.items():
         t = tensors.get(name)
         if t is None:
             raise ValueError(f"{path}: missing tensor {name!r} (expected shape {shape})")
@@ -82,6 +103,12 @@ def validate_tensors(path: str, cfg: ModelConfig, tensors: dict) -> None:
             raise ValueError(f"{path}: 1-D tensor {name!r} is {type_name(t.ggml_type)}, expected F32 or F16")
         check_runnable(t.ggml_type, name, path)
         rows = shape[0] if len(shape) == 2 else 1
-        expected = rows * row_bytes(t.ggml_type, shape[-1])
-        if t.data.nbytes != expected:
-            raise ValueError(f"{path}: tensor {name!r} holds {t.data.nbytes} bytes, expected {expected}")
+        nbytes = rows * row_bytes(t.ggml_type, shape[-1])
+        if t.data.nbytes != nbytes:
+            raise ValueError(f"{path}: tensor {name!r} holds {t.data.nbytes} bytes, expected {nbytes}")
+    extra = sorted(n for n in tensors if n not in expected)
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ValueError(f"{path}: unexpected tensor(s) {extra[:3]}{more} for a {cfg.n_layers}-layer "
+                         f"{cfg.arch} model (not supported)")
+

@@ -1,11 +1,35 @@
-"""GGUF checkpoints of architecture llama: hyperparameters from the metadata, tensors memory-mapped."""
+"""GGUF checkpoints of architecture llama, qwen2 or gpt2: the config from the metadata, tensors
+memory-mapped.
+
+The keys and tensor names are the ones llama.cpp's convert_hf_to_gguf.py writes and its
+loader reads: `{arch}.embedding_length`, `{arch}.attention.layer_norm_rms_epsilon` (llama,
+qwen2) or `.layer_norm_epsilon` (gpt2), `{arch}.rope.scaling.type/factor`, rope_freqs.weight
+(Llama 3's per-frequency factors), attn_qkv (fused), position_embd, `*.bias`.  Which optional
+tensors a file has (biases, a fused QKV, a classifier) decides the matching config switches.
+"""
 from __future__ import annotations
 
+import numpy as np
 
-
-from ..config import ModelConfig
+from ..config import ARCHITECTURES, ModelConfig
 from .checkpoint import Checkpoint, Tensor, validate_tensors
 from .types import is_block_quantized
+
+# The per-family constants of the decoder; everything else comes from keys and tensors.
+FAMILIES = {
+    "llama": dict(norm="rms", activation="swiglu", position="rope", rope_style="adjacent"),
+    "qwen2": dict(norm="rms", activation="swiglu", position="rope", rope_style="neox"),
+    "gpt2": dict(norm="layer", activation="gelu_tanh", position="learned", rope_style="adjacent",
+                 qkv_bias=True, out_bias=True, ffn_bias=True),
+}
+ROPE_SCALING_TYPES = ("none", "linear")          # written as keys; llama3 is the rope_freqs tensor
+# Keys of features the decoder step does not have: refused when present.
+UNSUPPORTED_KEYS = {
+    "attention.sliding_window": "sliding-window attention",
+    "rope.scaling.attn_factor": "attention scaling of YaRN",
+    "expert_count": "mixture of experts",
+}
+
 
 def _field(reader, key, path, required=True, default=None):
     f = reader.fields.get(key)
@@ -28,24 +52,69 @@ def _int_field(reader, key, path, required=True, default=None):
     return int(value)
 
 
-def open_gguf(path: str) -> Checkpoint:
-    from .gguf_reader import GGUFFile
-    reader = GGUFFile(path)
-    arch = _field(reader, "general.architecture", path)
-    if arch != "llama":
-        raise ValueError(f"{path}: general.architecture = {arch!r}, expected 'llama'")
-    a = "llama."
-    n_heads = _int_field(reader, a + "attention.head_count", path)
-    dim = _int_field(reader, a + "embedding_length", path)
-    head_dim = _int_field(reader, a + "attention.key_length", path, False,
-                          dim // n_heads if n_heads else 0)
+def _float_field(reader, key, path, default):
+    value = _field(reader, key, path, False, default)
+    if isinstance(value, (list, str, bytes)):
+        raise ValueError(f"{path}: GGUF key {key!r} = {value!r}, expected a number")
+    return float(value)
+
+
+def _rope_settings(reader, a, path, tensors, head_dim) -> dict:
+    """rope_theta and the scaling: {arch}.rope.scaling.type/factor (or the older
+    {arch}.rope.scale_linear) and the rope_freqs.weight tensor of Llama 3."""
     rope_dims = _int_field(reader, a + "rope.dimension_count", path, False, head_dim)
     if rope_dims != head_dim:
         raise ValueError(f"{path}: {a}rope.dimension_count = {rope_dims}, expected the head size "
                          f"{head_dim} (partial rotary embeddings are not supported)")
-    scaling = _field(reader, a + "rope.scaling.type", path, False, "none")
-    if scaling not in ("none", None):
-        raise ValueError(f"{path}: {a}rope.scaling.type = {scaling!r}, expected 'none' (not supported)")
+    kind = _field(reader, a + "rope.scaling.type", path, False, None)
+    if kind is not None and kind not in ROPE_SCALING_TYPES:
+        raise ValueError(f"{path}: {a}rope.scaling.type = {kind!r}, expected one of "
+                         f"{', '.join(ROPE_SCALING_TYPES)} (or Llama 3's rope_freqs.weight); not supported")
+    factor = _float_field(reader, a + "rope.scaling.factor", path,
+                          _float_field(reader, a + "rope.scale_linear", path, 1.0))
+    if factor == 0.0:                       # llama.cpp reads 0 as "no scaling"
+        factor = 1.0
+    out = dict(rope_theta=_float_field(reader, a + "rope.freq_base", path, 10000.0))
+    if factor != 1.0:                       # llama.cpp applies the factor whatever the type says
+        out.update(rope_scaling="linear", rope_factor=factor)
+    freqs = tensors.get("rope_freqs.weight")
+    if freqs is not None:
+        if freqs.shape != (head_dim // 2,):
+            raise ValueError(f"{path}: tensor 'rope_freqs.weight' has shape {freqs.shape}, "
+                             f"expected ({head_dim // 2},) (head_dim / 2)")
+        if factor != 1.0:
+            raise ValueError(f"{path}: both rope_freqs.weight and {a}rope.scaling.factor = {factor} "
+                             "(one RoPE scaling at a time is supported)")
+        values = np.asarray(freqs.to_float32(), dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise ValueError(f"{path}: tensor 'rope_freqs.weight' holds values that are not positive numbers")
+        out.update(rope_scaling="llama3", rope_freq_factors=tuple(values))
+    return out
+
+
+def _eos_ids(reader, path, default):
+    """The ids that end generation: eos, and the end-of-turn / end-of-message ids llama.cpp
+    also stops at (Llama 3's <|eot_id|>, <|eom_id|>)."""
+    eos = _int_field(reader, "tokenizer.ggml.eos_token_id", path, False, default)
+    ids = [eos]
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        value = _int_field(reader, key, path, False, None)
+        if value is not None and value not in ids:
+            ids.append(value)
+    return eos, tuple(ids)
+
+
+def open_gguf(path: str) -> Checkpoint:
+    from .gguf_reader import GGUFFile
+    reader = GGUFFile(path)
+    arch = _field(reader, "general.architecture", path)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: general.architecture = {arch!r}, expected one of "
+                         f"{', '.join(ARCHITECTURES)} (not supported)")
+    a = arch + "."
+    for key, what in UNSUPPORTED_KEYS.items():
+        if a + key in reader.fields:
+            raise ValueError(f"{path}: GGUF key {a + key!r} is set: {what} is not supported")
     tensors = {}
     for rt in reader.tensors:      # offsets and sizes already checked against the file
         shape = tuple(int(d) for d in reversed(rt.shape))
@@ -53,6 +122,22 @@ def open_gguf(path: str) -> Checkpoint:
         if is_block_quantized(rt.tensor_type) and data.ndim == 1:
             data = data.reshape(1, -1)
         tensors[rt.name] = Tensor(rt.name, rt.tensor_type, shape, data)
+    family = dict(FAMILIES[arch])
+    n_heads = _int_field(reader, a + "attention.head_count", path)
+    dim = _int_field(reader, a + "embedding_length", path)
+    head_dim = _int_field(reader, a + "attention.key_length", path, False,
+                          dim // n_heads if n_heads else 0)
+    if family["position"] == "rope":
+        family.update(_rope_settings(reader, a, path, tensors, head_dim))
+        eps_key = a + "attention.layer_norm_rms_epsilon"
+    else:
+        eps_key = a + "attention.layer_norm_epsilon"
+    # optional tensors of llama/qwen2 files: their presence in block 0 sets the switch
+    if "qkv_bias" not in family:
+        family.update(qkv_bias=any(f"blk.0.attn_{m}.bias" in tensors for m in ("q", "qkv")),
+                      out_bias="blk.0.attn_output.bias" in tensors,
+                      ffn_bias="blk.0.ffn_up.bias" in tensors)
+    family["fused_qkv"] = "blk.0.attn_qkv.weight" in tensors
     vocab_size = _int_field(reader, a + "vocab_size", path, False, None)
     embd = tensors.get("token_embd.weight")
     if vocab_size is None:
@@ -63,6 +148,7 @@ def open_gguf(path: str) -> Checkpoint:
     if "tokenizer.ggml.tokens" in reader.fields:
         from ..tokenizer import Vocab
         vocab = Vocab.from_gguf(reader, path)
+    eos_id, eos_ids = _eos_ids(reader, path, 2)
     cfg = ModelConfig(
         dim=dim,
         hidden_dim=_int_field(reader, a + "feed_forward_length", path),
@@ -72,11 +158,13 @@ def open_gguf(path: str) -> Checkpoint:
         vocab_size=vocab_size,
         max_seq_len=_int_field(reader, a + "context_length", path),
         head_dim=head_dim,
-        norm_eps=float(_field(reader, a + "attention.layer_norm_rms_epsilon", path, False, 1e-5)),
-        rope_theta=float(_field(reader, a + "rope.freq_base", path, False, 10000.0)),
+        norm_eps=_float_field(reader, eps_key, path, 1e-5),
         tied_embeddings="output.weight" not in tensors,
         bos_id=_int_field(reader, "tokenizer.ggml.bos_token_id", path, False, 1),
-        eos_id=_int_field(reader, "tokenizer.ggml.eos_token_id", path, False, 2),
+        eos_id=eos_id,
+        eos_ids=eos_ids,
+        arch=arch,
+        **family,
     ).validate(path)
     validate_tensors(path, cfg, tensors)
     if vocab is not None and len(vocab.pieces) != cfg.vocab_size:

@@ -1,19 +1,20 @@
-"""Import a Hugging Face llama checkpoint directory as a `Checkpoint`.
+"""Import a Hugging Face checkpoint directory (llama, qwen2, gpt2) as a `Checkpoint`.
 
-A directory holds config.json (LlamaForCausalLM), model.safetensors or shards listed in
+A directory holds config.json (hf_config.py: LlamaForCausalLM, Qwen2ForCausalLM,
+GPT2LMHeadModel), model.safetensors or shards listed in
 model.safetensors.index.json (F32, F16 or BF16 tensors) and tokenizer.model (sentencepiece).
 Everything is checked in that order -- config, tokenizer, tensor headers, names, shapes and
 dtypes -- before any tensor data is touched, so a directory xllm cannot run is refused by name
-at once.  Tensors are renamed the GGUF way; q/k rows are un-permuted (see `permute_qk`) so the
-engine's adjacent-pair RoPE gives HF's half-split result.  F32/F16 tensors other than q/k stay
-views of the memory-mapped files; BF16 is widened to F32 on load (exact).
+at once.  Tensors are renamed the GGUF way; llama q/k rows are un-permuted (see `permute_qk`) so
+the engine's adjacent-pair RoPE gives HF's half-split result (qwen2 rotates halves as stored);
+GPT-2's Conv1D weights are transposed.  Other F32/F16 tensors stay views of the memory-mapped
+files; BF16 is widened to F32 on load (exact).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -22,64 +23,21 @@ import numpy as np
 
 from ..config import ModelConfig
 from .checkpoint import Checkpoint, Tensor, layer_tensor_shapes, validate_tensors
+from .hf_config import (ARCHITECTURES, CONFIG_FILE, IGNORED, load_json, permuted_heads, read_hf_config,
+                        tensor_names, transposed)
 from .types import F16, F32
 
-CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SP_FILE = "tokenizer.model"
-ARCHITECTURE = "LlamaForCausalLM"
-
-# HF name -> GGUF name; per-layer names are relative to model.layers.N. / blk.N.
-GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
-_GGUF_LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
-# Buffers some exporters save next to the weights; recomputed at run time (llama.cpp skips them too).
-_IGNORED_RE = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 # safetensors dtype -> (numpy dtype of the stored bits, ggml type the engine gets)
 DTYPES = {"F32": (np.float32, F32), "F16": (np.float16, F16), "BF16": (np.uint16, F32)}
 
 
-def gguf_name(hf_name: str) -> Optional[str]:
-    """GGUF name of an HF tensor name, or None when it is not a llama tensor."""
-    if hf_name in GLOBAL_NAMES:
-        return GLOBAL_NAMES[hf_name]
-    m = _LAYER_RE.fullmatch(hf_name)
-    if m and m.group(2) in LAYER_NAMES:
-        return f"blk.{int(m.group(1))}.{LAYER_NAMES[m.group(2)]}"
-    return None
-
-
-def hf_name(gguf: str) -> str:
-    """HF name of a GGUF llama tensor name (inverse of `gguf_name`)."""
-    for k, v in GLOBAL_NAMES.items():
-        if v == gguf:
-            return k
-    m = _GGUF_LAYER_RE.fullmatch(gguf)
-    for k, v in LAYER_NAMES.items():
-        if m and v == m.group(2):
-            return f"model.layers.{m.group(1)}.{k}"
-    raise KeyError(gguf)
-
-
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder the rows of an HF q_proj/k_proj so adjacent-pair RoPE equals HF's rotate_half.
+    """Reorder the rows of an HF q_proj/k_proj (weight or bias) so adjacent-pair RoPE equals
+    HF's rotate_half.
 
     HF rotates dimension i of a head with dimension i + head_dim/2; the engine (llama2.c, GGUF)
     rotates 2i with 2i+1.  Interleaving each head's two halves maps one onto the other
@@ -88,133 +46,6 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     rows = w.shape[0]
     return np.ascontiguousarray(
         w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
-
-
-# ----------------------------------------------------------------------------- config.json
-
-def _load_json(path: str, name: str) -> dict:
-    file = os.path.join(path, name)
-    try:
-        with open(file, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing {name} (a Hugging Face model directory needs it)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {name} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: {name} holds a {type(value).__name__}, expected a JSON object")
-    return value
-
-
-@dataclass
-class HFConfig:
-    """The fields of config.json a llama forward depends on, checked."""
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    rms_norm_eps: float
-    rope_theta: float
-    tie_word_embeddings: bool
-    bos_token_id: Optional[int]
-    eos_token_id: Optional[int]
-
-
-def read_hf_config(path: str) -> HFConfig:
-    """Parse and check config.json; refuse what the engine does not implement, by name."""
-    raw = _load_json(path, CONFIG_FILE)
-
-    def bad(key, expected):
-        raise ValueError(f"{path}: {CONFIG_FILE}: {key} = {raw.get(key)!r}, {expected}")
-
-    archs = raw.get("architectures")
-    if archs is not None:
-        if not isinstance(archs, list) or ARCHITECTURE not in archs:
-            bad("architectures", f"expected [{ARCHITECTURE!r}] (only llama models are supported)")
-    elif raw.get("model_type") != "llama":
-        bad("model_type", "expected 'llama' (no 'architectures' given; only llama models are supported)")
-
-    def integer(key, default=None):
-        value = raw.get(key, default)
-        if value is None and default is None:
-            raise ValueError(f"{path}: {CONFIG_FILE}: missing {key!r}")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            bad(key, "expected a positive integer")
-        return value
-
-    def number(key, default):
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            bad(key, "expected a number")
-        return float(value)
-
-    def flag(key, default):
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            bad(key, "expected true or false")
-        return value
-
-    def token_id(key):
-        value = raw.get(key)
-        if isinstance(value, list) and value:      # newer configs list several EOS ids: the first is the main one
-            value = value[0]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            bad(key, "expected a token id")
-        return value
-
-    act = raw.get("hidden_act", "silu")
-    if act != "silu":
-        bad("hidden_act", "expected 'silu' (the SwiGLU FFN is the only one implemented)")
-    for key in ("attention_bias", "mlp_bias"):
-        if flag(key, False):
-            bad(key, "expected false (bias tensors are not supported)")
-
-    rope_theta = number("rope_theta", 10000.0)
-    # transformers >= 5 writes rope_parameters {rope_type, rope_theta}; older ones rope_scaling.
-    for key in ("rope_scaling", "rope_parameters"):
-        scaling = raw.get(key)
-        if scaling is None:
-            continue
-        if not isinstance(scaling, dict):
-            bad(key, "expected null or an object")
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind != "default":
-            bad(key, f"rope type {kind!r} is not supported (only the default RoPE is)")
-        if key == "rope_parameters" and "rope_theta" in scaling:
-            theta = scaling["rope_theta"]
-            if isinstance(theta, bool) or not isinstance(theta, (int, float)):
-                raise ValueError(f"{path}: {CONFIG_FILE}: rope_parameters.rope_theta = {theta!r}, expected a number")
-            rope_theta = float(theta)
-
-    hidden = integer("hidden_size")
-    heads = integer("num_attention_heads")
-    head_dim = raw.get("head_dim")
-    if head_dim is None:
-        if hidden % heads:
-            bad("hidden_size", f"not divisible by num_attention_heads = {heads} and no head_dim given")
-        head_dim = hidden // heads
-    else:
-        head_dim = integer("head_dim")
-    kv_heads = raw.get("num_key_value_heads")
-    return HFConfig(
-        hidden_size=hidden,
-        intermediate_size=integer("intermediate_size"),
-        num_hidden_layers=integer("num_hidden_layers"),
-        num_attention_heads=heads,
-        num_key_value_heads=heads if kv_heads is None else integer("num_key_value_heads"),
-        head_dim=head_dim,
-        vocab_size=integer("vocab_size"),
-        max_position_embeddings=integer("max_position_embeddings", 2048),   # LlamaConfig's default
-        rms_norm_eps=number("rms_norm_eps", 1e-6),                           # LlamaConfig's default
-        rope_theta=rope_theta,
-        tie_word_embeddings=flag("tie_word_embeddings", False),               # LlamaConfig's default
-        bos_token_id=token_id("bos_token_id"),
-        eos_token_id=token_id("eos_token_id"),
-    )
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -264,7 +95,7 @@ class _Entry:
 def _shard_map(path: str) -> dict:
     """HF tensor name -> file name, from the index when sharded, else model.safetensors."""
     if os.path.isfile(os.path.join(path, INDEX_FILE)):
-        index = _load_json(path, INDEX_FILE)
+        index = load_json(path, INDEX_FILE)
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ValueError(f"{path}: {INDEX_FILE}: weight_map = {str(weight_map)[:80]!r}, "
@@ -327,10 +158,17 @@ def read_tensor_entries(path: str) -> dict:
     return entries
 
 
-def _check_entries(path: str, cfg: ModelConfig, entries: dict) -> None:
+def _hf_shapes(cfg: ModelConfig, entries: dict) -> dict:
+    """HF name -> (GGUF name, shape as stored) of every tensor the config implies."""
+    prefix = "transformer." if cfg.arch == "gpt2" and "transformer.wte.weight" in entries else ""
+    shapes = {g: s for g, s in layer_tensor_shapes(cfg).items() if g != "rope_freqs.weight"}
+    names = tensor_names(cfg, shapes, prefix)
+    return {names[g]: (g, tuple(reversed(s)) if transposed(cfg, g) else tuple(s)) for g, s in shapes.items()}
+
+
+def _check_entries(path: str, cfg: ModelConfig, expected: dict, entries: dict) -> None:
     """Names, shapes and dtypes against the config, in HF terms, before any data is read."""
-    expected = {hf_name(g): shape for g, shape in layer_tensor_shapes(cfg).items()}
-    for name, shape in expected.items():
+    for name, (_, shape) in expected.items():
         e = entries.get(name)
         if e is None:
             raise ValueError(f"{path}: missing tensor {name!r} (expected shape {shape})")
@@ -338,14 +176,16 @@ def _check_entries(path: str, cfg: ModelConfig, entries: dict) -> None:
             raise ValueError(f"{path}: tensor {name!r} has shape {e.shape}, expected {shape} from {CONFIG_FILE}")
         if e.dtype not in DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {e.dtype}, expected one of {sorted(DTYPES)}")
-    extra = sorted(n for n in entries if n not in expected and not _IGNORED_RE.fullmatch(n))
+    extra = sorted(n for n in entries if n not in expected and not IGNORED.fullmatch(n))
     if "lm_head.weight" in extra and cfg.tied_embeddings:
         raise ValueError(f"{path}: tensor 'lm_head.weight' is present but {CONFIG_FILE} says "
                          "tie_word_embeddings = true (the classifier should be the embedding)")
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        arch = next(k for k, v in ARCHITECTURES.items() if v == cfg.arch)
         raise ValueError(f"{path}: unexpected tensor(s) {extra[:3]}{more} for a {cfg.n_layers}-layer "
-                         f"{ARCHITECTURE} (biases or another architecture are not supported)")
+                         f"{arch} of this config (biases it does not declare, or another "
+                         "architecture, are not supported)")
 
 
 def _load(entry: _Entry, maps: dict) -> tuple:
@@ -364,39 +204,36 @@ def _load(entry: _Entry, maps: dict) -> tuple:
 # ----------------------------------------------------------------------------- the checkpoint
 
 def open_hf_checkpoint(path) -> Checkpoint:
-    """Open a Hugging Face llama directory (config.json, *.safetensors, tokenizer.model)."""
+    """Open a Hugging Face directory (config.json, *.safetensors, tokenizer.model) of a
+    supported family (hf_config.ARCHITECTURES)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"{path}: not a directory (a Hugging Face checkpoint is a directory)")
     hf = read_hf_config(path)
-    vocab = read_hf_vocab(path, hf.vocab_size)
+    vocab = read_hf_vocab(path, hf.fields["vocab_size"])
+    eos_ids = hf.eos_token_ids or (vocab.eos_id,)
     cfg = ModelConfig(
-        dim=hf.hidden_size,
-        hidden_dim=hf.intermediate_size,
-        n_layers=hf.num_hidden_layers,
-        n_heads=hf.num_attention_heads,
-        n_kv_heads=hf.num_key_value_heads,
-        vocab_size=hf.vocab_size,
-        max_seq_len=hf.max_position_embeddings,
-        head_dim=hf.head_dim,
-        norm_eps=hf.rms_norm_eps,
-        rope_theta=hf.rope_theta,
-        tied_embeddings=hf.tie_word_embeddings,
+        **hf.fields,
         bos_id=vocab.bos_id if hf.bos_token_id is None else hf.bos_token_id,
-        eos_id=vocab.eos_id if hf.eos_token_id is None else hf.eos_token_id,
+        eos_id=eos_ids[0], eos_ids=eos_ids,
     ).validate(os.path.join(path, CONFIG_FILE))
     # config.json's special ids win over the tokenizer's, as in transformers and llama.cpp
     vocab = dataclasses.replace(vocab, bos_id=cfg.bos_id, eos_id=cfg.eos_id)
     entries = read_tensor_entries(path)
-    _check_entries(path, cfg, entries)
+    expected = _hf_shapes(cfg, entries)
+    _check_entries(path, cfg, expected, entries)
 
     maps, tensors = {}, {}
-    for name in layer_tensor_shapes(cfg):
-        ggml_type, data = _load(entries[hf_name(name)], maps)
-        if name.endswith("attn_q.weight"):
-            data = permute_qk(data, cfg.n_heads)
-        elif name.endswith("attn_k.weight"):
-            data = permute_qk(data, cfg.n_kv_heads)
+    for hf_name, (name, _) in expected.items():
+        ggml_type, data = _load(entries[hf_name], maps)
+        if transposed(cfg, name):           # GPT-2's Conv1D: (in, out) -> (out, in)
+            data = np.ascontiguousarray(data.T)
+        heads = permuted_heads(cfg, name)
+        if heads is not None:
+            data = permute_qk(data, heads)
         tensors[name] = Tensor(name, ggml_type, tuple(data.shape), data)
+    if cfg.rope_freq_factors is not None:   # llama3: the factors GGUF stores as a tensor
+        factors = np.asarray(cfg.rope_freq_factors, dtype=np.float32)
+        tensors["rope_freqs.weight"] = Tensor("rope_freqs.weight", F32, factors.shape, factors)
     validate_tensors(path, cfg, tensors)
     return Checkpoint(path, cfg, tensors, vocab, "hf", _keepalive=list(maps.values()))
