@@ -1,7 +1,6 @@
 """LLM: generate / stream / chat / logits in-process, on top of the online engine."""
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -32,15 +31,6 @@ class RequestOutput:
     token_ids: List[int]            # its token ids
     finish_reason: str              # "length", "eos", "bos" or "stop"
     outputs: List[CompletionOutput] = field(default_factory=list)   # all n completions
-
-
-def encode_rendered(tokenizer: Tokenizer, text: str, bos_token: str = "") -> List[int]:
-    """Token ids of a rendered chat prompt: special tokens in the text are parsed as such
-    (when the tokenizer can), and BOS is added only if the template did not write it."""
-    bos = not (bos_token and text.startswith(bos_token))
-    if "special" in inspect.signature(tokenizer.encode).parameters:
-        return tokenizer.encode(text, bos=bos, special=True)
-    return tokenizer.encode(text, bos=bos)
 
 
 class LLM:
@@ -181,11 +171,16 @@ class LLM:
         return self._chat_template
 
     def chat(self, messages: List[dict], params: Optional[SamplingParams] = None, **template_vars) -> RequestOutput:
-        """Answer a conversation ([{"role": ..., "content": ...}, ...]) as the assistant."""
+        """Answer a conversation ([{"role": ..., "content": ...}, ...]) as the assistant: the
+        template renders it, generation stops at EOS or the template's end-of-turn token."""
+        from dataclasses import replace
+        from .chat import encode_rendered, end_of_turn_ids
         tmpl = self.chat_template()
         text = tmpl.render(messages, add_generation_prompt=True, **template_vars)
-        ids = encode_rendered(self.tokenizer, text, getattr(tmpl, "bos_token", ""))
-        return self.generate([ids], params)[0]
+        params = params or SamplingParams()
+        params = replace(params, stop_token_ids=list(params.stop_token_ids) + [
+            t for t in end_of_turn_ids(tmpl, self.tokenizer) if t not in params.stop_token_ids])
+        return self.generate([encode_rendered(self.tokenizer, text)], params)[0]
 
     def logits(self, token_ids: Seq[int]) -> np.ndarray:
         """float32 [len(token_ids), vocab]: next-token logits after every position."""
