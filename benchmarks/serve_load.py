@@ -29,6 +29,8 @@ import httpx
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from xllm.serve.metrics import rss_bytes  # noqa: E402
 
 
 def descendants(pid: int) -> List[int]:
@@ -45,20 +47,9 @@ def descendants(pid: int) -> List[int]:
     return out
 
 
-def rss_of(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 async def server_rss(client: httpx.AsyncClient, url: str, pid: Optional[int]) -> Optional[int]:
     if pid is not None:
-        values = [rss_of(p) for p in descendants(pid)]
+        values = [rss_bytes(p) for p in descendants(pid)]
         return sum(v for v in values if v) or None
     try:
         text = (await client.get(f"{url}/metrics")).text

@@ -142,20 +142,26 @@ class CompletionLogprobs(BaseModel):
     text_offset: List[int] = []
 
 
-class CompletionChoice(BaseModel):
+class _Choice(BaseModel):
     index: int
-    text: str
-    logprobs: Optional[CompletionLogprobs] = None
     finish_reason: Optional[str] = None
 
 
-class CompletionResponse(BaseModel):
+class _Response(BaseModel):
     id: str
-    object: str = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
-    choices: List[CompletionChoice]
     usage: Optional[Usage] = None
+
+
+class CompletionChoice(_Choice):
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class CompletionResponse(_Response):
+    object: str = "text_completion"
+    choices: List[CompletionChoice]
 
 
 class TopLogprob(BaseModel):
@@ -177,20 +183,14 @@ class ChatResponseMessage(BaseModel):
     content: Optional[str] = None
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(_Choice):
     message: ChatResponseMessage
     logprobs: Optional[ChatLogprobs] = None
-    finish_reason: Optional[str] = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Response):
     object: str = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: List[ChatChoice]
-    usage: Optional[Usage] = None
 
 
 class ChatDelta(BaseModel):
@@ -198,20 +198,14 @@ class ChatDelta(BaseModel):
     content: Optional[str] = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(_Choice):
     delta: ChatDelta
     logprobs: Optional[ChatLogprobs] = None
-    finish_reason: Optional[str] = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response):
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
     choices: List[ChatChunkChoice]
-    usage: Optional[Usage] = None
 
 
 class ModelCard(BaseModel):
