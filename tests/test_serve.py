@@ -273,9 +273,14 @@ def test_bad_requests_get_openai_errors(server):
 
 
 @pytest.fixture(scope="module")
-def keyed_server():
-    """--api-key, and the shipped model's own (absent) chat template."""
-    s = start_server("--weight", DEFAULT_MODEL, "--threads", 1, "--api-key", "sekrit")
+def stats_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("stats") / "engine.tsv"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(stats_log):
+    """--api-key, --stats-log, and the shipped model's own (absent) chat template."""
+    s = start_server("--weight", DEFAULT_MODEL, "--threads", 1, "--api-key", "sekrit", "--stats-log", stats_log)
     yield s
     stop_server(s)
 
@@ -375,3 +380,20 @@ def test_engine_death_ends_requests_with_an_error(slow_server):
     assert err["code"] == "engine_dead"
     assert s.metric("xllm_engine_alive") == 0
     assert s.proc.poll() is None                # the front end still answers
+
+
+def test_stats_log_follows_the_engine_process(keyed_server, stats_log):
+    """--stats-log samples the engine process (not the front end) once a second."""
+    from xllm.cpu_stats import read_stats_log, summarize
+    s = keyed_server
+    s.client(api_key="sekrit").completions.create(model=MODEL, prompt="Once upon a time", max_tokens=200,
+                                                  extra_body={"ignore_eos": True})
+    wait_for(lambda: len(stats_log.read_text().splitlines()) >= 4, "two samples in the stats log")
+    log = read_stats_log(stats_log)
+    assert {row["pid"] for row in log.samples} == {s.engine_pid}
+    assert all(row["state"] in "RSD" and row["vsize"] > 0 for row in log.samples)
+    assert log.samples[-1]["utime"] + log.samples[-1]["stime"] > 0          # it loaded and ran a model
+    summary = summarize(log)
+    assert summary["pid"] == s.engine_pid and summary["samples"] == len(log.samples)
+    assert 0 <= summary["cpu_percent"] <= 110 * os.cpu_count()
+    assert summary["policies"] == [0] and summary["max_threads"] >= 1       # SCHED_OTHER
