@@ -397,3 +397,27 @@ def test_stats_log_follows_the_engine_process(keyed_server, stats_log):
     assert summary["pid"] == s.engine_pid and summary["samples"] == len(log.samples)
     assert 0 <= summary["cpu_percent"] <= 110 * os.cpu_count()
     assert summary["policies"] == [0] and summary["max_threads"] >= 1       # SCHED_OTHER
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "xllm.serve.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def test_bad_command_lines_exit_2_with_one_line(tmp_path):
+    import socket
+    cases = [(("--weight", tmp_path / "missing.gguf"), "missing.gguf: no such model file"),
+             (("--port", "99999"), "99999"),
+             (("--max-seqs", "0"), "--max-seqs"),
+             (("--chat-template", tmp_path / "none.jinja"), "none.jinja")]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        cases.append((("--port", taken.getsockname()[1]), f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}"))
+        for args, needle in cases:
+            r = run_cli(*args)
+            assert r.returncode == 2, (args, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("xllm-serve: error:") and needle in lines[0], (args, r.stderr)
