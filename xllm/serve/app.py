@@ -24,6 +24,7 @@ from .engine_process import EngineClient, EngineDead, EngineRequestError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
 OPEN_PATHS = ("/health", "/metrics")        # answered without the API key
+ENDPOINTS = OPEN_PATHS + ("/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize")
 DEFAULT_COMPLETION_MAX_TOKENS = 16          # OpenAI's default for /v1/completions
 
 
@@ -67,8 +68,13 @@ class ServerState:
                            code="engine_dead")
 
     def admit(self, n_sequences: int) -> None:
+        if self.max_waiting is None:
+            return
+        if n_sequences > self.max_waiting:
+            raise APIError(400, f"the request asks for {n_sequences} sequences, more than --max-waiting "
+                                f"{self.max_waiting} may wait", param="n")
         waiting = self.client.waiting
-        if self.max_waiting is not None and waiting >= self.max_waiting:
+        if waiting + n_sequences > self.max_waiting:
             raise APIError(503, f"{waiting} sequences are waiting, the limit is --max-waiting "
                                 f"{self.max_waiting}; retry later", "server_overloaded",
                            code="too_many_waiting", headers={"Retry-After": "1"})
@@ -95,6 +101,7 @@ class FrontDoor:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"      # bounded label values
         counter = self.state.metrics.http_requests
         key = self.state.api_key
         if key is not None and path not in OPEN_PATHS:
@@ -103,12 +110,12 @@ class FrontDoor:
             if auth != f"Bearer {key}":
                 err = APIError(401, "missing API key (Authorization: Bearer ...)" if not auth else
                                "incorrect API key provided", code="invalid_api_key")
-                counter.labels(path, "401").inc()
+                counter.labels(endpoint, "401").inc()
                 return await err.response()(scope, receive, send)
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                counter.labels(path, str(message["status"])).inc()
+                counter.labels(endpoint, str(message["status"])).inc()
             await send(message)
         await self.app(scope, receive, counting_send)
 
