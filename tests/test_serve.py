@@ -375,10 +375,15 @@ def test_engine_death_ends_requests_with_an_error(slow_server):
     stream = client.completions.create(model="slow.gguf", prompt="Once upon a time", stream=True, **LONG)
     it = iter(stream)
     next(it)
-    os.kill(s.engine_pid, signal.SIGKILL)
-    with pytest.raises(openai.APIError, match="engine"):
-        for _ in it:
-            pass
+    with ThreadPoolExecutor(1) as pool:          # a non-streaming request waiting its turn
+        waiting = pool.submit(client.completions.create, model="slow.gguf", prompt="One day", max_tokens=50)
+        wait_for(lambda: s.metric("xllm_num_requests_waiting") == 1, "the second request to wait")
+        os.kill(s.engine_pid, signal.SIGKILL)
+        with pytest.raises(openai.APIError, match="engine"):
+            for _ in it:
+                pass
+        with pytest.raises(openai.InternalServerError, match="engine"):
+            waiting.result(timeout=TIMEOUT)
     wait_for(lambda: s.get("/health").status_code == 503, "/health to report the engine")
     assert "exited" in s.get("/health").json()["message"]
     err = error_of(s.post("/v1/completions", json={"model": "slow.gguf", "prompt": "a"}), 503)
