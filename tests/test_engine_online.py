@@ -200,3 +200,36 @@ def test_logprobs_are_the_models_log_softmax(llm):
 def test_bad_new_params_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=f"SamplingParams.{field}"):
         SamplingParams(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("max_tokens", [0, 5])
+def test_prompt_logprobs_over_several_chunks(llm, max_tokens):
+    """Prompt logprobs (echo + logprobs, scoring) from prefill chunks of 4 tokens equal the
+    model's log-softmax at every prompt position; max_tokens 0 only scores."""
+    prompt = "Tom and Mia went to the park to play with a ball"
+    ids = llm.tokenizer.encode(prompt)
+    engine = Engine(llm.model, llm.tokenizer, 4, 4)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, prompt_logprobs=2)
+    engine.add_request("p", ids, params)
+    engine.add_request("q", llm.tokenizer.encode(PROMPTS[0]), SamplingParams(max_tokens=6, temperature=0.0))
+    firsts = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            firsts.setdefault(out.request_id, out)
+    lps = firsts["p"].prompt_logprobs
+    assert firsts["q"].prompt_logprobs is None
+    logits = llm.logits(ids)
+    assert [lp.token_id for lp in lps] == ids[1:]
+    for pos, lp in enumerate(lps, 1):
+        ref = logits[pos - 1].astype(np.float64)
+        ref = ref - ref.max() - np.log(np.exp(ref - ref.max()).sum())
+        assert lp.logprob == pytest.approx(ref[ids[pos]], abs=1e-9)
+        assert [i for i, _ in lp.top] == np.argsort(-ref, kind="stable")[:2].tolist()
+    out = llm.generate([ids], params)[0]
+    assert [lp.logprob for lp in out.prompt_logprobs] == [lp.logprob for lp in lps]
+    assert out.token_ids == llm.generate([ids], greedy_params(max_tokens))[0].token_ids
+    assert engine.kv_blocks_used == 0
+
+
+def greedy_params(n):
+    return SamplingParams(max_tokens=n, temperature=0.0)

@@ -190,6 +190,22 @@ def test_stop_n_logprobs_echo(server, llm):
     lps = lp.choices[0].logprobs
     assert lps.token_logprobs == pytest.approx([t.logprob for t in ref.logprobs])
     assert [len(t) for t in lps.top_logprobs] == [3] * len(ref.logprobs)
+    # echo + logprobs: the prompt's tokens after BOS with their logprobs, then the generated ones
+    ids = llm.tokenizer.encode(PROMPTS[2])
+    ref = llm.generate(PROMPTS[2], SamplingParams(max_tokens=4, temperature=0.0, logprobs=1, prompt_logprobs=1))[0]
+    want = [t.logprob for t in ref.prompt_logprobs + ref.outputs[0].logprobs]
+    for stream in (False, True):
+        got = client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=4, temperature=0, logprobs=1,
+                                        echo=True, stream=stream)
+        chunks = list(got) if stream else [got]
+        assert "".join(c.choices[0].text for c in chunks) == PROMPTS[2] + ref.text
+        lps = [v for c in chunks for v in c.choices[0].logprobs.token_logprobs]
+        assert lps == pytest.approx(want)
+        assert [t for c in chunks for t in c.choices[0].logprobs.tokens][:len(ids) - 1] == \
+            [llm.tokenizer.vocab.pieces[i].replace("\u2581", " ") for i in ids[1:]]
+    score = client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=0, logprobs=0, echo=True)
+    assert score.choices[0].text == PROMPTS[2] and score.usage.completion_tokens == 0
+    assert score.choices[0].logprobs.token_logprobs == pytest.approx(want[:len(ids) - 1])
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                           max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
     content = chat.choices[0].logprobs.content

@@ -106,6 +106,8 @@ class StepOutput:
     logprobs: Optional[List[TokenLogprob]]  # one per token, when params.logprobs is set
     num_prompt_tokens: int
     num_generated: int                  # tokens generated so far, this step's included
+    prompt_logprobs: Optional[List[TokenLogprob]] = None   # with the first output, when asked:
+                                                           # prompt tokens 1.. given those before
 
 
 @dataclass(eq=False)                    # identity: the scheduler's lists hold these
@@ -127,6 +129,11 @@ class Sequence:
     emitted: int = 0                    # characters of `text` already handed out
     decoder: Optional[StreamDecoder] = None
     logprobs: List[TokenLogprob] = field(default_factory=list)   # when params.logprobs is set
+    prompt_logprobs: List[TokenLogprob] = field(default_factory=list)   # params.prompt_logprobs
+
+    def wants_prompt_logits(self) -> bool:
+        return (self.params.prompt_logprobs is not None and self.n_cached < len(self.prompt_ids)
+                and len(self.prompt_logprobs) < len(self.prompt_ids) - 1)
 
 
 class Scheduler:
@@ -192,6 +199,7 @@ class Scheduler:
             plan.append((seq, n))
             budget -= n
         return [(seq, Chunk(seq.id, seq.tokens[seq.n_cached:seq.n_cached + n], seq.n_cached,
+                            "all" if seq.wants_prompt_logits() else
                             "last" if seq.n_cached + n == len(seq.tokens) else "none"))
                 for seq, n in plan]
 
@@ -257,7 +265,7 @@ class Engine:
             raise ValueError(f"request id {rid!r} is already running")
         self._requests[rid] = list(seqs)
         for seq in seqs:
-            if seq.params.max_tokens == 0:
+            if seq.params.max_tokens == 0 and seq.params.prompt_logprobs is None:
                 seq.finish_reason = "length"
                 self._ready.append(self._output(seq, [], None))
             else:
@@ -316,7 +324,14 @@ class Engine:
         self.steps += 1
         for (seq, chunk), logits in zip(plan, results):
             seq.n_cached += len(chunk.tokens)
-            if logits is None:
+            if chunk.logits == "all":
+                self._prompt_logprobs(seq, chunk, logits)
+            if logits is None or seq.n_cached < len(seq.tokens):
+                continue
+            if seq.params.max_tokens == 0:          # prompt logprobs only (scoring)
+                seq.finish_reason = "length"
+                self._finish(seq)
+                outputs.append(self._output(seq, [], None))
                 continue
             row = logits[-1]
             token = seq.sampler(row, seq.tokens if seq.params.repetition_penalty != 1.0 else ())
@@ -329,6 +344,15 @@ class Engine:
                 seq.logprobs.extend(logprobs)
             outputs.append(self._advance(seq, token, logprobs))
         return outputs
+
+    @staticmethod
+    def _prompt_logprobs(seq: Sequence, chunk: Chunk, logits) -> None:
+        # row r holds the logits after position start + r: the prediction of the next token
+        for r in range(len(chunk.tokens)):
+            pos = chunk.start_pos + r + 1
+            if pos < len(seq.prompt_ids) and pos - 1 == len(seq.prompt_logprobs):
+                seq.prompt_logprobs.append(seq.sampler.logprob(logits[r], seq.prompt_ids[pos],
+                                                               seq.params.prompt_logprobs))
 
     def _advance(self, seq: Sequence, token: int, logprobs) -> StepOutput:
         p = seq.params
@@ -366,8 +390,10 @@ class Engine:
         safe = len(seq.text) if safe is None else safe
         delta = seq.text[seq.emitted:safe]
         seq.emitted = max(seq.emitted, safe)
+        first = len(seq.generated) == len(tokens)           # the sequence's first output
+        prompt_lp = list(seq.prompt_logprobs) if first and seq.params.prompt_logprobs is not None else None
         return StepOutput(seq.request_id, seq.index, tokens, delta, seq.finish_reason, logprobs,
-                          len(seq.prompt_ids), len(seq.generated))
+                          len(seq.prompt_ids), len(seq.generated), prompt_lp)
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)

@@ -31,6 +31,7 @@ class RequestOutput:
     token_ids: List[int]            # its token ids
     finish_reason: str              # "length", "eos", "bos" or "stop"
     outputs: List[CompletionOutput] = field(default_factory=list)   # all n completions
+    prompt_logprobs: Optional[List[TokenLogprob]] = None   # prompt tokens 1.., with params.prompt_logprobs
 
 
 class LLM:
@@ -115,7 +116,8 @@ class LLM:
                 for s in seqs]
         first = seqs[0]
         return RequestOutput(first.prompt, first.prompt_ids, outs[0].text, outs[0].token_ids,
-                             outs[0].finish_reason, outs)
+                             outs[0].finish_reason, outs,
+                             list(first.prompt_logprobs) if first.params.prompt_logprobs is not None else None)
 
     # ------------------------------------------------------------------ public API
 

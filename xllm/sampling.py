@@ -26,6 +26,7 @@ class SamplingParams:
     stop_token_ids: List[int] = field(default_factory=list)   # end at these tokens too
     n: int = 1                          # completions per prompt
     logprobs: Optional[int] = None      # None: no logprobs; k: the chosen token's and the k most likely
+    prompt_logprobs: Optional[int] = None   # the same for every prompt token after the first
 
     @property
     def stop_strings(self) -> List[str]:
@@ -59,8 +60,10 @@ class SamplingParams:
             bad("seed", "an integer or None")
         if not is_int(self.n) or self.n < 1:
             bad("n", "an integer >= 1")
-        if self.logprobs is not None and not (is_int(self.logprobs) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
-            bad("logprobs", f"None or an integer in [0, {MAX_TOP_LOGPROBS}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and not (is_int(k) and 0 <= k <= MAX_TOP_LOGPROBS):
+                bad(name, f"None or an integer in [0, {MAX_TOP_LOGPROBS}]")
         if self.stop is not None and not (isinstance(self.stop, str) or (
                 isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) for s in self.stop))):
             bad("stop", "None, a string or a list of strings")
@@ -137,9 +140,10 @@ class Sampler:
         """Count a generated token for the presence and frequency penalties."""
         self._counts[token] = self._counts.get(token, 0) + 1
 
-    def logprob(self, logits: np.ndarray, token: int) -> TokenLogprob:
+    def logprob(self, logits: np.ndarray, token: int, k: Optional[int] = None) -> TokenLogprob:
+        """`token`'s logprob and the k (default params.logprobs) most likely."""
         lp = log_softmax(logits)
-        k = self.params.logprobs or 0
+        k = (self.params.logprobs if k is None else k) or 0
         top: List[Tuple[int, float]] = []
         if k:
             idx = np.argpartition(-lp, k - 1)[:k] if k < lp.shape[0] else np.arange(lp.shape[0])

@@ -165,7 +165,8 @@ async def _collect(st: ServerState, request: Request, t0: float, subs: List[tupl
     async def run():
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for i, out in outs:
-                r = results.setdefault((i, out.index), {"text": [], "logprobs": [], "n": 0, "finish": None})
+                r = results.setdefault((i, out.index), {"text": [], "logprobs": [], "n": 0, "finish": None,
+                                                        "prompt_logprobs": out.prompt_logprobs})
                 r["text"].append(out.text)
                 r["logprobs"] += out.logprobs or []
                 r["n"] = out.num_generated
@@ -202,8 +203,19 @@ def _usage(n_prompt: int, n_generated: int) -> P.Usage:
     return P.Usage(prompt_tokens=n_prompt, completion_tokens=n_generated, total_tokens=n_prompt + n_generated)
 
 
-def _completion_logprobs(st: ServerState, lps: List[TokenLogprob], offset: int) -> P.CompletionLogprobs:
+def _completion_logprobs(st: ServerState, lps: List[TokenLogprob], offset: int,
+                         echo_ids: Optional[List[int]] = None) -> P.CompletionLogprobs:
+    """OpenAI's legacy logprobs; with `echo_ids` (an echoed prompt, its prompt logprobs
+    first in `lps`) the prompt's tokens come first: a leading BOS is not listed (it is no
+    text), a first token without one before it has no logprob."""
     out = P.CompletionLogprobs(top_logprobs=[])
+    if echo_ids and echo_ids[0] != st.tokenizer.bos_id:
+        text = st.token_text(echo_ids[0])
+        out.tokens.append(text)
+        out.token_logprobs.append(None)
+        out.top_logprobs.append(None)
+        out.text_offset.append(offset)
+        offset += len(text)
     for lp in lps:
         text = st.token_text(lp.token_id)
         out.tokens.append(text)
@@ -303,9 +315,6 @@ def create_app(st: ServerState) -> FastAPI:
         t0 = time.monotonic()
         st.check_model(body.model)
         st.check_engine()
-        if body.echo and body.logprobs is not None:
-            raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not computed)",
-                           param="echo")
         try:
             prompts = body.prompts()
         except ValueError as exc:
@@ -321,7 +330,7 @@ def create_app(st: ServerState) -> FastAPI:
                     raise APIError(400, str(exc), param="prompt") from None
                 encoded.append((list(p), st.tokenizer.decode(p)))
         max_tokens = DEFAULT_COMPLETION_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-        params = _params(body, max_tokens, body.logprobs)
+        params = _params(body, max_tokens, body.logprobs, body.logprobs if body.echo else None)
         for ids, _ in encoded:
             st.check_fits(len(ids), params, "max_tokens")
         st.admit(params.n * len(encoded))
@@ -339,7 +348,11 @@ def create_app(st: ServerState) -> FastAPI:
             text = "".join(r["text"])
             if body.echo:
                 text = encoded[i][1] + text
-            lp = _completion_logprobs(st, r["logprobs"], 0) if body.logprobs is not None else None
+            lp = None
+            if body.logprobs is not None and body.echo:
+                lp = _completion_logprobs(st, (r["prompt_logprobs"] or []) + r["logprobs"], 0, encoded[i][0])
+            elif body.logprobs is not None:
+                lp = _completion_logprobs(st, r["logprobs"], 0)
             choices.append(P.CompletionChoice(index=i * params.n + j, text=text, logprobs=lp,
                                               finish_reason=_openai_reason(r["finish"])))
         usage = _usage(n_prompt, sum(r["n"] for r in results.values()))
@@ -377,9 +390,9 @@ def create_app(st: ServerState) -> FastAPI:
     return app
 
 
-def _params(body, max_tokens: int, logprobs: Optional[int]) -> SamplingParams:
+def _params(body, max_tokens: int, logprobs: Optional[int], prompt_logprobs: Optional[int] = None) -> SamplingParams:
     try:
-        return body.sampling_params(max_tokens, logprobs)
+        return body.sampling_params(max_tokens, logprobs, prompt_logprobs)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 
@@ -422,14 +435,15 @@ async def _stream_completion(st: ServerState, body: P.CompletionRequest, rid: st
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for i, out in outs:
                 index = i * n + out.index
-                text = out.text
+                text, lps, echo_ids = out.text, out.logprobs or [], None
                 if body.echo and index not in echoed:
                     text = subs[i][3] + text
+                    lps, echo_ids = (out.prompt_logprobs or []) + lps, subs[i][1]
                     echoed.add(index)
                 generated[index] = out.num_generated
                 lp = None
                 if body.logprobs is not None:
-                    lp = _completion_logprobs(st, out.logprobs or [], offsets.get(index, 0))
+                    lp = _completion_logprobs(st, lps, offsets.get(index, 0), echo_ids)
                     offsets[index] = offsets.get(index, 0) + len(text)
                 if not text and out.finish_reason is None and lp is None:
                     continue                        # text held back (a possible stop string)

@@ -51,13 +51,14 @@ class _SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int, logprobs: Optional[int]) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: Optional[int],
+                        prompt_logprobs: Optional[int] = None) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k, repetition_penalty=self.repetition_penalty,
                               presence_penalty=self.presence_penalty,
                               frequency_penalty=self.frequency_penalty, seed=self.seed,
                               stop_at_eos=not self.ignore_eos, stop=self.stop, n=self.n,
-                              logprobs=logprobs).validate()
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs).validate()
 
 
 class CompletionRequest(_SamplingRequest):
@@ -138,7 +139,7 @@ class Usage(BaseModel):
 class CompletionLogprobs(BaseModel):
     tokens: List[str] = []
     token_logprobs: List[Optional[float]] = []
-    top_logprobs: Optional[List[Dict[str, float]]] = None
+    top_logprobs: Optional[List[Optional[Dict[str, float]]]] = None     # None for an echoed first token
     text_offset: List[int] = []
 
 
