@@ -317,9 +317,10 @@ def load_chat_template(checkpoint_path, override_file=None, tokenizer=None) -> O
 # ----------------------------------------------------------------------------- tokenizing
 
 def _special_pattern(vocab) -> Optional[re.Pattern]:
-    from .tokenizer import CONTROL, USER_DEFINED
+    # the tokens llama.cpp's parse_special matches in text, longest first
+    from .tokenizer import CONTROL, UNKNOWN, USER_DEFINED
     specials = sorted({p for p, t in zip(vocab.pieces, vocab.types.tolist())
-                       if t in (CONTROL, USER_DEFINED) and p}, key=len, reverse=True)
+                       if t in (CONTROL, USER_DEFINED, UNKNOWN) and p}, key=len, reverse=True)
     return re.compile("|".join(map(re.escape, specials))) if specials else None
 
 
@@ -330,7 +331,7 @@ def _encode_special(tokenizer, text: str) -> List[int]:
     if "special" in _encode_parameters(tokenizer):
         return tokenizer.encode(text, bos=False, special=True)
     # Until the tokenizer's own `special=True` is on this branch: split on the vocabulary's
-    # CONTROL / USER_DEFINED pieces here.
+    # CONTROL / USER_DEFINED / UNKNOWN pieces here.
     pattern = _special_pattern(tokenizer.vocab)
     if pattern is None:
         return tokenizer.encode(text, bos=False)
