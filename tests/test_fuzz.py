@@ -1,6 +1,5 @@
 """Every fuzz harness runs a bounded number of inputs on each CI run, and every input that
 once found a bug (tests/fuzz/regressions/NAME/) is replayed.  Long runs: README, Hardening."""
-import os
 import re
 import subprocess
 import sys

@@ -10,7 +10,7 @@ def __getattr__(name):
     # Imported lazily so that pure-Python tools (tokenizer, converters) load without the
     # compiled extension being imported first.
     if name == "LLM":
-        from .engine import LLM
+        from .llm import LLM
         return LLM
     if name == "SamplingParams":
         from .sampling import SamplingParams

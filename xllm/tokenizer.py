@@ -348,6 +348,18 @@ class Tokenizer:
         parts.append(stream.flush())
         return "".join(parts)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's own text, as it stands in the output (for logprobs): byte-level tokens
+        from their bytes (U+FFFD for a partial UTF-8 character), SentencePiece pieces with '▁'
+        as a space and <0xNN> as that byte."""
+        i = _check_id(token_id, self.vocab_size)
+        if self._hf is not None:
+            return self._bytes[i].decode("utf-8", errors="replace")
+        t = self._tables
+        if t.kind[i] == BYTE:
+            return bytes([t.byte[i]]).decode("utf-8", errors="replace")
+        return t.text[i]
+
     def stream_decoder(self, context: Iterable[int] = ()) -> StreamDecoder:
         """A decoder for ids arriving one by one.  `context`: ids already shown (e.g. BOS and
         the prompt), so the first new piece keeps its leading space."""

@@ -17,7 +17,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 

@@ -1,0 +1,222 @@
+"""Request and response bodies of the OpenAI-shaped API (pydantic models).
+
+Field names, `object` values and defaults follow OpenAI's API; a few extensions that vLLM
+and llama-server also accept (top_k, repetition_penalty, ignore_eos) are marked.  Unknown
+fields are ignored, as OpenAI clients send some (user, service_tier ...).
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
+
+MAX_N = 16          # completions per prompt one request may ask for
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _SamplingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)                                 # extension
+    repetition_penalty: float = Field(1.0, gt=0)                # extension
+    ignore_eos: bool = False                                    # extension: run to max_tokens
+    seed: Optional[int] = None
+    stop: Union[None, str, List[str]] = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop strings, got {len(stops)}")
+        return v
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(self, max_tokens: int, logprobs: Optional[int],
+                        prompt_logprobs: Optional[int] = None) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, repetition_penalty=self.repetition_penalty,
+                              presence_penalty=self.presence_penalty,
+                              frequency_penalty=self.frequency_penalty, seed=self.seed,
+                              stop_at_eos=not self.ignore_eos, stop=self.stop, n=self.n,
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs).validate()
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: Union[str, List[str], List[int], List[List[int]]]
+    echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def prompts(self) -> list:
+        """The prompts: strings or token-id lists, at least one."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise ValueError("prompt is empty")
+        if isinstance(p[0], int):
+            return [p]
+        return list(p)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")     # name, tool_calls ... reach the template
+
+    role: str
+    content: Union[str, List[TextPart], None] = None
+
+    def as_template_message(self) -> dict:
+        msg = self.model_dump(exclude_none=True)
+        if isinstance(self.content, list):
+            msg["content"] = "".join(part.text for part in self.content)
+        return msg
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: List[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[List[ChatMessage]] = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+    tokens: List[int]
+
+
+# ----------------------------------------------------------------------------- responses
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: List[str] = []
+    token_logprobs: List[Optional[float]] = []
+    top_logprobs: Optional[List[Optional[Dict[str, float]]]] = None     # None for an echoed first token
+    text_offset: List[int] = []
+
+
+class _Choice(BaseModel):
+    index: int
+    finish_reason: Optional[str] = None
+
+
+class _Response(BaseModel):
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    usage: Optional[Usage] = None
+
+
+class CompletionChoice(_Choice):
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class CompletionResponse(_Response):
+    object: str = "text_completion"
+    choices: List[CompletionChoice]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: List[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: List[TopLogprob] = []
+
+
+class ChatLogprobs(BaseModel):
+    content: List[ChatTokenLogprob] = []
+
+
+class ChatResponseMessage(BaseModel):
+    role: str = "assistant"
+    content: Optional[str] = None
+
+
+class ChatChoice(_Choice):
+    message: ChatResponseMessage
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletionResponse(_Response):
+    object: str = "chat.completion"
+    choices: List[ChatChoice]
+
+
+class ChatDelta(BaseModel):
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(_Choice):
+    delta: ChatDelta
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletionChunk(_Response):
+    object: str = "chat.completion.chunk"
+    choices: List[ChatChunkChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "xllm"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: List[ModelCard]
