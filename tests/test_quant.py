@@ -160,8 +160,8 @@ def test_quantize_dispatch_by_type():
     np.testing.assert_array_equal(ref.quantize(x, GGMLQuantizationType.Q8_0), ref.quantize_q8_0(x))
     np.testing.assert_array_equal(ref.dequantize(ref.quantize(x, F16), F16, (64,)),
                                   x.astype(np.float16).astype(np.float32).reshape(64))
-    with pytest.raises(ValueError, match="Q4_1"):
-        ref.quantize(x, GGMLQuantizationType.Q4_1)
+    with pytest.raises(ValueError, match="IQ2_XXS.*expected one of.*Q4_K"):
+        ref.quantize(x, GGMLQuantizationType.IQ2_XXS)
 
 
 @pytest.mark.parametrize("t", [Q8_0, Q4_0])
