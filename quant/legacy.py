@@ -85,4 +85,9 @@ def quantize_with_gguf(x, ggml_type: int) -> np.ndarray:
     step = max(1, _CHUNK_VALUES // max(1, rows.shape[1]))
     parts = [np.asarray(quantize(rows[r0:r0 + step], qtype)) for r0 in range(0, rows.shape[0], step)]
     out = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    if qtype == GGMLQuantizationType.Q5_0:
+        # ggml's max starts at +0 and stays so in an all-zero block: d = +0 / -16 = -0.  gguf-py
+        # takes the block's own zero, +0 for a block of -0.0s (llama-quantize writes 0x8000).
+        zero = ~rows.reshape(-1, block).any(axis=1)
+        out.reshape(-1, GGML_QUANT_SIZES[qtype][1])[zero, 1] |= np.uint8(0x80)
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -167,6 +167,7 @@ def _q4_0_blocks(b: np.ndarray, out: np.ndarray, row0: int, blocks_per_row: int)
     """Quantize float32 blocks b [n, 32] into the BLOCK_Q4_0 array out [n]."""
     imax = np.abs(b).argmax(axis=1)                    # first index of the largest magnitude
     m = b[np.arange(b.shape[0]), imax]                 # ... with its sign
+    m[m == 0] = 0       # an all-zero block keeps ggml's initial max = +0 (d = -0), even of -0.0s
     _refuse_non_finite(m, row0, blocks_per_row, "Q4_0")
     d = m / np.float32(-8)
     inv, ok = _safe_inverse(d)

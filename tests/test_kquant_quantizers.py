@@ -183,3 +183,15 @@ def test_block_layouts_match_gguf():
     for t, block in ref.BLOCKS.items():
         assert GGML_QUANT_SIZES[T(t)][1] == block.itemsize, T(t).name
     assert ref.QUANTIZABLE >= {int(T[n]) for n in PURE} | {int(T.F32)}
+
+
+@pytest.mark.parametrize("t,nbytes", [(T.Q4_0, 18), (T.Q5_0, 22)])
+def test_all_zero_blocks_store_minus_zero_scale_as_ggml(t, nbytes):
+    """ggml's max starts at +0 and stays so in an all-zero block, so d = +0 / -8 = -0 (0x8000),
+    for a block of -0.0s too (checked against llama-quantize; gguf-py stores +0 there)."""
+    x = np.zeros((2, 64), np.float32)
+    x[1] = -0.0
+    x[0, 40] = 0.5
+    blocks = ref.quantize(x, t).reshape(-1, nbytes)
+    assert [blocks[i, :2].tobytes() for i in (0, 2, 3)] == [b"\x00\x80"] * 3
+    assert blocks[1, :2].tobytes() != b"\x00\x80"
