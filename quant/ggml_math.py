@@ -94,6 +94,34 @@ def best_index(thresholds: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.searchsorted(thresholds, x, side="right")
 
 
+class HalfStepIndex:
+    """best_index_int8 as a table lookup, for tables whose thresholds are multiples of 1/2
+    (IQ4_NL's are): x >= c  <=>  floor(2x) >= 2c, so the index is a function of floor(2x)."""
+
+    def __init__(self, values: np.ndarray):
+        c2 = index_thresholds(values) * np.float32(2)
+        if not (c2 == np.floor(c2)).all():
+            raise ValueError("thresholds are not multiples of 1/2")
+        self.lo, self.hi = int(c2[0]) - 1, int(c2[-1])
+        k = np.arange(self.lo, self.hi + 1, dtype=np.float32)
+        self.index = np.searchsorted(c2, k, side="right").astype(np.uint8)
+        self.values = values[self.index]
+
+    def _slot(self, x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):   # +-inf clip to the ends
+            t = np.multiply(x, np.float32(2))
+        np.floor(t, out=t)
+        np.clip(t, self.lo, self.hi, out=t)
+        t -= np.float32(self.lo)
+        return t.astype(np.intp)
+
+    def indices(self, x: np.ndarray) -> np.ndarray:
+        return self.index[self._slot(x)]
+
+    def nearest_values(self, x: np.ndarray) -> np.ndarray:
+        return self.values[self._slot(x)]
+
+
 # ----------------------------------------------------------------------------- make_qx_quants
 
 def make_qx_quants(x: np.ndarray, nmax: int) -> tuple:
@@ -105,7 +133,9 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple:
     wx = w * x
 
     def trial(iscale):
-        lf = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(np.float32)
+        # |iscale * x| <= nmax + 1 in a group with amax >= GROUP_MAX_EPS (others are dropped),
+        # where rint is nearest_int
+        lf = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
         return lf, seq_sum(wx * lf), seq_sum(w * lf * lf)
 
     lf, sumlx, suml2 = trial(f32(-nmax) / vmax)
@@ -136,7 +166,7 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple:
     on every group gives the same result."""
     amax, vmax = signed_absmax(x)
     zero = amax < GROUP_MAX_EPS
-    L = np.clip(nearest_int((f32(-nmax) / vmax) * x), -nmax, nmax - 1).astype(np.float32)
+    L = np.clip(np.rint((f32(-nmax) / vmax) * x), -nmax, nmax - 1)      # |.| <= nmax: rint is exact
     w = x * x
     wx = w * x
     sumlx = seq_sum(wx * L)
@@ -165,43 +195,71 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple:
 def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool) -> tuple:
     """make_qkx2_quants on groups x [n, B] with weights w [n, B]:
-    (L uint8 [n, B] in 0..nmax, scale float32 [B], the_min float32 [B] (= -min))."""
+    (L uint8 [n, B] in 0..nmax, scale float32 [B], the_min float32 [B] (= -min)).
+
+    Each trial's codes are recomputed at the end from the winning trial's (iscale, min)
+    rather than kept per trial: the same float32 operations give the same codes."""
     xmin = x.min(axis=0)
     xmax = x.max(axis=0)
     sum_w = seq_sum(w, from_zero=False)         # sum_w = w[0]; sum_w += w[i]
     sum_x = seq_sum(w * x, from_zero=False)
     xmin = np.where(xmin > 0, f32(0), xmin)
     flat = xmax == xmin
+    lf = np.empty_like(x)
+    tmp = np.empty_like(x)
 
-    def error(scale, lf, mn):
-        diff = scale * lf + mn - x
-        return seq_sum(w * (np.abs(diff) if use_mad else diff * diff))
+    def codes(iscale, mn, out):
+        """clamp(nearest_int(iscale * (x - mn)), 0, nmax) as float32 into out."""
+        np.subtract(x, mn, out=out)
+        out *= iscale
+        # |iscale * (x - mn)| < 2^22 in every group that counts: rint is nearest_int there
+        bound = np.abs(iscale) * np.maximum(np.abs(xmax - mn), np.abs(xmin - mn))
+        if ((bound < f32(1 << 21)) | flat).all():
+            np.rint(out, out=out)
+        else:
+            out[...] = nearest_int(out)
+        return np.clip(out, 0, nmax, out=out)
+
+    def error(scale, mn):
+        """sum of w * |diff| or w * diff^2, diff = scale * l + mn - x, with l = lf."""
+        d = np.multiply(lf, scale, out=tmp)
+        d += mn
+        d -= x
+        if use_mad:
+            np.abs(d, out=d)
+        else:
+            d *= d
+        d *= w
+        return seq_sum(d)
 
     iscale = f32(nmax) / (xmax - xmin)
     scale = f32(1) / iscale
-    L = np.clip(nearest_int(iscale * (x - xmin)), 0, nmax).astype(np.float32)
-    best_error = error(scale, L, xmin)
+    codes(iscale, xmin, lf)
+    best_error = error(scale, xmin)
+    best_iscale, best_mn = iscale, xmin          # the (iscale, min) that made the kept codes
     mn = xmin
     for step in range(nstep + 1):
         iscale = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (xmax - mn)
-        lf = np.clip(nearest_int(iscale * (x - mn)), 0, nmax).astype(np.float32)
-        wl = w * lf
-        sum_l = seq_sum(wl)
-        sum_l2 = seq_sum(wl * lf)
-        sum_xl = seq_sum(wl * x)
+        codes(iscale, mn, lf)
+        np.multiply(w, lf, out=tmp)                # w * l
+        sum_l = seq_sum(tmp)
+        sum_xl = seq_sum(tmp * x)
+        tmp *= lf
+        sum_l2 = seq_sum(tmp)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
         clamp = this_min > 0
         this_min = np.where(clamp, f32(0), this_min)
         this_scale = np.where(clamp, sum_xl / sum_l2, this_scale)
-        cur_error = error(this_scale, lf, this_min)
+        cur_error = error(this_scale, this_min)
         better = (D > 0) & (cur_error < best_error)
-        L = np.where(better, lf, L)
+        best_iscale = np.where(better, iscale, best_iscale)
+        best_mn = np.where(better, mn, best_mn)
         best_error = np.where(better, cur_error, best_error)
         scale = np.where(better, this_scale, scale)
         mn = np.where(better, this_min, mn)
-    L = L.astype(np.uint8)
+    L = codes(best_iscale, best_mn, lf).astype(np.uint8)
     L[:, flat] = 0
     return L, np.where(flat, f32(0), scale), np.where(flat, -xmin, -mn)
 

@@ -16,6 +16,9 @@ float32 order of operations is kept).  NaN and inf inputs are refused (ValueErro
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .ggml_math import (GROUP_MAX_EPS, f32, fp16_round, groups, make_q3_quants, make_qkx2_quants,
@@ -34,7 +37,8 @@ for _dt, _size in ((BLOCK_Q2_K, 84), (BLOCK_Q3_K, 110), (BLOCK_Q4_K, 144), (BLOC
                    (BLOCK_Q6_K, 210)):
     assert _dt.itemsize == _size, (_dt, _size)
 
-_CHUNK_VALUES = 1 << 20     # values per pass: bounds the float32 temporaries to some 100 MB
+_CHUNK_VALUES = 1 << 18     # values per pass and thread: some 30 MB of float32 temporaries
+THREADS = min(8, os.cpu_count() or 1)       # chunks quantized in parallel
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
@@ -221,7 +225,8 @@ def quantize_blocks(x, ggml_type: int, block_values: int, block_dtype: np.dtype,
     k = n // block_values
     out = np.empty((rows.shape[0], k), dtype=block_dtype)
     step = max(1, _CHUNK_VALUES // n)
-    for r0 in range(0, rows.shape[0], step):
+
+    def work(r0: int) -> None:
         r1 = min(rows.shape[0], r0 + step)
         b = np.asarray(rows[r0:r1], dtype=np.float32).reshape(-1, block_values)
         bad = ~np.isfinite(b).all(axis=1)
@@ -229,8 +234,18 @@ def quantize_blocks(x, ggml_type: int, block_values: int, block_dtype: np.dtype,
             i = int(np.argmax(bad))
             kind = "NaN" if np.isnan(b[i]).any() else "inf"
             raise ValueError(f"cannot quantize to {name}: row {r0 + i // k} contains {kind}")
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):             # per thread: errstate is thread-local
             quantize_chunk(b, out[r0:r1].reshape(-1))
+
+    starts = range(0, rows.shape[0], step)
+    if THREADS > 1 and len(starts) > 1:
+        # numpy releases the GIL inside its loops: chunks run side by side on the cores
+        with ThreadPoolExecutor(min(THREADS, len(starts))) as pool:
+            for _ in pool.map(work, starts):        # re-raises the first failing chunk's error
+                pass
+    else:
+        for r0 in starts:
+            work(r0)
     return out.view(np.uint8).reshape(*x.shape[:-1], k * block_dtype.itemsize)
 
 

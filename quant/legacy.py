@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ggml_math import GROUP_MAX_EPS, best_index, f32, index_thresholds, fp16_round, seq_sum, signed_absmax
+from .ggml_math import GROUP_MAX_EPS, HalfStepIndex, f32, fp16_round, seq_sum, signed_absmax
 from .kquants import quantize_blocks
 
 IQ4_NL, Q4_1, Q5_0, Q5_1, BF16 = 20, 3, 6, 7, 30
@@ -22,7 +22,7 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
                          dtype=np.float32)
 BLOCK_IQ4_NL = np.dtype([("d", "<f2"), ("qs", "u1", (QK4_NL // 2,))])
 assert BLOCK_IQ4_NL.itemsize == 18
-_THRESHOLDS = index_thresholds(KVALUES_IQ4NL)
+_NEAREST = HalfStepIndex(KVALUES_IQ4NL)       # best_index_int8 over the table
 
 _CHUNK_VALUES = 1 << 20
 
@@ -36,7 +36,8 @@ def _iq4_nl_blocks(b: np.ndarray, out: np.ndarray) -> None:
     zero = amax < GROUP_MAX_EPS
 
     def trial(iscale):
-        q = values[best_index(_THRESHOLDS, iscale * x)]
+        iscale = np.where(zero, f32(0), iscale)    # ggml skips all-zero blocks: no inf * 0
+        q = _NEAREST.nearest_values(iscale * x)
         wq = w * q
         return seq_sum(wq * x), seq_sum(wq * q)
 
@@ -52,7 +53,7 @@ def _iq4_nl_blocks(b: np.ndarray, out: np.ndarray) -> None:
     d = np.where(zero, f32(0), d)
     d16, _ = fp16_round(d)
     inv = np.where(d != 0, f32(1) / d, f32(0))
-    L = best_index(_THRESHOLDS, inv * x).astype(np.uint8)        # [32, n]
+    L = _NEAREST.indices(inv * x)        # [32, n]
     out["d"] = d16
     out["qs"] = (L[:16] | (L[16:] << 4)).T
 

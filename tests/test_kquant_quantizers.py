@@ -16,7 +16,7 @@ from gguf.quants import quantize as gguf_quantize
 
 import quant.reference as ref
 from quant import kquants, legacy
-from quant.ggml_math import best_index, index_thresholds, nearest_int, seq_sum
+from quant.ggml_math import HalfStepIndex, best_index, index_thresholds, nearest_int, seq_sum
 
 KQUANT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "kquant"
 T = GGMLQuantizationType
@@ -137,7 +137,13 @@ def test_best_index_equals_ggmls_binary_search():
     xs = np.concatenate([np.random.default_rng(0).uniform(-140, 140, 3000), c, values,
                          np.nextafter(c, np.float32(-np.inf)), np.nextafter(c, np.float32(np.inf)),
                          [0.0, -0.0]]).astype(np.float32)
-    np.testing.assert_array_equal(best_index(c, xs), [ggml(x) for x in xs])
+    want = [ggml(x) for x in xs]
+    np.testing.assert_array_equal(best_index(c, xs), want)
+    lookup = HalfStepIndex(values)
+    xs = np.concatenate([xs, np.float32([1e30, -1e30, np.inf, -np.inf, 3e38])])
+    want += [15, 0, 15, 0, 15]
+    np.testing.assert_array_equal(lookup.indices(xs), want)
+    np.testing.assert_array_equal(lookup.nearest_values(xs), values[want])
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -157,7 +163,9 @@ def test_chunking_float64_and_leading_axes_do_not_change_bytes(t, monkeypatch):
     x[3] = np.abs(x[3])                  # positive only (the min clamps to 0)
     whole = ref.quantize(x, t)
     monkeypatch.setattr(kquants, "_CHUNK_VALUES", 512)
-    np.testing.assert_array_equal(ref.quantize(x, t), whole)
+    for threads in (1, 3):                  # one row a chunk, in turn or side by side
+        monkeypatch.setattr(kquants, "THREADS", threads)
+        np.testing.assert_array_equal(ref.quantize(x, t), whole)
     np.testing.assert_array_equal(ref.quantize(x.astype(np.float64), t), whole)
     np.testing.assert_array_equal(ref.quantize(x.reshape(2, 3, 512), t), whole.reshape(2, 3, -1))
     back = gguf_dequantize(whole, t)
