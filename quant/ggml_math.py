@@ -132,25 +132,33 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple:
     w = x * x
     wx = w * x
 
-    def trial(iscale):
+    def codes(iscale):
         # |iscale * x| <= nmax + 1 in a group with amax >= GROUP_MAX_EPS (others are dropped),
         # where rint is nearest_int
-        lf = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
-        return lf, seq_sum(wx * lf), seq_sum(w * lf * lf)
+        lf = np.multiply(x, iscale)
+        np.rint(lf, out=lf)
+        return np.clip(lf, -nmax, nmax - 1, out=lf)
 
-    lf, sumlx, suml2 = trial(f32(-nmax) / vmax)
-    L = lf
+    def trial(iscale):
+        lf = codes(iscale)
+        sumlx = seq_sum(wx * lf)
+        lf *= w * lf
+        return sumlx, seq_sum(lf)              # w*l*l: (w*l)*l == l*(w*l) exactly
+
+    best_iscale = f32(-nmax) / vmax
+    sumlx, suml2 = trial(best_iscale)
     scale = np.where(suml2 != 0, sumlx / suml2, f32(0))
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        lf, sumlx, suml2 = trial(-(f32(nmax) + f32(0.1) * f32(step)) / vmax)
+        iscale = -(f32(nmax) + f32(0.1) * f32(step)) / vmax
+        sumlx, suml2 = trial(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(better, lf, L)
+        best_iscale = np.where(better, iscale, best_iscale)     # its codes are recomputed below
         scale = np.where(better, sumlx / suml2, scale)
         best = np.where(better, scale * sumlx, best)
-    L = (L + f32(nmax)).astype(np.uint8)
+    L = (codes(best_iscale) + f32(nmax)).astype(np.uint8)
     L[:, zero] = 0
     return L, np.where(zero, f32(0), scale)
 
