@@ -207,11 +207,8 @@ _QUANTIZE_BLOCKS = {Q2_K: _q2_k_blocks, Q3_K: _q3_k_blocks, Q4_K: _q4_k_blocks,
 NAMES = {Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
 
 
-def quantize_blocks(x, ggml_type: int, block_values: int, block_dtype: np.dtype, quantize_chunk,
-                    name: str) -> np.ndarray:
-    """Rows of x [..., n] (n a multiple of block_values) through quantize_chunk(float32
-    [blocks, block_values], out structured [blocks]) in memory-bounded chunks of rows;
-    returns uint8 [..., n / block_values * block bytes]."""
+def float_rows(x, block_values: int, name: str) -> np.ndarray:
+    """x as a 2-D view [rows, n], checking it is numbers in rows of whole blocks."""
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError(f"cannot quantize a scalar to {name}, expected rows of values")
@@ -221,7 +218,17 @@ def quantize_blocks(x, ggml_type: int, block_values: int, block_dtype: np.dtype,
     if n == 0 or n % block_values:
         raise ValueError(f"row length {n} is not a multiple of {block_values}: cannot quantize to "
                          f"{name} (blocks of {block_values} values)")
-    rows = x.reshape(-1, n)
+    return x.reshape(-1, n)
+
+
+def quantize_blocks(x, ggml_type: int, block_values: int, block_dtype: np.dtype, quantize_chunk,
+                    name: str) -> np.ndarray:
+    """Rows of x [..., n] (n a multiple of block_values) through quantize_chunk(float32
+    [blocks, block_values], out structured [blocks]) in memory-bounded chunks of rows;
+    returns uint8 [..., n / block_values * block bytes]."""
+    x = np.asarray(x)
+    rows = float_rows(x, block_values, name)
+    n = rows.shape[1]
     k = n // block_values
     out = np.empty((rows.shape[0], k), dtype=block_dtype)
     step = max(1, _CHUNK_VALUES // n)

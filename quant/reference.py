@@ -41,6 +41,8 @@ import numpy as np
 from xllm.formats import F16, F32, Q4_0, Q8_0, QK
 from xllm.formats.types import type_name
 
+from .kquants import float_rows
+
 BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (QK,))])
 BLOCK_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
 assert BLOCK_Q8_0.itemsize == 34, BLOCK_Q8_0.itemsize
@@ -55,16 +57,7 @@ _CHUNK_VALUES = 1 << 20     # values per pass: bounds the float32 temporaries to
 
 def _float_rows(x, name: str) -> np.ndarray:
     """x as a 2-D view [rows, n] (last axis = rows), checking the row length for 32-blocks."""
-    x = np.asarray(x)
-    if x.ndim == 0:
-        raise ValueError(f"cannot quantize a scalar to {name}, expected rows of values")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"cannot quantize dtype {x.dtype} to {name}, expected floating-point values")
-    n = x.shape[-1]
-    if n == 0 or n % QK:
-        raise ValueError(f"row length {n} is not a multiple of {QK}: cannot quantize to {name} "
-                         f"(blocks of {QK} values)")
-    return x.reshape(-1, n)
+    return float_rows(x, QK, name)
 
 
 def _block_rows(data, block: np.dtype, name: str) -> np.ndarray:
