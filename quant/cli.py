@@ -71,11 +71,14 @@ def plan_preset_types(ckpt, preset_name: str, pure: bool) -> tuple:
     a tensor that would get wider (e.g. Q4_0 -> Q6_K)."""
     try:
         preset = find_preset(preset_name)
-        cfg = ckpt.config
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = ckpt.config
+    try:
         chosen = plan_preset({n: t.shape for n, t in ckpt.tensors.items()}, preset,
                              ModelShape(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads), pure=pure)
-    except ValueError as exc:
-        raise UsageError(f"{ckpt.path}: {exc}" if "tensor" in str(exc) else str(exc)) from None
+    except ValueError as exc:                   # a --pure matrix whose rows do not divide the block
+        raise UsageError(f"{ckpt.path}: {exc}") from None
     plan = {}
     for name, t in ckpt.tensors.items():
         target = chosen[name]
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
             raise UsageError("--fallback applies to -b only: with --type, rows that do not divide a "
                              "type's block fall back as llama-quantize's do (or are refused with --pure)")
         try:
-            find_preset(args.type)
+            find_preset(args.type)              # before reading IN: a typo fails at once
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
