@@ -3,7 +3,9 @@
 Compiler flags and Cython directives are data at the top of this file.  The AVX2/FMA
 kernels in simd.h are compiled through function-level `target` attributes and picked at
 run time, so the default build runs on any x86-64 (or other) CPU; XLLM_NATIVE=1 adds
--march=native for the whole extension, XLLM_DEBUG=1 builds with -O0 -g and bounds checks.
+-march=native for the whole extension, XLLM_DEBUG=1 builds with -O0 -g and bounds checks,
+XLLM_SANITIZE=1 with AddressSanitizer and UndefinedBehaviorSanitizer (the compiler's runtime;
+run Python with it preloaded, see README "Hardening").
 """
 import os
 import shutil
@@ -17,10 +19,16 @@ from setuptools import Extension, setup
 
 NATIVE = os.environ.get("XLLM_NATIVE", "0") == "1"
 DEBUG = os.environ.get("XLLM_DEBUG", "0") == "1"
+SANITIZE = os.environ.get("XLLM_SANITIZE", "0") == "1"
 
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+LINK_ARGS = []
 if NATIVE:
     COMPILE_ARGS += ["-march=native"]
+if SANITIZE:   # -O1 keeps the stack traces readable; UBSan aborts on the first report
+    SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    COMPILE_ARGS = ["-O1", "-g", "-fno-math-errno", "-fno-trapping-math"] + SANITIZERS
+    LINK_ARGS = SANITIZERS
 OPENMP_COMPILE_ARGS = ["-fopenmp"]
 OPENMP_LINK_ARGS = ["-fopenmp"]
 DEFINE_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
@@ -67,7 +75,7 @@ def extensions():
             include_dirs=["xllm", numpy.get_include()],
             define_macros=DEFINE_MACROS,
             extra_compile_args=COMPILE_ARGS + (OPENMP_COMPILE_ARGS if use_openmp else []),
-            extra_link_args=OPENMP_LINK_ARGS if use_openmp else [],
+            extra_link_args=LINK_ARGS + (OPENMP_LINK_ARGS if use_openmp else []),
         ))
     return cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
 

@@ -1,6 +1,7 @@
 """xllm's matmul kernel against numpy's (OpenBLAS) on TinyLlama's projection shapes.
 
     python benchmarks/bench_matmul.py [--threads 2] [--tokens 1 128] [--types f32 f16 q8_0 q4_0] [--json]
+    (--types also takes bf16 q4_1 q5_0 q5_1 iq4_nl)
 
 y = x @ W.T with W (rows, cols) and x (T, cols): T = 1 is a decode GEMV (weight streaming,
 measured against read bandwidth), T = 128 a prefill GEMM (measured against the fp32 FMA peak,
@@ -24,7 +25,7 @@ def parse():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
     p.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q4_0"],
-                   choices=["f32", "f16", "q8_0", "q4_0"])
+                   choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cache-mb", type=int, default=256, help="bytes of weight copies cycled through (>> L3)")
     p.add_argument("--json", action="store_true")
@@ -44,7 +45,7 @@ from gguf.quants import quantize  # noqa: E402
 from xllm import _kernels, _probe  # noqa: E402
 from xllm.benchmark import CpuMonitor, measure_limits  # noqa: E402
 
-TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "iq4_nl": 20}
 
 
 def weights(kind, w32):
@@ -52,6 +53,10 @@ def weights(kind, w32):
         return w32
     if kind == "f16":
         return w32.astype(np.float16)
+    if kind == "iq4_nl":           # gguf-py has no IQ4_NL quantizer; the speed does not depend on the values
+        blocks = np.random.default_rng(0).integers(0, 256, (w32.shape[0], w32.shape[1] // 32, 18), dtype=np.uint8)
+        blocks[..., :2] = np.array([0.001], np.float16).view(np.uint8)
+        return blocks.reshape(w32.shape[0], -1)
     return quantize(w32, GGMLQuantizationType(TYPES[kind]))
 
 
@@ -91,7 +96,8 @@ def run_cases(rng, lim, rows_out):
                 base = w32 if kind == "numpy" else weights(kind, w32)
                 n = max(2, -(-(args.cache_mb << 20) // base.nbytes))
                 copies = [base] + [base.copy() for _ in range(n - 1)]
-                if kind in ("q8_0", "q4_0"):       # repacked once, as the model loader does
+                quant = kind != "numpy" and TYPES[kind] in _kernels.QUANTIZED_TYPES
+                if quant:                           # repacked once, as the model loader does
                     copies = [_kernels.pack(c, TYPES[kind]) for c in copies]
                 bw0 = probe_bandwidth()
                 if kind == "numpy":
@@ -102,7 +108,6 @@ def run_cases(rng, lim, rows_out):
                 del copies
                 gflops = flops / secs / 1e9
                 gbps = base.nbytes / secs / 1e9
-                quant = kind in ("q8_0", "q4_0")
                 rows_out.append({
                     "shape": f"{rows}x{cols}", "tokens": T, "kernel": kind, "ms": secs * 1e3,
                     "gflops": gflops, "weight_gbps": gbps,

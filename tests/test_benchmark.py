@@ -66,7 +66,7 @@ def tiny(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
 def test_make_random_model_loads_and_generates(tmp_path, dtype):
     from xllm import LLM, SamplingParams
     from xllm.formats import open_checkpoint

@@ -239,3 +239,171 @@ def test_more_threads_than_cores_warns():
     r = run("--threads", usable_cores() + 1, "--steps", 20, "--temperature", 0)
     assert r.returncode == 0
     assert "warning" in r.stderr and "cores" in r.stderr
+
+
+# ----------------------------------------------------------------------------- chat
+
+# A template for the TinyStories model: the user's text starts a story, each reply ends with EOS.
+STORY_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m.content == 'bad' %}"
+                  "{{ raise_exception('no bad words') }}{% endif %}{{ m.content }}"
+                  "{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}\n")
+
+
+@pytest.fixture(scope="module")
+def story_template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat") / "story.jinja"
+    path.write_text(STORY_TEMPLATE)
+    return path
+
+
+def slow_run(*args, stdin=None):
+    """run() with room for a long greedy story on a loaded machine (a hang guard, not a timing)."""
+    return subprocess.run([sys.executable, "-m", "xllm.cli", *map(str, args)], capture_output=True,
+                          text=True, input=stdin, timeout=900)
+
+
+def test_chat_keeps_the_conversation(story_template):
+    from xllm.chat import encode_rendered, load_chat_template
+    llm = LLM(threads=1)                                   # the shipped model
+    template = load_chat_template(llm.checkpoint.path, story_template, llm.tokenizer)
+
+    def reply(messages):                                   # the same turn through the Python API
+        ids = encode_rendered(llm.tokenizer, template.render(messages))
+        params = SamplingParams(max_tokens=llm.config.max_seq_len - len(ids) + 1, temperature=0)
+        return llm.generate([ids], params)[0].text
+
+    first = reply([{"role": "user", "content": KNOWN_PROMPT}])
+    # one BOS (the template's): the known llama2.c continuation
+    assert first.startswith(KNOWN_TEXT[len(KNOWN_PROMPT):])
+    second = reply([{"role": "user", "content": KNOWN_PROMPT}, {"role": "assistant", "content": first},
+                    {"role": "user", "content": "Lily"}])
+    fresh = reply([{"role": "user", "content": "Lily"}])
+    assert second != fresh                                 # the history matters
+    r = slow_run("--chat-template", story_template, "--temperature", 0, "--steps", 0,
+                 stdin=f"{KNOWN_PROMPT}\nLily\n/reset\nLily\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f">>> {first}\n>>> {second}\n>>> >>> {fresh}\n>>> "
+    assert "conversation cleared" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_errors_keep_the_loop(story_template):
+    # --steps bounds the whole conversation: the second turn no longer fits; a template's
+    # raise_exception is one line too; /reset starts over
+    r = run("--chat-template", story_template, "--temperature", 0, "--steps", 20,
+            stdin=f"{KNOWN_PROMPT}\nmore\nbad\n/reset\n{KNOWN_PROMPT}\n")
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 2, r.stderr
+    assert "conversation is too long" in errors[0] and "/reset" in errors[0]
+    assert "story.jinja" in errors[1] and "no bad words" in errors[1]
+    replies = r.stdout.split(">>> ")
+    assert replies[2:5] == ["", "", ""] and replies[6] == ""    # two refused turns, /reset, EOF
+    assert len(replies) == 7 and replies[1] == replies[5] and replies[1].startswith(", there was")
+    assert "Traceback" not in r.stderr
+
+
+def test_chat_template_bad_input(story_template, tmp_path):
+    assert_one_line_error(run("--chat-template", story_template, "--prompt", "x"), "--chat-template", "--prompt")
+    assert_one_line_error(run("--chat-template", tmp_path / "none.jinja"), "none.jinja")
+    bad = tmp_path / "broken.jinja"
+    bad.write_text("{% for m in messages %}")
+    assert_one_line_error(run("--chat-template", bad, stdin="hi\n"), "broken.jinja", "syntax error")
+
+
+# ----------------------------------------------------------------------------- --stats-log
+
+def test_stats_log_known_output(tmp_path):
+    from xllm.cpu_stats import read_stats_log
+    log = tmp_path / "run.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", "xllm.cli", "--stats-log", str(log), "--prompt", KNOWN_PROMPT,
+                             "--steps", "64", "--temperature", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out == KNOWN_TEXT + "\n" and "tok/s" in err
+    samples = read_stats_log(log).samples
+    assert len(samples) >= 2
+    assert {s["pid"] for s in samples} == {samples[0]["pid"]} and samples[0]["pid"] != proc.pid   # the child
+    assert samples[-1]["state"] == "Z" and samples[-1]["utime"] + samples[-1]["stime"] > 0
+    r = subprocess.run([sys.executable, "-m", "xllm.cpu_stats", str(log)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "average CPU: " in r.stdout, r.stderr
+
+
+def test_stats_log_interactive_and_errors(converted, tmp_path):
+    r = run("--stats-log", tmp_path / "i.tsv", "--weight", converted, "--temperature", 0, "--steps", 64,
+            stdin=f"{KNOWN_PROMPT}\n\nLily\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(">>> " + KNOWN_TEXT + "\n>>> ") and r.stdout.count(">>> ") == 4
+    # the child's error: one line, its exit code
+    assert_one_line_error(run("--stats-log", tmp_path / "e.tsv", "--weight", "/nonexistent/m.gguf"),
+                          "/nonexistent/m.gguf")
+    assert_one_line_error(run("--stats-log", tmp_path / "e.tsv", "--steps", 513, "--prompt", "x"), "--steps 513")
+    assert_one_line_error(run("--stats-log", tmp_path / "no" / "s.tsv"), "no/s.tsv", "cannot write the stats log")
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_ctrl_c_at_the_prompt(converted, tmp_path, stats):
+    import os
+    import signal
+    args = [sys.executable, "-m", "xllm.cli", "--weight", str(converted)]
+    if stats:
+        args += ["--stats-log", str(tmp_path / "c.tsv")]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.read(4) == b">>> "                   # waiting for input
+        os.killpg(proc.pid, signal.SIGINT)                     # Ctrl-C: the whole process group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines() == ["xllm-main: interrupted"]
+
+
+def test_stats_log_child_killed(converted, tmp_path):
+    import os
+    import signal
+    from xllm.cpu_stats import read_stats_log
+    log = tmp_path / "k.tsv"
+    proc = subprocess.Popen([sys.executable, "-m", "xllm.cli", "--weight", str(converted), "--stats-log", str(log)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(4) == b">>> "                   # the child is up, the log started
+        child = int(log.read_text().splitlines()[2].split("\t")[2])
+        os.kill(child, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL
+    lines = err.decode().strip().splitlines()
+    assert lines == [f"xllm-main: error: the inference process (pid {child}) was killed by SIGKILL"]
+    assert read_stats_log(log).samples[-1]["pid"] == child
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_no_stdin_at_all_is_eof(converted, tmp_path, stats):
+    import shlex
+    extra = f"--stats-log {shlex.quote(str(tmp_path / 's.tsv'))}" if stats else ""
+    r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -m xllm.cli --weight "
+                        f"{shlex.quote(str(converted))} {extra} <&-"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr.strip() == "" and r.stdout == "", r.stderr
+
+
+def test_stats_log_sigterm_reaches_the_child(converted, tmp_path):
+    import os
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "xllm.cli", "--weight", str(converted), "--stats-log",
+                             str(tmp_path / "t.tsv")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(4) == b">>> "
+        os.kill(proc.pid, signal.SIGTERM)                      # the parent only: forwarded
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert len(err.decode().strip().splitlines()) == 1 and "killed by SIGTERM" in err.decode()

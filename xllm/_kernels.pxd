@@ -11,6 +11,7 @@ cdef extern from "simd.h" nogil:
     int XLLM_F16
     int XLLM_Q4_0
     int XLLM_Q8_0
+    bint xllm_is_legacy_quant(int type)
     int XLLM_QK
     int XLLM_TILE_ROWS
     int XLLM_TILE_TOKENS
@@ -54,9 +55,9 @@ cdef extern from "simd.h" nogil:
 
 ctypedef struct Matrix:
     const char *data        # F32/F16: rows x row_bytes, row-major, W[o, :] is row o;
-                            # Q8_0/Q4_0 matmul operands: panels of 8 rows (simd.h, xllm_pack_panel),
+                            # quantized matmul operands: panels of 8 rows (simd.h, xllm_pack_panel),
                             # ceil(rows/8) x 8 x row_bytes; the embedding table keeps the file's rows
-    int type                # XLLM_F32 / F16 / Q8_0 / Q4_0
+    int type                # XLLM_F32 / F16 / BF16 (float path) or a quantized type (panels)
     int rows                # output features
     int cols                # input features
     size_t row_bytes        # bytes of one row in `type`

@@ -44,7 +44,12 @@ OP_NAMES = ("embed", "rmsnorm", "qkv_proj", "rope", "kv_write", "attention", "at
             "residual", "ffn_gate_up", "swiglu", "ffn_down", "classifier")
 
 TYPE_F32, TYPE_F16, TYPE_Q4_0, TYPE_Q8_0 = 0, 1, 2, 8
-SUPPORTED_TYPES = (0, 1, 2, 8)
+TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_IQ4_NL, TYPE_BF16 = 3, 6, 7, 20, 30
+SUPPORTED_TYPES = (0, 1, 2, 8, 3, 6, 7, 20, 30)
+# (values, bytes) per block of each supported type; the quantized ones run in panels
+BLOCK_LAYOUT = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 6: (32, 22),
+                7: (32, 24), 20: (32, 18)}
+QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] > 1)
 
 xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
 
@@ -95,7 +100,7 @@ cdef inline void tick(Workspace *ws, int op, double *t) noexcept nogil:
 # ---------------------------------------------------------------------------- matmul
 
 cdef inline bint is_quantized(int type) noexcept nogil:
-    return type == XLLM_Q8_0 or type == XLLM_Q4_0
+    return type == XLLM_Q8_0 or type == XLLM_Q4_0 or xllm_is_legacy_quant(type)
 
 
 cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, size_t ldx, int T,
@@ -480,8 +485,8 @@ cdef class _Buffers:
 def pack_quantized(data, int ggml_type, int rows, int cols, int threads=1):
     """The panel layout matmuls read (simd.h: xllm_pack_panel) of a Q8_0/Q4_0 matrix given
     as its rows' bytes; returns uint8 (ceil(rows/8) * 8 * row_bytes,), 64-byte aligned."""
-    if ggml_type not in (TYPE_Q8_0, TYPE_Q4_0):
-        raise ValueError(f"pack_quantized: type {ggml_type} is not Q8_0 (8) or Q4_0 (2)")
+    if ggml_type not in QUANTIZED_TYPES:
+        raise ValueError(f"pack_quantized: type {ggml_type} is not a quantized type {QUANTIZED_TYPES}")
     data = _tensor_matrix(data, ggml_type, rows, cols)
     cdef size_t row_bytes = data.nbytes // rows
     cdef int n_panels = (rows + XLLM_PANEL - 1) // XLLM_PANEL
@@ -734,13 +739,14 @@ cdef class Decoder:
 def _tensor_matrix(data, int ggml_type, int rows, int cols):
     if ggml_type not in SUPPORTED_TYPES:
         raise ValueError(f"unsupported tensor type {ggml_type}")
-    if ggml_type in (TYPE_Q8_0, TYPE_Q4_0) and cols % XLLM_QK:
-        raise ValueError(f"row length {cols} is not a multiple of {XLLM_QK}")
+    block, block_bytes = BLOCK_LAYOUT[ggml_type]
+    if cols % block:
+        raise ValueError(f"row length {cols} is not a multiple of {block}")
     dtype = {0: np.float32, 1: np.float16}.get(ggml_type, np.uint8)
     data = np.ascontiguousarray(data)
     if data.dtype != dtype:
         raise ValueError(f"weights for type {ggml_type}: expected dtype {np.dtype(dtype)}, found {data.dtype}")
-    bytes_per_row = {0: 4 * cols, 1: 2 * cols, 8: cols // 32 * 34, 2: cols // 32 * 18}[ggml_type]
+    bytes_per_row = cols // block * block_bytes
     if data.nbytes != rows * bytes_per_row:
         raise ValueError(f"weights hold {data.nbytes} bytes, expected {rows * bytes_per_row}")
     return data
@@ -754,14 +760,13 @@ class PackedWeights:
 
 
 def pack(w, int ggml_type, int threads=1):
-    """Repack a Q8_0/Q4_0 matrix given as its rows' bytes (rows, row_bytes) once, so that
+    """Repack a quantized matrix given as its rows' bytes (rows, row_bytes) once, so that
     repeated `matmul` calls (benchmarks) do not pay for it."""
     if w.ndim != 2:
         raise ValueError(f"weights: expected (rows, row_bytes), found shape {w.shape}")
-    row_bytes = {TYPE_Q8_0: 34, TYPE_Q4_0: 18}.get(ggml_type)
-    if row_bytes is None:
-        raise ValueError(f"pack: type {ggml_type} is not Q8_0 (8) or Q4_0 (2)")
-    cols = w.shape[1] // row_bytes * XLLM_QK
+    if ggml_type not in QUANTIZED_TYPES:
+        raise ValueError(f"pack: type {ggml_type} is not a quantized type {QUANTIZED_TYPES}")
+    cols = w.shape[1] // BLOCK_LAYOUT[ggml_type][1] * XLLM_QK
     return PackedWeights(pack_quantized(w, ggml_type, w.shape[0], cols, threads), ggml_type, w.shape[0], cols)
 
 
@@ -785,12 +790,12 @@ def matmul(w, int ggml_type, x, int threads=1):
             raise ValueError(f"packed weights are type {w.ggml_type} with {w.cols} columns, "
                              f"asked for type {ggml_type} with {cols}")
         rows, data = w.rows, w.data
-        row_bytes = cols // XLLM_QK * (34 if ggml_type == TYPE_Q8_0 else 18)
+        row_bytes = cols // XLLM_QK * BLOCK_LAYOUT[ggml_type][1]
     else:
         rows = w.shape[0]
         data = _tensor_matrix(w, ggml_type, rows, cols)
         row_bytes = data.nbytes // rows
-        if ggml_type in (TYPE_Q8_0, TYPE_Q4_0):
+        if ggml_type in QUANTIZED_TYPES:
             data = pack_quantized(data, ggml_type, rows, cols, threads)
     cdef Matrix m
     m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]

@@ -34,7 +34,8 @@ import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .convert import add_llama_metadata, atomic_gguf_writer
-from .formats import F16, F32, Q4_0, Q8_0, TYPE_NAMES, layer_tensor_shapes
+from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes, row_bytes
+from .formats.types import BF16, Q4_1, Q5_0, Q5_1, block_layout, is_block_quantized, type_name
 
 # ----------------------------------------------------------------------------- machine limits
 
@@ -253,7 +254,10 @@ SHAPES: Dict[str, dict] = {
     "tiny": dict(dim=64, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2,
                  vocab_size=512, max_seq_len=256),            # for tests: fits in cache
 }
-DTYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0}
+DTYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
+          "q5_1": Q5_1}
+# general.file_type of a model whose every matrix has that type (llama.cpp's LlamaFileType)
+_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, BF16: 32}
 _SHAPE_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
                "norm_eps", "rope_theta")
 
@@ -332,7 +336,7 @@ def resolve_shape(shape, n_layers: Optional[int] = None, **overrides) -> dict:
     cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}).validate("shape")
     if cfg.dim % 32 or cfg.hidden_dim % 32:
         raise ValueError(f"shape: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be multiples "
-                         f"of 32 (Q8_0/Q4_0 blocks)")
+                         f"of 32 (32-value quantization blocks)")
     return hp
 
 
@@ -353,8 +357,7 @@ def _random_tensor(name: str, shape: tuple, ggml_type: int, seed: int, std: floa
     else:
         from gguf import GGMLQuantizationType
         from gguf.quants import quantize
-        block = 34 if ggml_type == Q8_0 else 18
-        out = np.empty((rows, cols // 32 * block), dtype=np.uint8)
+        out = np.empty((rows, row_bytes(ggml_type, cols)), dtype=np.uint8)
     step = max(1, (1 << 22) // cols)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -372,7 +375,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
     """Write a llama GGUF file of a real model's shape with random weights ~ N(0, std).
 
     shape: a name in SHAPES ("tinyllama-1.1b", "llama2-7b-layers", "stories110m", "tiny") or a
-    dict of hyperparameters; dtype: "f32", "f16", "q8_0" or "q4_0" for every matrix (norms
+    dict of hyperparameters; dtype: a key of DTYPES ("f32", "q8_0", "q5_1", ...) for every matrix (norms
     stay f32); n_layers overrides the shape's; vocab: a tokenizer file (sentencepiece .model,
     llama2.c tokenizer.bin, GGUF), a tokenizer.Vocab, or None for a synthetic vocabulary of
     the right size.  Tensors are made and written one at a time (memory: one tensor), to a
@@ -413,8 +416,8 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
         with atomic_gguf_writer(path) as writer:
             name = shape if isinstance(shape, str) else "custom"
             add_llama_metadata(writer, cfg, f"random-{name}-{dtype}")
-            writer.add_file_type({F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}[gtype])
-            if gtype in (Q8_0, Q4_0):
+            writer.add_file_type(_FILE_TYPES[gtype])
+            if is_block_quantized(gtype):
                 writer.add_quantization_version(2)
             writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
             vocab.add_to_gguf(writer)
@@ -426,7 +429,7 @@ def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers
                     dt = np.dtype(np.float32 if gtype == F32 else np.float16)
                     writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
                 else:
-                    nb = shp[0] * shp[1] // 32 * (34 if gtype == Q8_0 else 18)
+                    nb = shp[0] * row_bytes(gtype, shp[1])
                     writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
                                            raw_dtype=GGMLQuantizationType(gtype))
             writer.write_header_to_file()
@@ -455,7 +458,8 @@ MATMUL_OPS = ("qkv_proj", "attn_out_proj", "ffn_gate_up", "ffn_down", "classifie
 
 
 def _value_bytes(ggml_type: int) -> float:
-    return {F32: 4.0, F16: 2.0, Q8_0: 34 / 32, Q4_0: 18 / 32}[ggml_type]
+    values, nbytes = block_layout(ggml_type)
+    return nbytes / values
 
 
 class CostModel:
@@ -528,7 +532,7 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         nbytes, flops = costs.get(op, (0, 0))
         if secs <= 0 and nbytes == 0 and flops == 0:
             continue
-        quant = op in MATMUL_OPS and types.get(op) in (Q8_0, Q4_0)
+        quant = op in MATMUL_OPS and op in types and is_block_quantized(types[op])
         peak = (limits["int8_kernel_gops"] if quant else limits["fma_gflops"]) * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None
@@ -638,7 +642,7 @@ def _model_info(llm, path) -> dict:
     counts: Dict[str, int] = {}
     for name, shape in layer_tensor_shapes(cfg).items():
         if len(shape) == 2:
-            tn = TYPE_NAMES[llm.checkpoint.tensors[name].ggml_type]
+            tn = type_name(llm.checkpoint.tensors[name].ggml_type)
             counts[tn] = counts.get(tn, 0) + 1
     return {
         "path": os.fspath(path),
@@ -763,7 +767,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
 
     cost = CostModel(llm.checkpoint)
     types = cost.types
-    quant = any(t in (Q8_0, Q4_0) for t in types.values())
+    quant = any(is_block_quantized(t) for t in types.values())
     prefill_s = _median([r["prefill_s"] for r in runs])
     n_decode = gen_tokens - 1                       # tokens after the first come from decode steps
     decode_s = _median([r["decode_s"] for r in runs])
@@ -1083,7 +1087,7 @@ def _ops_text(rows) -> str:
 
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
-        ["weights (F32/F16 mapped, Q8_0/Q4_0 repacked)", _fmt_bytes(m["weights_bytes"])],
+        ["weights (F32/F16/BF16 mapped, quantized repacked)", _fmt_bytes(m["weights_bytes"])],
         ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],

@@ -2,11 +2,18 @@
 
     xllm-main                                    # a story from the small model in the package
     xllm-main --weight M --prompt "Once upon a time" --steps 64 --temperature 0
-    xllm-main --weight M                         # interactive ">>> " loop until EOF
+    xllm-main --weight M                         # interactive ">>> " loop until EOF: a chat
+                                                 # when the model has a chat template
+    xllm-main --weight M --chat-template t.jinja # a chat with this template
     xllm-main --weight M --file prompts.txt      # many prompts in one continuous batch
+    xllm-main --stats-log run.tsv ...            # inference in a child process, its /proc
+                                                 # stats logged once a second (xllm-cpu-stats)
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
 import time
 
@@ -34,6 +41,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-seqs", type=positive_int, default=16, help="sequences running at once (--file)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=256,
                    help="tokens per decoder step: decode tokens plus prompt chunks (default 256)")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja2 chat template for the interactive chat (default: the model's own)")
+    p.add_argument("--stats-log", metavar="FILE",
+                   help="run inference in a child process and log its /proc stats to FILE once a "
+                        "second (read it with xllm-cpu-stats)")
     return p
 
 
@@ -52,17 +64,18 @@ def steps_to_max_tokens(steps, n_prompt: int, context: int, explicit: bool) -> i
     return steps - n_prompt + 1
 
 
-def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
+def sampling_params(args, max_tokens: int):
     from .sampling import SamplingParams
-    ids = llm.tokenizer.encode(prompt, bos=True)
-    max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, len(ids),
-                                     llm.config.max_seq_len, args.steps is not None)
-    params = SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed)
-    out.write(llm.tokenizer.decode(ids))
-    out.flush()
+    return SamplingParams(max_tokens=max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed)
+
+
+def stream_reply(llm, ids, params, out=sys.stdout) -> str:
+    """Print the continuation of `ids` as it comes, then a stats line on stderr; return it."""
     start = time.perf_counter()
+    pieces = []
     for piece in llm.stream(ids, params):
+        pieces.append(piece)
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -72,6 +85,17 @@ def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
     rate = gen / elapsed if elapsed > 0 else float("inf")
     print(f"xllm: {len(ids)} prompt + {gen} generated tokens in {elapsed:.3f} s, "
           f"{rate:.1f} tok/s", file=sys.stderr)
+    return "".join(pieces)
+
+
+def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
+    ids = llm.tokenizer.encode(prompt, bos=True)
+    max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, len(ids),
+                                     llm.config.max_seq_len, args.steps is not None)
+    params = sampling_params(args, max_tokens)
+    out.write(llm.tokenizer.decode(ids))
+    out.flush()
+    stream_reply(llm, ids, params, out)
 
 
 def read_prompts(path: str) -> list:
@@ -116,19 +140,162 @@ def run_file(llm, args) -> None:
           f"{gen / elapsed:.1f} tok/s", file=sys.stderr)
 
 
-def interactive(llm, args) -> None:
-    while True:
+def prompt_lines():
+    """Non-blank lines typed at the `>>> ` prompt, until EOF."""
+    while sys.stdin is not None:              # None: started without a stdin, as good as EOF
         try:
             line = input(">>> ")
         except EOFError:
-            print(file=sys.stderr)
-            return
-        if not line.strip():
-            continue
+            break
+        if line.strip():
+            yield line
+    print(file=sys.stderr)
+
+
+def interactive(llm, args) -> None:
+    for line in prompt_lines():
         try:
             run_prompt(llm, line, args)
         except ValueError as exc:     # a prompt too long for the context: say so, keep going
             print(f"xllm-main: error: {exc}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- chat
+
+def chat_params(llm, n_prompt: int, stops, args):
+    """Sampling for one reply: --steps bounds the whole conversation, as llama2.c's chat."""
+    from .sampling import SamplingParams
+    try:
+        max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, n_prompt,
+                                         llm.config.max_seq_len, args.steps is not None)
+    except UsageError as exc:
+        raise UsageError(f"the conversation is too long: {exc}; /reset starts a new one") from None
+    params = sampling_params(args, max_tokens)
+    # Stopping at the template's end-of-turn token needs SamplingParams.stop_token_ids (the
+    # server branch adds it); until then the reply ends at EOS/BOS only.
+    if "stop_token_ids" in {f.name for f in dataclasses.fields(SamplingParams)}:
+        params.stop_token_ids = [t for t in stops if t != llm.config.eos_id]
+    return params
+
+
+def chat_turn(llm, template, messages, stops, args, out=sys.stdout) -> str:
+    """Render the conversation, stream the assistant's reply, return its text."""
+    from .chat import encode_rendered
+    ids = encode_rendered(llm.tokenizer, template.render(messages, add_generation_prompt=True))
+    return stream_reply(llm, ids, chat_params(llm, len(ids), stops, args), out)
+
+
+def chat(llm, template, args) -> None:
+    """A multi-turn chat at the >>> prompt: each turn renders the whole conversation with the
+    template; /reset forgets it."""
+    from .chat import end_of_turn_ids
+    stops = end_of_turn_ids(template, llm.tokenizer)
+    messages = []
+    for line in prompt_lines():
+        if line.strip() == "/reset":
+            messages.clear()
+            print("xllm: conversation cleared", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            reply = chat_turn(llm, template, messages, stops, args)
+        except ValueError as exc:     # too long, or the template refused: say so, keep going
+            messages.pop()
+            print(f"xllm-main: error: {exc}", file=sys.stderr)
+            continue
+        messages.append({"role": "assistant", "content": reply})
+
+
+# ----------------------------------------------------------------------------- modes
+
+def run(args) -> int:
+    """Load the model and do what the arguments ask (in this process)."""
+    from . import LLM
+    from .chat import load_chat_template
+    llm = LLM(args.weight, tokenizer=args.token, threads=args.threads,
+              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs)
+    template = None
+    if args.prompt is None and args.file is None:
+        template = load_chat_template(llm.checkpoint.path, args.chat_template, llm.tokenizer)
+    if args.file is not None:
+        run_file(llm, args)
+    elif args.prompt is not None:
+        run_prompt(llm, args.prompt, args)
+    elif template is not None:
+        chat(llm, template, args)
+    elif args.weight is None:
+        run_prompt(llm, DEFAULT_PROMPT, args)    # no arguments: a story from the shipped model
+    else:
+        interactive(llm, args)
+    return 0
+
+
+@cli_entry("xllm-main")
+def _inference(args) -> int:
+    return run(args)
+
+
+def _inference_process(args, has_stdin: bool) -> None:
+    """The child of --stats-log: the same work and the same errors as without it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)    # the parent ignores Ctrl-C
+    # multiprocessing gave the child /dev/null; the parent's fd 0 is still ours (unless the
+    # parent had none: then fd 0 may be some other file now)
+    sys.stdin = os.fdopen(0, "r", closefd=False) if has_stdin else None
+    sys.exit(_inference(args))
+
+
+def run_with_stats(args) -> int:
+    """Inference in a child process; this one logs the child's /proc stats until it exits
+    and returns its exit code."""
+    import multiprocessing
+    from .procstats import StatsLogger
+    if not os.path.exists("/proc/self/stat"):
+        raise UsageError("--stats-log needs /proc/<pid>/stat (Linux)")
+    try:
+        open(args.stats_log, "w").close()           # refuse a bad path before starting anything
+    except OSError as exc:
+        raise OSError(f"{args.stats_log}: cannot write the stats log ({exc.strerror})") from None
+    try:
+        has_stdin = sys.stdin is not None and sys.stdin.fileno() == 0
+    except (OSError, ValueError):            # replaced by something without a file descriptor
+        has_stdin = False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = multiprocessing.get_context("fork").Process(target=_inference_process, args=(args, has_stdin),
+                                                        name="xllm-inference")
+    logger = None
+
+    def forward_sigterm(*_):
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    # Ctrl-C reaches the child too (same process group): it reports it and exits 130; this
+    # process ignores it (set before the fork, so no window) and returns the child's code.
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.getsignal(signal.SIGTERM)
+    try:
+        child.start()
+        signal.signal(signal.SIGTERM, forward_sigterm)
+        logger = StatsLogger(child.pid, args.stats_log, interval=1.0).start()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)   # exited, not yet reaped:
+        logger.stop()                                             # its final times are logged
+    finally:
+        if logger is not None:
+            logger.stop()
+        if child.pid is not None:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    code = child.exitcode
+    if code < 0:
+        name = signal.Signals(-code).name
+        print(f"xllm-main: error: the inference process (pid {child.pid}) was killed by {name}",
+              file=sys.stderr)
+        return 128 - code
+    return code
 
 
 @cli_entry("xllm-main")
@@ -136,18 +303,11 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.prompt is not None and args.file is not None:
         raise UsageError("--prompt and --file cannot be used together")
-    from .engine import LLM
-    llm = LLM(args.weight, tokenizer=args.token, threads=args.threads,
-              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs)
-    if args.file is not None:
-        run_file(llm, args)
-    elif args.prompt is not None:
-        run_prompt(llm, args.prompt, args)
-    elif args.weight is None:
-        run_prompt(llm, DEFAULT_PROMPT, args)    # no arguments: a story from the shipped model
-    else:
-        interactive(llm, args)
-    return 0
+    if args.chat_template is not None and (args.prompt is not None or args.file is not None):
+        raise UsageError("--chat-template is for the interactive chat, not --prompt or --file")
+    if args.stats_log is not None:
+        return run_with_stats(args)
+    return run(args)
 
 
 def main(argv=None) -> int:

@@ -219,9 +219,12 @@ _Static_assert(sizeof(xllm_block_q4_0x8) == 8 * sizeof(xllm_block_q4_0), "Q4_0 p
 /* Bytes of one panel (8 rows) of a matrix whose rows are `row_bytes` long. */
 static inline size_t xllm_panel_bytes(size_t row_bytes) { return row_bytes * XLLM_PANEL; }
 
+#include "simd_legacy.h"     /* Q4_1, Q5_0, Q5_1, IQ4_NL panels and tiles; BF16 widening */
+
 /* Repack rows [0, nr) (nr <= 8) of a Q8_0/Q4_0 matrix (row r at src + r*row_bytes, nb blocks)
  * into one panel; missing rows are zero (scale 0). */
 static void xllm_pack_panel(int type, const char *src, size_t row_bytes, int nr, int nb, char *dst) {
+    if (xllm_is_legacy_quant(type)) { xllm_legacy_pack_panel(type, src, row_bytes, nr, nb, dst); return; }
     const int q8 = type == XLLM_Q8_0;
     const size_t in_block = q8 ? sizeof(xllm_block_q8_0) : sizeof(xllm_block_q4_0);
     const size_t out_block = q8 ? sizeof(xllm_block_q8_0x8) : sizeof(xllm_block_q4_0x8);
@@ -269,6 +272,8 @@ static void xllm_dequantize_row(int type, const void *src, float *dst, int n) {
                 dst[i * XLLM_QK + j + XLLM_QK / 2] = d * (float)((b[i].qs[j] >> 4) - 8);
             }
         }
+    } else if (type == XLLM_BF16 || xllm_is_legacy_quant(type)) {
+        xllm_legacy_dequantize_row(type, src, dst, n);
     }
 }
 
@@ -553,7 +558,7 @@ static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, 
             } else {
                 const uint16_t *wr = (const uint16_t *)(w + r * ldw);
                 for (int k = k0; k < kv; k += 8)
-                    for (int l = 0; l < 8; l++) a[l] += xllm_fp16_to_fp32(wr[k + l]) * xt[k + l];
+                    for (int l = 0; l < 8; l++) a[l] += xllm_half_to_fp32(type, wr[k + l]) * xt[k + l];
             }
         }
     }
@@ -562,6 +567,7 @@ static void xllm_tile_float_scalar(int type, const char *w, size_t ldw, int nr, 
 #if XLLM_X86
 XLLM_AVX2_FN static inline __m256 xllm_load8_avx2(int type, const char *row, int k) {
     if (type == XLLM_F32) return _mm256_loadu_ps((const float *)row + k);
+    if (type == XLLM_BF16) return xllm_load8_bf16_avx2((const uint16_t *)row + k);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
 }
 
@@ -880,6 +886,7 @@ typedef void (*xllm_qtile_fn)(int, const char *, size_t, const xllm_block_q8_act
 /* Accumulate one quantized tile: np (1..XLLM_QTILE_PANELS) panels x nt (1..XLLM_QTILE_TOKENS) tokens. */
 static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
                               size_t ldx, int nt, int b0, int b1, float *acc, int ldacc) {
+    if (xllm_is_legacy_quant(type)) { xllm_legacy_qtile(type, w, pstride, np, x, ldx, nt, b0, b1, acc, ldacc); return; }
 #if XLLM_X86
     if (xllm_simd_level == XLLM_SIMD_AVX512) {
         static const xllm_qtile_fn vnni[2][4] = {
@@ -912,7 +919,7 @@ static void xllm_tile_finish(int type, const char *w, size_t ldw, int nr, const 
                 const float *xt = x + t * ldx;
                 for (int k = kv; k < n; k++) {
                     float wk = type == XLLM_F32 ? ((const float *)(w + r * ldw))[k]
-                                                : xllm_fp16_to_fp32(((const uint16_t *)(w + r * ldw))[k]);
+                                                : xllm_half_to_fp32(type, ((const uint16_t *)(w + r * ldw))[k]);
                     s += wk * xt[k];
                 }
             }

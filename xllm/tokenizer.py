@@ -187,9 +187,12 @@ class Vocab:
             elif text == "<unk>":
                 types[i] = UNKNOWN
             ids.setdefault(text, i)
-        return cls(pieces, np.array(scores, dtype=np.float32), types,
-                   bos_id=ids.get("<s>", 1), eos_id=ids.get("</s>", 2), unk_id=ids.get("<unk>", 0),
-                   add_space_prefix=True, remove_extra_whitespaces=remove_extra_whitespaces)
+        try:
+            return cls(pieces, np.array(scores, dtype=np.float32), types,
+                       bos_id=ids.get("<s>", 1), eos_id=ids.get("</s>", 2), unk_id=ids.get("<unk>", 0),
+                       add_space_prefix=True, remove_extra_whitespaces=remove_extra_whitespaces)
+        except ValueError as exc:          # e.g. a one-token file has no room for bos_id 1
+            raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_sentencepiece(cls, path) -> "Vocab":
@@ -224,7 +227,7 @@ class Vocab:
 
     @classmethod
     def from_gguf(cls, reader, path) -> "Vocab":
-        """Read the vocabulary embedded in a GGUF file (`reader` is a gguf.GGUFReader)."""
+        """Read the vocabulary embedded in a GGUF file (`reader`: formats.gguf_reader.GGUFFile)."""
         path = os.fspath(path)
         model = _gguf_value(reader, "tokenizer.ggml.model", path, "STRING")
         if model is None:
@@ -644,11 +647,8 @@ class Tokenizer:
             with open(path, "rb") as f:
                 magic = f.read(4)
             if magic == b"GGUF":
-                from gguf import GGUFReader
-                try:
-                    reader = GGUFReader(path)
-                except Exception as exc:   # gguf raises bare ValueError/struct errors
-                    raise ValueError(f"{path}: not a readable GGUF file ({exc})") from None
+                from .formats.gguf_reader import GGUFFile   # every count bounded by the file size
+                reader = GGUFFile(path)
                 if "tokenizer.ggml.tokens" not in reader.fields:
                     raise ValueError(f"{path}: GGUF file has no embedded vocabulary "
                                      f"(no 'tokenizer.ggml.tokens')")

@@ -27,9 +27,9 @@ QK = 32                                    # values per Q8_0 / Q4_0 block
 class Tensor:
     """One tensor of a checkpoint, a view of the file (never a copy when memory-mapped)."""
     name: str
-    ggml_type: int              # F32, F16, Q8_0 or Q4_0
+    ggml_type: int              # a type in types.RUNNABLE (F32, F16, BF16, Q8_0, Q4_0, ...)
     shape: tuple                # logical numpy shape: (n,) or (rows, cols)
-    data: np.ndarray            # F32: float32 `shape`; F16: float16 `shape`; Q8_0/Q4_0: uint8 (rows, row_bytes)
+    data: np.ndarray            # F32: float32 `shape`; F16: float16 `shape`; others: uint8 (rows, row_bytes)
 
     def to_float32(self) -> np.ndarray:
         """Dequantized float32 copy with the logical shape (for tools and tests, not the hot path)."""

@@ -110,21 +110,26 @@ def open_llama2c_int8(path) -> Checkpoint:
     def names(name, layers):
         return [name] if layers is None else [f"blk.{i}.{name}" for i in range(layers)]
 
-    # Plan every extent and check the exact file size before touching the data.
-    n_norm = sum(len(names(n, layers)) * shape[0] for n, layers, shape in norms)
-    plan, offset = [], HEADER_BYTES + 4 * n_norm
+    # Check the exact file size from the header alone (arithmetic, so a header claiming
+    # millions of layers fails at once), then plan every extent.
+    n_norm = sum((layers or 1) * shape[0] for _, layers, shape in norms)
+    expected = HEADER_BYTES + 4 * n_norm
     for name, layers, shape in quantized:
         numel = shape[0] * shape[1]
         if numel % gs:
             raise ValueError(f"{path}: tensor {name!r} has {numel} values, not a multiple of the "
                              f"header's group_size {gs}")
+        expected += (layers or 1) * (numel + 4 * (numel // gs))
+    if size != expected:
+        raise ValueError(f"{path}: file is {size} bytes, expected {expected} for the header "
+                         f"{dict(zip(LLAMA2C_FIELDS, params), shared_classifier=int(shared), group_size=gs)} "
+                         f"({'truncated' if size < expected else 'trailing data'})")
+    plan, offset = [], HEADER_BYTES + 4 * n_norm
+    for name, layers, shape in quantized:
+        numel = shape[0] * shape[1]
         for full in names(name, layers):
             plan.append((full, shape, offset, offset + numel))
             offset += numel + 4 * (numel // gs)
-    if size != offset:
-        raise ValueError(f"{path}: file is {size} bytes, expected {offset} for the header "
-                         f"{dict(zip(LLAMA2C_FIELDS, params), shared_classifier=int(shared), group_size=gs)} "
-                         f"({'truncated' if size < offset else 'trailing data'})")
 
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     tensors = {}

@@ -18,7 +18,7 @@ TYPE_NAMES = {int(t): t.name for t in GGMLQuantizationType}
 TYPE_BY_NAME = {name: value for value, name in TYPE_NAMES.items()}
 
 # Types whose matrices the decoder step multiplies with (and whose rows it can embed).
-RUNNABLE = {F32, F16, Q4_0, Q8_0}
+RUNNABLE = {F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL}
 # Types a 1-D tensor (a norm weight) may have.
 VECTOR_TYPES = {F32, F16}
 

@@ -1,0 +1,100 @@
+"""Seed corpora: real files from ../shared (whole when small, the header of large ones) and
+small files of every format written here, so the fuzzer starts from inputs that load."""
+from __future__ import annotations
+
+import io
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"
+HEAD_BYTES = 64 << 10          # of a large file, the part that holds its header
+
+
+def _read(path: Path, limit: int = None) -> bytes:
+    data = path.read_bytes()
+    return data if limit is None else data[:limit]
+
+
+def _micro_gguf(ggml_type_name: str = "F32", vocab: bool = True) -> bytes:
+    """A 1-layer llama GGUF of a few tens of KB (dim 32), with tok512's vocabulary or 16 tokens."""
+    from tests.model_factory import random_checkpoint, write_gguf
+    from xllm.config import ModelConfig
+    from xllm.formats import F32, Q8_0
+    from xllm.tokenizer import Vocab
+    cfg = ModelConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=4, n_kv_heads=2,
+                      vocab_size=512 if vocab else 16, max_seq_len=32)
+    ckpt = random_checkpoint(cfg, {"F32": F32, "Q8_0": Q8_0}[ggml_type_name])
+    v = Vocab.from_llama2c(SHARED / "models" / "tok512.bin", 512) if vocab else None
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.gguf"
+        write_gguf(p, cfg, ckpt.tensors, v)
+        return p.read_bytes()
+
+
+def _micro_llama2c(int8: bool) -> bytes:
+    """llama2.c files of dim 32: fp32 (run.c) or version-2 ak42 with group size 32 (runq.c)."""
+    dim, hidden, layers, heads, kv, vocab, seq = 32, 64, 1, 4, 4, 16, 8
+    rng = np.random.default_rng(0)
+    shapes = [(vocab, dim), (layers, dim), (layers, dim, dim), (layers, dim, dim), (layers, dim, dim),
+              (layers, dim, dim), (layers, dim), (layers, hidden, dim), (layers, dim, hidden),
+              (layers, hidden, dim), (dim,), (seq * dim // heads,)]
+    out = io.BytesIO()
+    if not int8:
+        out.write(struct.pack("<7i", dim, hidden, layers, heads, kv, vocab, seq))
+        for s in shapes:
+            out.write(rng.standard_normal(s).astype("<f4").tobytes())
+        return out.getvalue()
+    header = struct.pack("<Ii7iBi", 0x616B3432, 2, dim, hidden, layers, heads, kv, vocab, seq, 1, 32)
+    out.write(header.ljust(256, b"\0"))
+    norms = [(layers, dim), (layers, dim), (dim,)]
+    for s in norms:
+        out.write(np.ones(s, "<f4").tobytes())
+    for s in [(vocab, dim), (layers, dim, dim), (layers, dim, dim), (layers, dim, dim), (layers, dim, dim),
+              (layers, hidden, dim), (layers, dim, hidden), (layers, hidden, dim)]:
+        n = int(np.prod(s))
+        out.write(rng.integers(-127, 128, n, dtype=np.int8).tobytes())
+        out.write(np.full(n // 32, 0.01, "<f4").tobytes())
+    return out.getvalue()
+
+
+def _micro_hf() -> bytes:
+    from tests.fuzz.harnesses import hf_input
+    from tests.hf_fixtures import make_hf_dir
+    import json
+    with tempfile.TemporaryDirectory() as d:
+        m = make_hf_dir(d, "gqa", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+        cfg = json.loads((m.path / "config.json").read_text())
+        return hf_input(cfg, (m.path / "model.safetensors").read_bytes())
+
+
+def seeds(name: str, whole: bool = False) -> list:
+    """Seed inputs of harness `name`; `whole` adds the real checkpoints entire (1 MB each:
+    slower per input, for long runs)."""
+    models, fixtures = SHARED / "models", SHARED / "fixtures"
+    if name == "gguf":
+        return [_micro_gguf("F32"), _micro_gguf("Q8_0", vocab=False),
+                _read(fixtures / "kquant" / "tiny256-Q8_0.gguf", HEAD_BYTES)] + \
+            ([_read(ROOT / "xllm" / "data" / "stories260K.gguf"),
+              _read(fixtures / "kquant" / "tiny256-Q4_K_M.gguf")] if whole else [])
+    if name == "llama2c":
+        return [_micro_llama2c(False), _micro_llama2c(True), _read(models / "stories260K.bin", HEAD_BYTES)] + \
+            ([_read(models / "stories260K.bin")] if whole else [])
+    if name == "tokenizer_bin":
+        return [_read(models / "tok512.bin"), _read(models / "aidreams260K_tok512.bin"),
+                _read(models / "tokenizer.bin", HEAD_BYTES)]
+    if name == "gguf_vocab":
+        return [_micro_gguf("F32"), _read(fixtures / "vocab" / "ggml-vocab-llama-spm.gguf", HEAD_BYTES),
+                _read(fixtures / "vocab" / "ggml-vocab-gpt-2.gguf", HEAD_BYTES)]
+    if name == "hf":
+        return [_micro_hf()]
+    if name == "prompts":
+        return [_read(ROOT / "benchmarks" / "prompts.txt"), b"\n\n  \r\nhello\r\n\xff\xfeworld\n", b""]
+    if name == "encode_decode":
+        return [_read(ROOT / "tests" / "data" / "story.txt"), "ñandú 😀 <s></s> \t\n".encode(),
+                bytes(range(256))]
+    raise KeyError(name)

@@ -1,0 +1,43 @@
+"""Every fuzz harness runs a bounded number of inputs on each CI run, and every input that
+once found a bug (tests/fuzz/regressions/NAME/) is replayed.  Long runs: README, Hardening."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.harnesses import HARNESSES
+
+ROOT = Path(__file__).resolve().parents[1]
+REGRESSIONS = ROOT / "tests" / "fuzz" / "regressions"
+CI_RUNS = 1500          # inputs per harness per CI run
+CI_SECONDS = 12         # and at most this long each
+
+
+@pytest.mark.parametrize("name", sorted(HARNESSES))
+def test_harness_bounded_run(name, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tests.fuzz", name, "--runs", str(CI_RUNS),
+                          "--seconds", str(CI_SECONDS), "--corpus", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=CI_SECONDS * 10)
+    tail = (res.stdout + res.stderr)[-3000:]
+    assert res.returncode == 0, f"harness {name} found something:\n{tail}"
+    done = re.search(r"Done (\d+) runs", res.stderr)
+    assert done and int(done.group(1)) > 0, f"harness {name} ran no input:\n{tail}"
+    assert not list(tmp_path.glob("finding-*")), f"harness {name} saved a finding:\n{tail}"
+
+
+def _regression_inputs():
+    return sorted((p.parent.name, p) for p in REGRESSIONS.glob("*/*") if p.is_file())
+
+
+@pytest.mark.parametrize("name,path", _regression_inputs(), ids=lambda x: getattr(x, "name", x))
+def test_regression_input(name, path):
+    HARNESSES[name](path.read_bytes())
+
+
+def test_regressions_are_named_by_harness():
+    for d in REGRESSIONS.iterdir():
+        if d.is_dir():
+            assert d.name in HARNESSES, f"{d}: no harness of that name"
