@@ -41,8 +41,6 @@ PRESETS = {p.name: p for p in [
     Preset("BF16", 32, BF16), Preset("F16", 1, F16), Preset("F32", 0, F32),
 ]}
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}      # as llama-quantize's
-
-
 def preset_names() -> list:
     return list(PRESETS) + list(ALIASES)
 
@@ -55,6 +53,11 @@ def find_preset(name: str) -> Preset:
         raise ValueError(f"unknown quantization type {name!r}, expected one of "
                          f"{', '.join(preset_names())}")
     return PRESETS[key]
+
+
+# general.file_type of a file whose matrices are all one type: llama-quantize's for
+# `--pure TYPE` (Q3_K, Q4_K, Q5_K name the _M presets).
+PURE_FILE_TYPE = {p.base_type: find_preset(T(p.base_type).name).file_type for p in PRESETS.values()}
 
 
 def block_size(ggml_type: int) -> int:

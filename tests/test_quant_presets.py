@@ -261,3 +261,17 @@ def test_requantizing_to_a_narrower_preset_is_allowed(tmp_path, capsys):
     assert tensors["output.weight"].tensor_type == T.Q6_K
     assert tensors["blk.0.ffn_up.weight"].tensor_type == T.Q4_K
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "BF16", "Q8_0"])
+def test_xllm_convert_keeps_runnable_types_and_file_type(name, tmp_path, capsys):
+    from xllm.convert import main as convert_main
+    out = tmp_path / "copy.gguf"
+    assert convert_main([str(KQUANT / f"tiny256-{name}.gguf"), "-o", str(out)]) == 0, capsys.readouterr().err
+    ours_reader, ours = read(out)
+    theirs_reader, theirs = read(KQUANT / f"tiny256-{name}.gguf")
+    for n, t in theirs.items():
+        assert ours[n].tensor_type == t.tensor_type and \
+            np.array(ours[n].data).tobytes() == np.array(t.data).tobytes(), n
+    for key in ("general.file_type", "general.quantization_version"):
+        assert ours_reader.fields[key].contents() == theirs_reader.fields[key].contents()

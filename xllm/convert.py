@@ -9,7 +9,8 @@ atomically: it is written to a temporary file next to OUT, fsync'ed and renamed;
 error or Ctrl-C the temporary file is removed and OUT is left as it was.
 
 Conversions: any type -> F32 (dequantized), F32/F16 -> F16, anything -> every type
-`quant.reference` writes (Q8_0, Q4_0, K-quants, ...: bytes identical to llama-quantize's).  1-D tensors (norms) are always F32.
+`quant.reference` writes (Q8_0, Q4_0, K-quants, ...: bytes identical to llama-quantize's).
+1-D tensors (norms) are always F32.
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from quant.presets import PURE_FILE_TYPE
 from quant.reference import QUANTIZABLE, dequantize, quantize, scales_overflow
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry
-from .formats import (F16, F32, Q4_0, Q8_0, Checkpoint, Tensor, layer_tensor_shapes,
-                      open_checkpoint, row_bytes)
+from .formats import (F16, F32, Checkpoint, Tensor, layer_tensor_shapes, open_checkpoint,
+                      row_bytes)
 from .formats.types import block_layout, type_name
 
 # general.file_type (llama.cpp's LlamaFileType) for the type of most 2-D tensors.
-LLAMA_FILE_TYPE = {F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}
+LLAMA_FILE_TYPE = PURE_FILE_TYPE
 GGML_QUANT_VERSION = 2
 _CHUNK_VALUES = 1 << 22          # values converted per pass (16 MB of float32)
 _NP_DTYPE = {F32: np.float32, F16: np.float16}
@@ -404,7 +406,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     kv.update(llama_metadata(ckpt.config, name))
     types_2d = [target for _, t, target, _, _ in plan if len(t.shape) == 2]
     kv["general.file_type"] = _u32(_file_type(types_2d) if file_type is None else file_type)
-    if file_type is not None or any(target in (Q8_0, Q4_0) for target in types_2d):
+    if file_type is not None or any(target not in (F32, F16) for target in types_2d):
         kv["general.quantization_version"] = _u32(GGML_QUANT_VERSION)
     kv.update((key, gguf_value(key, value)) for key, value in vocab_fields.items())
     kv.setdefault("tokenizer.ggml.bos_token_id", _u32(cfg.bos_id))
