@@ -1,4 +1,6 @@
-"""Reference Q8_0 / Q4_0 quantizers in numpy, byte-identical to ggml and to `gguf.quants`.
+"""Reference Q8_0 / Q4_0 quantizers in numpy, byte-identical to ggml and to `gguf.quants`, and
+`quantize` / `dequantize` for every type the package writes (K-quants: quant.kquants; IQ4_NL,
+Q4_1, Q5_0, Q5_1, BF16: quant.legacy).
 
 Block layouts (ggml's block_q8_0 / block_q4_0: 32 values per block, little-endian, packed):
 
@@ -36,7 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xllm.formats import F16, F32, Q4_0, Q8_0, QK, TYPE_NAMES
+from xllm.formats import F16, F32, Q4_0, Q8_0, QK
+from xllm.formats.types import type_name
+
+from .kquants import float_rows
 
 BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (QK,))])
 BLOCK_Q4_0 = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])
@@ -52,16 +57,7 @@ _CHUNK_VALUES = 1 << 20     # values per pass: bounds the float32 temporaries to
 
 def _float_rows(x, name: str) -> np.ndarray:
     """x as a 2-D view [rows, n] (last axis = rows), checking the row length for 32-blocks."""
-    x = np.asarray(x)
-    if x.ndim == 0:
-        raise ValueError(f"cannot quantize a scalar to {name}, expected rows of values")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"cannot quantize dtype {x.dtype} to {name}, expected floating-point values")
-    n = x.shape[-1]
-    if n == 0 or n % QK:
-        raise ValueError(f"row length {n} is not a multiple of {QK}: cannot quantize to {name} "
-                         f"(blocks of {QK} values)")
-    return x.reshape(-1, n)
+    return float_rows(x, QK, name)
 
 
 def _block_rows(data, block: np.dtype, name: str) -> np.ndarray:
@@ -164,6 +160,7 @@ def _q4_0_blocks(b: np.ndarray, out: np.ndarray, row0: int, blocks_per_row: int)
     """Quantize float32 blocks b [n, 32] into the BLOCK_Q4_0 array out [n]."""
     imax = np.abs(b).argmax(axis=1)                    # first index of the largest magnitude
     m = b[np.arange(b.shape[0]), imax]                 # ... with its sign
+    m[m == 0] = 0       # an all-zero block keeps ggml's initial max = +0 (d = -0), even of -0.0s
     _refuse_non_finite(m, row0, blocks_per_row, "Q4_0")
     d = m / np.float32(-8)
     inv, ok = _safe_inverse(d)
@@ -188,23 +185,36 @@ def dequantize_q4_0(data) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- by type
 
-_QUANTIZE = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0}
+from . import kquants, legacy  # noqa: E402  (they do not import this module)
+
+# Block layouts of the block types this package writes (for callers that check the scales).
+BLOCKS.update(kquants.BLOCKS)
+BLOCKS[legacy.IQ4_NL] = legacy.BLOCK_IQ4_NL
+BLOCKS[legacy.Q4_1] = np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", (16,))])
+BLOCKS[legacy.Q5_0] = np.dtype([("d", "<f2"), ("qh", "u1", (4,)), ("qs", "u1", (16,))])
+BLOCKS[legacy.Q5_1] = np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "u1", (4,)), ("qs", "u1", (16,))])
+
+_QUANTIZE = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, legacy.IQ4_NL: legacy.quantize_iq4_nl}
+_QUANTIZE.update({t: (lambda x, t=t: kquants.quantize_kquant(x, t)) for t in kquants.BLOCKS})
+_QUANTIZE.update({t: (lambda x, t=t: legacy.quantize_with_gguf(x, t))
+                  for t in (legacy.Q4_1, legacy.Q5_0, legacy.Q5_1, legacy.BF16)})
 _DEQUANTIZE = {Q8_0: dequantize_q8_0, Q4_0: dequantize_q4_0}
+
+# Every type `quantize` writes (bytes identical to llama-quantize's, no importance matrix).
+QUANTIZABLE = frozenset({F32, F16} | set(_QUANTIZE))
 
 
 def _type_name(ggml_type) -> str:
-    t = int(ggml_type)
-    if t in TYPE_NAMES:
-        return TYPE_NAMES[t]
-    try:
-        from gguf import GGMLQuantizationType
-        return GGMLQuantizationType(t).name
-    except (ImportError, ValueError):
-        return f"ggml type {t}"
+    return type_name(int(ggml_type))
+
+
+def _quantizable_names() -> list:
+    return sorted(_type_name(t) for t in QUANTIZABLE)
 
 
 def quantize(x, ggml_type) -> np.ndarray:
-    """x as stored in a GGUF tensor of `ggml_type`: float32 / float16 arrays, or Q8_0/Q4_0 bytes."""
+    """x as stored in a GGUF tensor of `ggml_type`: float32 / float16 arrays, or uint8 bytes
+    [..., bytes per row] for the block types and BF16."""
     t = int(ggml_type)
     if t == F32:
         return np.asarray(x, dtype=np.float32)
@@ -212,20 +222,34 @@ def quantize(x, ggml_type) -> np.ndarray:
         return np.asarray(x, dtype=np.float16)
     if t in _QUANTIZE:
         return _QUANTIZE[t](x)
-    raise ValueError(f"cannot quantize to {_type_name(t)}, expected one of "
-                     f"{sorted(TYPE_NAMES.values())}")
+    raise ValueError(f"cannot quantize to {_type_name(t)}, expected one of {_quantizable_names()}")
+
+
+def scales_overflow(data: np.ndarray, ggml_type) -> bool:
+    """True when a block's fp16 scale (or min) came out infinite: values too large for the type."""
+    block = BLOCKS.get(int(ggml_type))
+    if block is None:
+        return False
+    blocks = np.asarray(data).reshape(-1).view(block)
+    return any(np.isinf(blocks[name]).any() for name in block.names if block[name] == np.dtype("<f2"))
 
 
 def dequantize(data, ggml_type, shape=None) -> np.ndarray:
-    """float32 values of GGUF tensor data of `ggml_type`, reshaped to `shape` when given."""
+    """float32 values of GGUF tensor data of `ggml_type`, reshaped to `shape` when given
+    (Q8_0/Q4_0 here, the other block types and BF16 through gguf.quants.dequantize)."""
     t = int(ggml_type)
     if t in (F32, F16):
         out = np.asarray(data, dtype=np.float32)
     elif t in _DEQUANTIZE:
         out = _DEQUANTIZE[t](data)
     else:
-        raise ValueError(f"cannot dequantize {_type_name(t)}, expected one of "
-                         f"{sorted(TYPE_NAMES.values())}")
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize as gguf_dequantize
+        try:
+            qtype = GGMLQuantizationType(t)
+            out = np.asarray(gguf_dequantize(np.asarray(data), qtype), dtype=np.float32)
+        except (ValueError, NotImplementedError):
+            raise ValueError(f"cannot dequantize {_type_name(t)}") from None
     if shape is not None:
         shape = tuple(int(s) for s in shape)
         if out.size != int(np.prod(shape)):

@@ -83,7 +83,12 @@ def adversarial_rows():
 @pytest.mark.parametrize("name", sorted(adversarial_rows()))
 def test_adversarial_rows_match_gguf(t, name):
     x = np.asarray(adversarial_rows()[name], dtype=np.float32).reshape(1, -1)
-    np.testing.assert_array_equal(OURS[t](x), gguf_bytes(x, t), err_msg=name)
+    expected = gguf_bytes(x, t)
+    if t == Q4_0 and name == "negative_zeros":
+        # ggml's max starts at +0 and stays so in an all-zero block (d = +0 / -8 = -0, as
+        # llama-quantize writes); gguf-py takes the block's -0 and stores d = +0
+        expected.reshape(-1, 18)[:, 1] |= np.uint8(0x80)
+    np.testing.assert_array_equal(OURS[t](x), expected, err_msg=name)
 
 
 @pytest.mark.parametrize("t", [Q8_0, Q4_0])
@@ -160,8 +165,8 @@ def test_quantize_dispatch_by_type():
     np.testing.assert_array_equal(ref.quantize(x, GGMLQuantizationType.Q8_0), ref.quantize_q8_0(x))
     np.testing.assert_array_equal(ref.dequantize(ref.quantize(x, F16), F16, (64,)),
                                   x.astype(np.float16).astype(np.float32).reshape(64))
-    with pytest.raises(ValueError, match="Q4_1"):
-        ref.quantize(x, GGMLQuantizationType.Q4_1)
+    with pytest.raises(ValueError, match="IQ2_XXS.*expected one of.*Q4_K"):
+        ref.quantize(x, GGMLQuantizationType.IQ2_XXS)
 
 
 @pytest.mark.parametrize("t", [Q8_0, Q4_0])

@@ -8,8 +8,9 @@ memory: at most one output tensor plus a few MB of temporaries at a time.  The f
 atomically: it is written to a temporary file next to OUT, fsync'ed and renamed; on any
 error or Ctrl-C the temporary file is removed and OUT is left as it was.
 
-Conversions: any type -> F32 (dequantized), F32/F16 -> F16, anything -> Q8_0/Q4_0 through
-`quant.reference` (bytes identical to gguf/ggml).  1-D tensors (norms) are always F32.
+Conversions: any type -> F32 (dequantized), F32/F16 -> F16, anything -> every type
+`quant.reference` writes (Q8_0, Q4_0, K-quants, ...: bytes identical to llama-quantize's).
+1-D tensors (norms) are always F32.
 """
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from quant.reference import BLOCKS, dequantize, quantize
+from quant.presets import PURE_FILE_TYPE
+from quant.reference import QUANTIZABLE, dequantize, quantize, scales_overflow
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry
 from .config import ARCHITECTURES
-from .formats import (F16, F32, Q4_0, Q8_0, TYPE_NAMES, Checkpoint, Tensor, layer_tensor_shapes,
-                      open_checkpoint, row_bytes)
+from .formats import (F16, F32, Checkpoint, Tensor, layer_tensor_shapes, open_checkpoint,
+                      row_bytes)
+from .formats.types import block_layout, type_name
 
 # general.file_type (llama.cpp's LlamaFileType) for the type of most 2-D tensors.
-LLAMA_FILE_TYPE = {F32: 0, F16: 1, Q4_0: 2, Q8_0: 7}
+LLAMA_FILE_TYPE = PURE_FILE_TYPE
 GGML_QUANT_VERSION = 2
 _CHUNK_VALUES = 1 << 22          # values converted per pass (16 MB of float32)
 _NP_DTYPE = {F32: np.float32, F16: np.float16}
@@ -51,7 +54,7 @@ def _source_rows(t: Tensor, r0: int, r1: int) -> np.ndarray:
 
 
 def output_shape(t: Tensor, ggml_type: int) -> tuple:
-    """numpy shape of `t`'s data once stored as `ggml_type` (bytes per row for Q8_0/Q4_0)."""
+    """numpy shape of `t`'s data once stored as `ggml_type` (bytes per row for block types and BF16)."""
     if ggml_type in (F32, F16):
         return tuple(t.shape)
     rows, cols = _rows_and_cols(t)
@@ -61,15 +64,16 @@ def output_shape(t: Tensor, ggml_type: int) -> tuple:
 def convert_tensor(t: Tensor, ggml_type: int) -> np.ndarray:
     """`t`'s data stored as `ggml_type`: the same array when the type is unchanged, else a new
     one built a few rows at a time (float32 / float16 values, or uint8 rows of blocks)."""
-    if ggml_type not in TYPE_NAMES:
-        raise ValueError(f"tensor {t.name!r}: cannot convert to ggml type {ggml_type}, expected one "
-                         f"of {sorted(TYPE_NAMES.values())}")
+    if ggml_type not in QUANTIZABLE:
+        raise ValueError(f"tensor {t.name!r}: cannot convert to {type_name(ggml_type)}, expected one "
+                         f"of {sorted(type_name(q) for q in QUANTIZABLE)}")
     if t.ggml_type == ggml_type:
         return np.asarray(t.data).reshape(output_shape(t, ggml_type))
     rows, cols = _rows_and_cols(t)
-    if ggml_type in (Q8_0, Q4_0) and cols % 32:
-        raise ValueError(f"tensor {t.name!r}: row length {cols} is not a multiple of 32, cannot be "
-                         f"{TYPE_NAMES[ggml_type]}")
+    block = block_layout(ggml_type)[0]
+    if cols % block:
+        raise ValueError(f"tensor {t.name!r}: row length {cols} is not a multiple of {block}, cannot be "
+                         f"{type_name(ggml_type)}")
     out_shape = output_shape(t, ggml_type)
     out = np.empty(out_shape, dtype=_NP_DTYPE.get(ggml_type, np.uint8))
     out2 = out.reshape(rows, -1)
@@ -88,10 +92,10 @@ def convert_tensor(t: Tensor, ggml_type: int) -> np.ndarray:
                                  f"(max 65504), cannot be F16")
         else:
             out2[r0:r1] = q = quantize(src, ggml_type)
-            if np.isinf(q.reshape(-1).view(BLOCKS[ggml_type])["d"]).any():
+            if scales_overflow(q, ggml_type):
                 big = float(np.abs(src).max())
                 raise ValueError(f"tensor {t.name!r}: value {big:g} is too large for "
-                                 f"{TYPE_NAMES[ggml_type]} (its fp16 scale would overflow)")
+                                 f"{type_name(ggml_type)} (its fp16 scale would overflow)")
     return out
 
 
@@ -344,7 +348,7 @@ def _progress_bar(enabled: Optional[bool], total: int, desc: str):
 
 def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = None, vocab=None,
                progress: Optional[bool] = None, metadata: Optional[dict] = None,
-               on_tensor: Optional[Callable] = None) -> WriteReport:
+               on_tensor: Optional[Callable] = None, file_type: Optional[int] = None) -> WriteReport:
     """Write `ckpt` to `out_path` as a GGUF file of its architecture, atomically.
 
     tensor_type(tensor) -> ggml type chooses each 2-D tensor's stored type (default: keep
@@ -353,6 +357,8 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     extra key -> value (or GGUFValue) written too (default: ckpt.metadata plus, for a GGUF
     source, its carried-over keys).  progress: a tqdm bar per tensor (None: when stderr is a
     terminal).  on_tensor(tensor, ggml_type, data) is called with each converted tensor.
+    file_type: general.file_type to write (a llama-quantize preset's); general.quantization_version
+    is then written too, as llama-quantize does (default: the type of most matrices).
     """
     from gguf import GGMLQuantizationType
     out_path = os.fspath(out_path)
@@ -378,12 +384,13 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
             target = F32
         else:
             target = int(tensor_type(t)) if tensor_type is not None else t.ggml_type
-        if target not in TYPE_NAMES:
-            raise ValueError(f"tensor {name!r}: unsupported output type {target}, expected one of "
-                             f"{sorted(TYPE_NAMES.values())}")
-        if len(t.shape) == 2 and target in (Q8_0, Q4_0) and t.shape[1] % 32:
-            raise ValueError(f"tensor {name!r}: row length {t.shape[1]} is not a multiple of 32, "
-                             f"cannot be {TYPE_NAMES[target]}")
+        if target not in QUANTIZABLE:
+            raise ValueError(f"tensor {name!r}: unsupported output type {type_name(target)}, expected "
+                             f"one of {sorted(type_name(q) for q in QUANTIZABLE)}")
+        block = block_layout(target)[0]
+        if len(t.shape) == 2 and t.shape[1] % block:
+            raise ValueError(f"tensor {name!r}: row length {t.shape[1]} is not a multiple of {block}, "
+                             f"cannot be {type_name(target)}")
         shape = output_shape(t, target)
         rows = t.shape[0] if len(t.shape) == 2 else 1
         plan.append((name, t, target, shape, rows * row_bytes(target, t.shape[-1])))
@@ -404,8 +411,8 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
         name = os.path.splitext(base)[0] or "llama"
     kv.update(model_metadata(ckpt.config, name))
     types_2d = [target for _, t, target, _, _ in plan if len(t.shape) == 2]
-    kv["general.file_type"] = _u32(_file_type(types_2d))
-    if any(target in (Q8_0, Q4_0) for target in types_2d):
+    kv["general.file_type"] = _u32(_file_type(types_2d) if file_type is None else file_type)
+    if file_type is not None or any(target not in (F32, F16) for target in types_2d):
         kv["general.quantization_version"] = _u32(GGML_QUANT_VERSION)
     kv.update((key, gguf_value(key, value)) for key, value in vocab_fields.items())
     kv.setdefault("tokenizer.ggml.bos_token_id", _u32(cfg.bos_id))
@@ -430,7 +437,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
             bar = _progress_bar(progress, len(plan), os.path.basename(out_path))
             for name_, t, target, shape, nbytes in plan:
                 if bar is not None:
-                    bar.set_postfix_str(f"{name_} -> {TYPE_NAMES[target]}", refresh=False)
+                    bar.set_postfix_str(f"{name_} -> {type_name(target)}", refresh=False)
                 data = np.ascontiguousarray(convert_tensor(t, target))
                 if data.nbytes != nbytes:       # a bug, not bad input
                     raise AssertionError(f"tensor {name_!r}: converted to {data.nbytes} bytes, expected {nbytes}")
@@ -443,7 +450,7 @@ def write_gguf(ckpt: Checkpoint, out_path, tensor_type: Optional[Callable] = Non
     finally:
         if bar is not None:
             bar.close()
-    counts = collections.Counter(TYPE_NAMES[target] for _, _, target, _, _ in plan)
+    counts = collections.Counter(type_name(target) for _, _, target, _, _ in plan)
     return WriteReport(out_path, len(plan), dict(counts), os.path.getsize(out_path))
 
 
