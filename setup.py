@@ -7,6 +7,7 @@ run time, so the default build runs on any x86-64 (or other) CPU; XLLM_NATIVE=1 
 XLLM_SANITIZE=1 with AddressSanitizer and UndefinedBehaviorSanitizer (the compiler's runtime;
 run Python with it preloaded, see README "Hardening").
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -73,6 +74,7 @@ def extensions():
         exts.append(Extension(
             name, sources,
             include_dirs=["xllm", numpy.get_include()],
+            depends=sorted(glob.glob("xllm/*.h")) + ["xllm/_kernels.pxd"],   # rebuild when a header changes
             define_macros=DEFINE_MACROS,
             extra_compile_args=COMPILE_ARGS + (OPENMP_COMPILE_ARGS if use_openmp else []),
             extra_link_args=LINK_ARGS + (OPENMP_LINK_ARGS if use_openmp else []),

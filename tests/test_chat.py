@@ -357,4 +357,7 @@ def test_phi3_prompt_tokens_and_end_of_turn(phi3):
     # encoded with the dummy-prefix space after a special token; the template's BOS only
     assert encode_rendered(tok, text) == ([1, piece["<|user|>"]] + plain("\nHi there") + [piece["<|end|>"]]
                                           + plain("\n") + [piece["<|assistant|>"]] + plain("\n"))
-    assert end_of_turn_ids(tmpl, tok) == [tok.eos_id, piece["<|end|>"]] == [32000, 32007]
+    # the vocabulary's end-of-generation set (llama.cpp's EOG: </s>, <|endoftext|>, <|end|>)
+    # and the token the template writes after a reply
+    stops = end_of_turn_ids(tmpl, tok)
+    assert set(stops) == {2, tok.eos_id, piece["<|end|>"]} == {2, 32000, 32007} and len(stops) == 3
