@@ -467,3 +467,16 @@ def test_convert_hf_directory_with_tokenizer_json(tmp_path, hf_dirs):
     tok = Tokenizer.from_file(out)
     for text, ids in read_vectors("gpt-2"):
         assert tok.encode(text, bos=False) == ids, text
+
+
+@pytest.mark.parametrize("name", VOCABS)
+def test_token_text_concatenates_to_the_decoded_text(name):
+    """token_text (the text of one token, as logprobs show it) of each id of an ASCII text,
+    joined, is the decoded text: byte-level 'Ġ' and SentencePiece '▁' both become a space."""
+    tok = gguf_tokenizer(name)
+    text = "Hello world, the 3 cats\nran"
+    ids = tok.encode(text, bos=False)
+    joined = "".join(tok.token_text(i) for i in ids)
+    assert joined.lstrip(" ") == tok.decode(ids) == text
+    with pytest.raises(ValueError):
+        tok.token_text(tok.vocab_size)
