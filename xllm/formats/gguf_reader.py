@@ -90,6 +90,8 @@ class GGUFFile:
             if not 1 <= n_dims <= MAX_DIMS:
                 self._fail(f"tensor {name!r} has {n_dims} dimensions, expected 1..{MAX_DIMS}")
             dims = tuple(self._scalar("<Q") for _ in range(n_dims))
+            if 0 in dims:       # numpy cannot even shape (0, 2**62, ...): refuse it by name
+                self._fail(f"tensor {name!r} has a zero dimension in {list(dims)}")
             ttype = self._scalar("<I")
             offset = self._scalar("<Q")
             infos.append((name, dims, ttype, offset))
