@@ -1,6 +1,10 @@
 """Prefix caching: greedy (and seeded) outputs are those of an engine without it, token for
 token, on stories260K and random models; cached blocks are found by their whole prefix only,
 shared read-only, counted, and never lost or freed while a sequence reads them."""
+import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -382,3 +386,42 @@ def test_random_traffic_with_aborts_equals_no_cache(tok512, seed):
     assert len(done) >= 8
     for i in done:
         assert [got.get((i, j), []) for j in range(params[i].n)] == want[i], f"request {i}"
+
+
+# ----------------------------------------------------------------------------- the chat benchmark
+
+CHAT_BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "chat_prefix.py")
+
+
+def run_chat_bench(*args):
+    return subprocess.run([sys.executable, CHAT_BENCH, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_chat_benchmark_runs_both_modes():
+    """benchmarks/chat_prefix.py on stories260K, small: both modes give the same tokens; with
+    the cache every later turn reads the system prompt and the earlier turns from it."""
+    r = run_chat_bench("--conversations", 3, "--turns", 3, "--system-tokens", 40, "--user-tokens", 6,
+                       "--reply-tokens", 5, "--block-size", 8, "--threads", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["outputs_identical"] is True
+    on, off = out["modes"]["on"], out["modes"]["off"]
+    assert len(on["turns"]) == len(off["turns"]) == 9 and off["cached_prompt_tokens"] == 0
+    # the first turns: one conversation computes the system prompt, the others wait and read it
+    assert sorted(t["cached_tokens"] for t in on["turns"] if t["turn"] == 0) == [0, 40, 40]
+    for t in on["turns"]:
+        if t["turn"]:
+            n_before = 40 + t["turn"] * (6 + 5) - 1    # positions the previous turn computed
+            assert t["cached_tokens"] == n_before // 8 * 8
+    assert on["prompt_tokens"] == off["prompt_tokens"] and on["wall_s"] > 0
+    assert on["ttft_later_turns_s"]["median"] > 0 and out["speedup"]["wall"] > 0
+    text = run_chat_bench("--conversations", 2, "--turns", 2, "--system-tokens", 20, "--user-tokens", 3,
+                          "--reply-tokens", 3, "--threads", 1, "--mode", "on")
+    assert text.returncode == 0 and "cached tok" in text.stdout and "identical" not in text.stdout
+
+
+def test_chat_benchmark_refuses_what_does_not_fit():
+    r = run_chat_bench("--system-tokens", 400, "--turns", 8, "--threads", 1)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "context length 512" in r.stderr
+    r = run_chat_bench("--weight", "/nonexistent.gguf")
+    assert r.returncode == 2 and "nonexistent" in r.stderr and "Traceback" not in r.stderr
