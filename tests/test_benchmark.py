@@ -281,6 +281,22 @@ def test_bench_batch_text_output_without_baseline(tiny, tmp_path, capsys):
     assert "batch 2" in out and "TTFT" in out and "utime" in out and "batch 1" not in out
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_bench_batch_counts_cached_prompt_tokens(tiny, tmp_path, capsys, cache):
+    """A prompt repeated three times: each run (from an empty cache) reads the repeats' full
+    blocks from the prefix cache, and the outputs are the same; --no-prefix-cache reads none."""
+    line = b"Once upon a time there was a little girl who liked to play in the big green park " * 2
+    f = _prompts(tmp_path, line + b"\n" + line + b"\nThe dog ran\n" + line + b"\n")
+    code = bm.batch_main(["--weight", tiny["f32"], "--file", f, "--batch", "2", "--max-tokens", "3",
+                          "--threads", "1", "--json"] + QUICK_ARGS + ([] if cache else ["--no-prefix-cache"]))
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    n = r["prompts"]["tokens"]["max"]
+    assert n > 32 and r["outputs_identical"] is True and r["settings"]["prefix_cache"] is cache
+    for run in (r["batch"], r["baseline"]):
+        assert run["cached_prompt_tokens"] == (2 * ((n - 1) // 16 * 16) if cache else 0)
+
+
 @pytest.mark.parametrize("content, extra, word", [
     (b"", [], "no prompts"),
     (b"\n \n\t\n", [], "no prompts"),

@@ -66,22 +66,28 @@ def test_random_traffic_never_shares_a_block():
         assert len(blocks) + kv.n_free == kv.n_blocks            # none lost
         for s, n in lengths.items():
             assert len(kv.tables[s]) == kv.blocks_for(n)
+        kv.check()                                               # refcounts = tables holding each block
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scheduler_returns_every_block(shared_models, seed):
+def test_scheduler_returns_every_block(shared_models, seed, prefix_cache):
     """Random prompt lengths, budgets and pool sizes: the run completes, every sequence gets
-    its tokens, and the pool ends full."""
+    its tokens, and the pool ends full (cached blocks count as free: nobody holds them)."""
     rng = np.random.default_rng(seed)
     ckpt = random_checkpoint(CFG, seed=seed)
     block_size = int(rng.integers(1, 9))
     n_blocks = -(-CFG.max_seq_len // block_size) + int(rng.integers(0, 12))
     llm = LLM(ckpt, tokenizer=shared_models / "tok512.model", threads=2, max_seqs=int(rng.integers(1, 6)),
-              max_batch_tokens=int(rng.integers(8, 40)), kv_blocks=n_blocks, block_size=block_size)
+              max_batch_tokens=int(rng.integers(8, 40)), kv_blocks=n_blocks, block_size=block_size,
+              prefix_cache=prefix_cache)
     prompts = [list(rng.integers(0, 512, int(rng.integers(1, 30)))) for _ in range(9)]
+    prompts += [prompts[0] + [7, 8], list(prompts[1])]          # sharing blocks when the cache is on
     outs = llm.generate(prompts, SamplingParams(max_tokens=20, temperature=0.8, seed=seed, stop_at_eos=False))
-    assert [len(o.token_ids) for o in outs] == [20] * 9
+    assert [len(o.token_ids) for o in outs] == [20] * 11
     assert llm.model.kv.n_free == n_blocks and not llm.model.kv.tables
+    llm.model.kv.check()
+    assert (llm.model.kv.pool.n_cached > 0) == prefix_cache
 
 
 def test_abandoned_stream_frees_its_blocks(shared_models):

@@ -251,6 +251,36 @@ def test_metrics_count_tokens_and_requests(server, llm):
     assert after[("xllm_engine_resident_memory_bytes", ())] > 0
 
 
+def test_repeated_prompts_report_cached_tokens(server, llm):
+    """The prefix cache: a repeated prompt's full blocks (but the one of its last token) are
+    cached_tokens in usage (plain, streamed and chat), counted in /metrics; the text is
+    the uncached one."""
+    client = server.client()
+    prompt = "The prefix cache test: " + " ".join(PROMPTS)
+    n = len(llm.tokenizer.encode(prompt))
+    want = llm.generate(prompt, greedy(5))[0].text
+    before = server.metric("xllm_prompt_tokens_cached_total")
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
+    second = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
+    assert first.choices[0].text == second.choices[0].text == want
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == (n - 1) // 16 * 16 > 0
+    chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == (n - 1) // 16 * 16
+    assert server.metric("xllm_prompt_tokens_cached_total") - before == 2 * ((n - 1) // 16 * 16)
+    assert server.metric("xllm_kv_blocks_cached") > 0
+    messages = [{"role": "system", "content": "You tell stories. " * 6}, {"role": "user", "content": "Go on."}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    assert chat.usage.prompt_tokens_details.cached_tokens == 0
+    messages += [{"role": "assistant", "content": chat.choices[0].message.content},
+                 {"role": "user", "content": "And then?"}]
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= chat.usage.prompt_tokens // 16 * 16 - 16 > 0
+    assert again.choices[0].message.content == llm.chat(messages, greedy(6)).text
+
+
 # ----------------------------------------------------------------------------- errors
 
 def error_of(response, status):
@@ -297,8 +327,9 @@ def stats_log(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keyed_server(stats_log):
-    """--api-key, --stats-log, and the shipped model's own (absent) chat template."""
-    s = start_server("--weight", DEFAULT_MODEL, "--threads", 1, "--api-key", "sekrit", "--stats-log", stats_log)
+    """--api-key, --stats-log, --no-prefix-cache and the shipped model's own (absent) chat template."""
+    s = start_server("--weight", DEFAULT_MODEL, "--threads", 1, "--api-key", "sekrit", "--stats-log", stats_log,
+                     "--no-prefix-cache")
     yield s
     stop_server(s)
 
@@ -313,6 +344,9 @@ def test_api_key_and_missing_template(keyed_server):
         s.client(api_key="wrong").completions.create(model=MODEL, prompt="a", max_tokens=2)
     ok = s.client(api_key="sekrit").completions.create(model=MODEL, prompt="a", max_tokens=2)
     assert ok.usage.completion_tokens >= 1
+    for _ in range(2):                            # --no-prefix-cache: a repeated prompt is computed again
+        again = s.client(api_key="sekrit").completions.create(model=MODEL, prompt=" ".join(PROMPTS), max_tokens=1)
+        assert again.usage.prompt_tokens > 16 and again.usage.prompt_tokens_details.cached_tokens == 0
     assert s.get("/health").status_code == 200 and s.get("/metrics").status_code == 200
     with pytest.raises(openai.BadRequestError, match="no chat template"):
         s.client(api_key="sekrit").chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])

@@ -706,7 +706,8 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
                  limits_kwargs: Optional[dict] = None) -> dict:
     """Benchmark one sequence: prefill of `prompt_tokens` (random ids after BOS) in one step,
     then `gen_tokens` greedy decode steps, `repeats` times after a warm-up; medians.
-    `limits` (from measure_limits) are measured here when not given."""
+    `limits` (from measure_limits) are measured here when not given.  The prefix cache is
+    off: every run prefills the same prompt, and that is what is measured."""
     from .engine import LLM
     from .model import resolve_threads
     from .sampling import SamplingParams
@@ -716,7 +717,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
     threads = resolve_threads(threads)
     t0 = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=1,
-              max_batch_tokens=max(prompt_tokens, 1))
+              max_batch_tokens=max(prompt_tokens, 1), prefix_cache=False)
     load_s = time.perf_counter() - t0
     cfg = llm.config
     if prompt_tokens + gen_tokens > cfg.max_seq_len:
@@ -904,7 +905,9 @@ def read_prompts(path, errors: str = "strict") -> PromptFile:
 # ----------------------------------------------------------------------------- batch
 
 def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: Optional[dict] = None) -> dict:
-    """Run `requests` with continuous batching (at most max_seqs at once); timings."""
+    """Run `requests` with continuous batching (at most max_seqs at once), from an empty
+    prefix cache (a run finds only what it computed itself); timings."""
+    llm.model.kv.clear_prefix_cache()
     rec.clear()
     rec.watch(requests)
     first: Dict[int, float] = {}
@@ -941,6 +944,7 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: 
         "wall_s": wall,
         "requests": len(requests),
         "prompt_tokens": n_prompt,
+        "cached_prompt_tokens": sum(r.num_cached_tokens or 0 for r in requests),
         "generated_tokens": n_gen,
         "steps": len(recs),
         "preemptions": llm.last_stats.get("preemptions", 0),
@@ -961,9 +965,11 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: 
 def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, threads: Optional[int] = None,
                 tokenizer=None, truncate: bool = False, errors: str = "strict", baseline: bool = True,
                 max_batch_tokens: int = 256, ignore_eos: bool = False, progress: Optional[bool] = None,
-                limits: Optional[dict] = None, limits_kwargs: Optional[dict] = None) -> dict:
+                limits: Optional[dict] = None, limits_kwargs: Optional[dict] = None,
+                prefix_cache: bool = True) -> dict:
     """Continuous batching of every prompt in `prompts_file` with at most `batch` sequences
-    at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time."""
+    at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time.
+    Each run starts from an empty prefix cache (prefix_cache=False: none at all)."""
     from .engine import LLM
     from .model import resolve_threads
     from .sampling import SamplingParams
@@ -973,7 +979,8 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
     pf = read_prompts(prompts_file, errors)
     threads = resolve_threads(threads)
     t0 = time.perf_counter()
-    llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=batch, max_batch_tokens=max_batch_tokens)
+    llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=batch, max_batch_tokens=max_batch_tokens,
+              prefix_cache=prefix_cache)
     load_s = time.perf_counter() - t0
     cfg = llm.config
     room = cfg.max_seq_len - max_tokens
@@ -1005,7 +1012,8 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
         "model": _model_info(llm, path),
         "machine": {"cpu": cpu_model(), "usable_cores": usable_cores(), "threads": threads, "limits": limits},
         "settings": {"batch": batch, "max_tokens": max_tokens, "max_batch_tokens": max_batch_tokens,
-                     "truncate": truncate, "errors": errors, "ignore_eos": ignore_eos, "greedy": True},
+                     "truncate": truncate, "errors": errors, "ignore_eos": ignore_eos, "greedy": True,
+                     "prefix_cache": prefix_cache},
         "load_s": load_s,
         "prompts": {"file": os.fspath(prompts_file), "count": len(encoded),
                     "blank_lines_skipped": pf.blank_lines, "truncated_lines": truncated,
@@ -1200,7 +1208,8 @@ def format_batch(r: dict) -> str:
                    f"{_fmt_num(sp['decode_steps'], '.2f')}x in decode steps; outputs identical: "
                    f"{r['outputs_identical']}")
     out += [f"steps {b['steps']}, mean decode batch {_fmt_num(b['mean_decode_batch'])}, "
-            f"preemptions {b['preemptions']}"]
+            f"preemptions {b['preemptions']}, prompt tokens from the prefix cache "
+            + (f"{b['cached_prompt_tokens']} of {b['prompt_tokens']}" if st.get("prefix_cache", True) else "off")]
     lim = r["machine"].get("limits")
     if lim:
         out.append(f"limits   {_limits_text(lim)}")
@@ -1303,6 +1312,9 @@ def batch_main(argv=None) -> int:
     p.add_argument("--probe-iters", type=positive_int, default=20_000_000,
                    help="iterations of the FMA / int8 probes per thread (default 20000000)")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="compute every prompt in full (default: prompts sharing full blocks with one "
+                        "computed earlier in the same run read them from the cache)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = _parse(p, argv)
     if isinstance(args, int):
@@ -1313,7 +1325,7 @@ def batch_main(argv=None) -> int:
     r = bench_batch(args.weight, args.file, batch=args.batch, max_tokens=args.max_tokens, threads=args.threads,
                     tokenizer=args.token, truncate=args.truncate, errors=args.errors,
                     baseline=not args.no_baseline, max_batch_tokens=args.max_batch_tokens,
-                    ignore_eos=args.ignore_eos,
+                    ignore_eos=args.ignore_eos, prefix_cache=args.prefix_cache,
                     limits_kwargs={"bandwidth_bytes": args.bandwidth_mb << 20, "compute_iters": args.probe_iters})
     if args.json:
         print(_dump_json(r))

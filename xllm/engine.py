@@ -15,6 +15,14 @@ sequence frees its KV blocks at once and a waiting prompt takes its place in the
 When the KV pool runs out, the most recently admitted sequence is preempted: its blocks are
 freed and it is recomputed later from its tokens (the result is the same, token for token).
 
+With prefix caching (`kv_cache.KVCache.prefix_cache`), a sequence joining the batch starts
+from the longest chain of cached full blocks matching its tokens (at least its last token
+is always computed, for its logits; a request for prompt logprobs computes every prompt
+position it has no logprob of yet), and its full blocks are registered for others after
+the step that computed them.  A sequence whose next block is being computed by a running
+sequence (the n completions of one prompt, requests sharing a system prompt) waits for it
+rather than computing it twice.
+
 The engine knows nothing of HTTP or processes: `xllm.llm.LLM` drives it in-process and
 `xllm.serve.engine_process` behind a pipe.
 """
@@ -26,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence as Seq
 
+from .block_pool import chain_hashes
 from .formats import Checkpoint, open_checkpoint
 from .model import Chunk, Model
 from .sampling import Sampler, SamplingParams, TokenLogprob
@@ -108,6 +117,7 @@ class StepOutput:
     num_generated: int                  # tokens generated so far, this step's included
     prompt_logprobs: Optional[List[TokenLogprob]] = None   # with the first output, when asked:
                                                            # prompt tokens 1.. given those before
+    num_cached_tokens: int = 0          # prompt tokens read from the prefix cache, not computed
 
 
 @dataclass(eq=False)                    # identity: the scheduler's lists hold these
@@ -130,10 +140,22 @@ class Sequence:
     decoder: Optional[StreamDecoder] = None
     logprobs: List[TokenLogprob] = field(default_factory=list)   # when params.logprobs is set
     prompt_logprobs: List[TokenLogprob] = field(default_factory=list)   # params.prompt_logprobs
+    block_hashes: List[bytes] = field(default_factory=list)  # chain hashes of its full blocks
+    num_cached_tokens: Optional[int] = None     # prompt positions matched in the prefix cache
+                                                # when it first joined the batch
 
     def wants_prompt_logits(self) -> bool:
         return (self.params.prompt_logprobs is not None and self.n_cached < len(self.prompt_ids)
                 and len(self.prompt_logprobs) < len(self.prompt_ids) - 1)
+
+    def reusable_positions(self) -> int:
+        """Leading positions whose K/V may come from the prefix cache: all but the last
+        token (its logits are needed), and with prompt logprobs still missing, none from
+        the first position whose logits are still needed on."""
+        n = len(self.tokens) - 1
+        if self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_ids) - 1:
+            n = min(n, len(self.prompt_logprobs))
+        return n
 
 
 class Scheduler:
@@ -166,6 +188,48 @@ class Scheduler:
         self.waiting.appendleft(victim)
         self.preemptions += 1
 
+    def _hashes(self, seq: Sequence, n_positions: int) -> List[bytes]:
+        """The chain hashes of the sequence's full blocks within its first n_positions."""
+        bs = self.kv.block_size
+        return chain_hashes(seq.tokens, bs, seq.block_hashes, n_positions)[:n_positions // bs]
+
+    def _in_flight(self) -> set:
+        """Hashes of the full blocks running sequences are still to compute from their
+        tokens (empty without prefix caching)."""
+        if not self.kv.prefix_cache:
+            return set()
+        bs = self.kv.block_size
+        out = set()
+        for r in self.running:
+            if len(r.tokens) - r.n_cached > 1:       # still prefilling
+                out.update(self._hashes(r, len(r.tokens))[r.n_cached // bs:])
+        return out
+
+    def _admit(self, seq: Sequence, budget: int, in_flight: set) -> Optional[int]:
+        """Give a waiting sequence its cached prefix and blocks for its next chunk; the
+        chunk's length, None when the pool cannot hold it (nothing taken) and 0 when its
+        next block is in flight (computed by a running sequence: it waits for that)."""
+        kv = self.kv
+        if kv.prefix_cache:
+            hashes = self._hashes(seq, seq.reusable_positions())
+            hit = kv.cached_prefix(hashes)
+            if hit < len(hashes) and hashes[hit] in in_flight:
+                return 0
+            seq.n_cached = kv.match_prefix(seq.id, hashes[:hit]) * kv.block_size
+        n = min(len(seq.tokens) - seq.n_cached, budget)
+        if not kv.reserve(seq.id, seq.n_cached + n):
+            kv.release(seq.id)
+            seq.n_cached = 0
+            return None
+        if seq.num_cached_tokens is None:
+            seq.num_cached_tokens = min(seq.n_cached, len(seq.prompt_ids))
+        return n
+
+    def commit(self, seq: Sequence) -> None:
+        """After a step: register the sequence's blocks it has computed every position of."""
+        if self.kv.prefix_cache:
+            self.kv.commit(seq.id, self._hashes(seq, seq.n_cached))
+
     def schedule(self) -> List[tuple]:
         """The (sequence, chunk) pairs of the next step."""
         budget = self.max_batch_tokens
@@ -189,15 +253,23 @@ class Scheduler:
             plan.append((seq, n))
             budget -= n
         budget = self.max_batch_tokens - sum(n for _, n in plan)
+        in_flight = self._in_flight()
+        deferred = []                              # waiting for a block in flight, in order
         while self.waiting and len(self.running) < self.max_seqs and budget > 0:
-            seq = self.waiting[0]
-            n = min(len(seq.tokens) - seq.n_cached, budget)
-            if not self.kv.reserve(seq.id, seq.n_cached + n):
-                break                              # wait until blocks are freed
-            self.waiting.popleft()
+            seq = self.waiting.popleft()
+            n = self._admit(seq, budget, in_flight)
+            if n is None:
+                self.waiting.appendleft(seq)       # wait until blocks are freed
+                break
+            if n == 0:
+                deferred.append(seq)
+                continue
             self.running.append(seq)
             plan.append((seq, n))
             budget -= n
+            if self.kv.prefix_cache and len(seq.tokens) - seq.n_cached > 1:   # will compute: wait for it
+                in_flight.update(self._hashes(seq, len(seq.tokens))[seq.n_cached // self.kv.block_size:])
+        self.waiting.extendleft(reversed(deferred))
         return [(seq, Chunk(seq.id, seq.tokens[seq.n_cached:seq.n_cached + n], seq.n_cached,
                             "all" if seq.wants_prompt_logits() else
                             "last" if seq.n_cached + n == len(seq.tokens) else "none"))
@@ -232,14 +304,16 @@ class Engine:
 
     @classmethod
     def load(cls, path=None, tokenizer=None, threads: Optional[int] = None, max_seqs: int = 16,
-             max_batch_tokens: int = 256, kv_blocks: Optional[int] = None, block_size: int = 16) -> "Engine":
-        """Open a checkpoint (GGUF, llama2.c .bin, HF directory; None: the shipped model)."""
+             max_batch_tokens: int = 256, kv_blocks: Optional[int] = None, block_size: int = 16,
+             prefix_cache: bool = True) -> "Engine":
+        """Open a checkpoint (GGUF, llama2.c .bin, HF directory; None: the shipped model);
+        prefix_cache=False computes every prompt in full."""
         ckpt = open_model_checkpoint(path)
         tok = load_tokenizer_for(ckpt, tokenizer)
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
         model = Model(ckpt, threads=threads, max_batch_tokens=max_batch_tokens,
-                      kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs)
+                      kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs, prefix_cache=prefix_cache)
         return cls(model, tok, max_seqs, max_batch_tokens)
 
     # ------------------------------------------------------------------ requests
@@ -324,6 +398,7 @@ class Engine:
         self.steps += 1
         for (seq, chunk), logits in zip(plan, results):
             seq.n_cached += len(chunk.tokens)
+            sched.commit(seq)
             if chunk.logits == "all":
                 self._prompt_logprobs(seq, chunk, logits)
             if logits is None or seq.n_cached < len(seq.tokens):
@@ -393,7 +468,7 @@ class Engine:
         first = len(seq.generated) == len(tokens)           # the sequence's first output
         prompt_lp = list(seq.prompt_logprobs) if first and seq.params.prompt_logprobs is not None else None
         return StepOutput(seq.request_id, seq.index, tokens, delta, seq.finish_reason, logprobs,
-                          len(seq.prompt_ids), len(seq.generated), prompt_lp)
+                          len(seq.prompt_ids), len(seq.generated), prompt_lp, seq.num_cached_tokens or 0)
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)

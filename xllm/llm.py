@@ -30,6 +30,7 @@ class RequestOutput:
     finish_reason: str              # "length", "eos", "bos" or "stop"
     outputs: List[CompletionOutput] = field(default_factory=list)   # all n completions
     prompt_logprobs: Optional[List[TokenLogprob]] = None   # prompt tokens 1.., with params.prompt_logprobs
+    num_cached_tokens: int = 0      # prompt tokens read from the prefix cache (first completion)
 
 
 class LLM:
@@ -39,18 +40,20 @@ class LLM:
     path: a GGUF file, a llama2.c .bin, a Hugging Face directory or an opened Checkpoint
     (None: the small model shipped in the package); tokenizer: a sentencepiece .model or llama2.c tokenizer .bin
     (None: the vocabulary embedded in the file); chat_template: a Jinja2 file overriding the
-    model's own template for `chat`.
+    model's own template for `chat`; prefix_cache: reuse the KV blocks of prompt prefixes
+    computed before, by this call or an earlier one (False: compute every prompt in full).
     """
 
     def __init__(self, path=None, tokenizer=None, threads: Optional[int] = None,
                  max_batch_tokens: int = 256, max_seqs: int = 16, kv_blocks: Optional[int] = None,
-                 block_size: int = 16, chat_template=None):
+                 block_size: int = 16, chat_template=None, prefix_cache: bool = True):
         self.checkpoint = open_model_checkpoint(path)
         self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
         self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
-                           kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs)
+                           kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
+                           prefix_cache=prefix_cache)
         self.config = self.checkpoint.config
         self.stop_ids = end_token_ids(self.tokenizer, self.config)   # ids that end generation
         self.max_seqs = max_seqs
@@ -107,7 +110,8 @@ class LLM:
             for rid in groups:                  # an abandoned generator frees its blocks
                 engine.abort_request(rid)
             self.last_stats = {"steps": engine.steps, "preemptions": engine.scheduler.preemptions,
-                               "generated": sum(len(r.generated) for r in requests)}
+                               "generated": sum(len(r.generated) for r in requests),
+                               "cached_prompt_tokens": sum(r.num_cached_tokens or 0 for r in requests)}
 
     @staticmethod
     def _output(seqs: List[Sequence]) -> RequestOutput:
@@ -117,7 +121,8 @@ class LLM:
         first = seqs[0]
         return RequestOutput(first.prompt, first.prompt_ids, outs[0].text, outs[0].token_ids,
                              outs[0].finish_reason, outs,
-                             list(first.prompt_logprobs) if first.params.prompt_logprobs is not None else None)
+                             list(first.prompt_logprobs) if first.params.prompt_logprobs is not None else None,
+                             first.num_cached_tokens or 0)
 
     # ------------------------------------------------------------------ public API
 
@@ -159,7 +164,8 @@ class LLM:
         finally:
             engine.abort_request(0)
             self.last_stats = {"steps": engine.steps, "preemptions": engine.scheduler.preemptions,
-                               "generated": len(seq.generated)}
+                               "generated": len(seq.generated),
+                               "cached_prompt_tokens": seq.num_cached_tokens or 0}
 
     def chat_template(self):
         """The chat template (--chat-template file, else the model's own); ValueError if none."""

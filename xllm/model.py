@@ -77,7 +77,8 @@ class Chunk:
 
 class Model:
     def __init__(self, ckpt: Checkpoint, threads: Optional[int] = None, max_batch_tokens: int = 256,
-                 kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1):
+                 kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1,
+                 prefix_cache: bool = True):
         cfg = ckpt.config
         self.config: ModelConfig = cfg
         self.checkpoint = ckpt
@@ -87,7 +88,7 @@ class Model:
         self.max_batch_tokens = max_batch_tokens
         if kv_blocks is None:   # room for max_seqs full contexts; pages are touched only when used
             kv_blocks = max(1, max_seqs) * -(-cfg.max_seq_len // block_size)
-        self.kv = KVCache(cfg, kv_blocks, block_size)
+        self.kv = KVCache(cfg, kv_blocks, block_size, prefix_cache=prefix_cache)
         # norms and biases are tiny: keep float32 copies; matrices stay views of the (mapped) file
         shapes = layer_tensor_shapes(cfg)
         norms = {name: np.ascontiguousarray(ckpt.tensors[name].to_float32(), dtype=np.float32)

@@ -141,12 +141,16 @@ async def _outputs(st: ServerState, t0: float, subs: List[tuple]) -> AsyncIterat
     m.prompt_tokens.inc(sum(len(ids) for _, ids, _, _ in subs))
     open_seqs = sum(params.n for *_, params, _ in subs)
     last: Dict[tuple, float] = {}
+    seen = set()
     try:
         async with aclosing(st.client.generate(subs)) as outs:
             async for out in outs:
                 now = time.monotonic()
+                key = (out.request_id, out.index)
+                if key not in seen:
+                    seen.add(key)
+                    m.cached_tokens.inc(_cached_of(out))
                 if out.token_ids:
-                    key = (out.request_id, out.index)
                     if key in last:
                         m.tpot.observe((now - last[key]) / len(out.token_ids))
                     else:
@@ -174,7 +178,8 @@ async def _collect(st: ServerState, request: Request, t0: float, subs: List[tupl
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for i, out in outs:
                 r = results.setdefault((i, out.index), {"text": [], "logprobs": [], "n": 0, "finish": None,
-                                                        "prompt_logprobs": out.prompt_logprobs})
+                                                        "prompt_logprobs": out.prompt_logprobs,
+                                                        "cached": _cached_of(out)})
                 r["text"].append(out.text)
                 r["logprobs"] += out.logprobs or []
                 r["n"] = out.num_generated
@@ -207,8 +212,14 @@ def _sse_error(err: APIError) -> str:
     return f"data: {json.dumps(err.body())}\n\n"
 
 
-def _usage(n_prompt: int, n_generated: int) -> P.Usage:
-    return P.Usage(prompt_tokens=n_prompt, completion_tokens=n_generated, total_tokens=n_prompt + n_generated)
+def _usage(n_prompt: int, n_generated: int, n_cached: int = 0) -> P.Usage:
+    return P.Usage(prompt_tokens=n_prompt, completion_tokens=n_generated, total_tokens=n_prompt + n_generated,
+                   prompt_tokens_details=P.PromptTokensDetails(cached_tokens=n_cached))
+
+
+def _cached_of(out) -> int:
+    """A prompt's cached tokens: those of its first completion (the others share its blocks)."""
+    return out.num_cached_tokens if out.index == 0 else 0
 
 
 def _completion_logprobs(st: ServerState, lps: List[TokenLogprob], offset: int,
@@ -363,7 +374,8 @@ def create_app(st: ServerState) -> FastAPI:
                 lp = _completion_logprobs(st, r["logprobs"], 0)
             choices.append(P.CompletionChoice(index=i * params.n + j, text=text, logprobs=lp,
                                               finish_reason=_openai_reason(r["finish"])))
-        usage = _usage(n_prompt, sum(r["n"] for r in results.values()))
+        usage = _usage(n_prompt, sum(r["n"] for r in results.values()),
+                       sum(r["cached"] for r in results.values()))
         return P.CompletionResponse(id=rid, model=st.model_name, choices=choices, usage=usage).model_dump()
 
     @app.post("/v1/chat/completions")
@@ -392,7 +404,8 @@ def create_app(st: ServerState) -> FastAPI:
                                 logprobs=_chat_logprobs(st, r["logprobs"]) if body.logprobs else None,
                                 finish_reason=_openai_reason(r["finish"]))
                    for (_, j), r in sorted(results.items())]
-        usage = _usage(len(ids), sum(r["n"] for r in results.values()))
+        usage = _usage(len(ids), sum(r["n"] for r in results.values()),
+                       sum(r["cached"] for r in results.values()))
         return P.ChatCompletionResponse(id=rid, model=st.model_name, choices=choices, usage=usage).model_dump()
 
     return app
@@ -438,11 +451,12 @@ async def _stream_completion(st: ServerState, body: P.CompletionRequest, rid: st
                              subs: List[tuple], n_prompt: int):
     created = int(time.time())
     n = subs[0][2].n
-    echoed, offsets, generated = set(), {}, {}
+    echoed, offsets, generated, cached = set(), {}, {}, {}
     try:
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for i, out in outs:
                 index = i * n + out.index
+                cached[index] = _cached_of(out)
                 text, lps, echo_ids = out.text, out.logprobs or [], None
                 if body.echo and index not in echoed:
                     text = subs[i][3] + text
@@ -463,7 +477,7 @@ async def _stream_completion(st: ServerState, body: P.CompletionRequest, rid: st
         return
     if body.include_usage():
         yield _sse(P.CompletionResponse(id=rid, created=created, model=st.model_name, choices=[],
-                                        usage=_usage(n_prompt, sum(generated.values()))))
+                                        usage=_usage(n_prompt, sum(generated.values()), sum(cached.values()))))
     yield "data: [DONE]\n\n"
 
 
@@ -477,11 +491,12 @@ async def _stream_chat(st: ServerState, body: P.ChatCompletionRequest, rid: str,
     n = subs[0][2].n
     for j in range(n):
         yield chunk([P.ChatChunkChoice(index=j, delta=P.ChatDelta(role="assistant", content=""))])
-    generated = {}
+    generated, cached = {}, {}
     try:
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for _, out in outs:
                 generated[out.index] = out.num_generated
+                cached[out.index] = _cached_of(out)
                 lp = _chat_logprobs(st, out.logprobs or []) if body.logprobs else None
                 if not out.text and out.finish_reason is None and lp is None:
                     continue
@@ -491,5 +506,5 @@ async def _stream_chat(st: ServerState, body: P.ChatCompletionRequest, rid: str,
         yield _sse_error(_engine_failed(exc))
         return
     if body.include_usage():
-        yield chunk([], _usage(n_prompt, sum(generated.values())))
+        yield chunk([], _usage(n_prompt, sum(generated.values()), sum(cached.values())))
     yield "data: [DONE]\n\n"

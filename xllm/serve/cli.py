@@ -33,6 +33,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-seqs", type=positive_int, default=16, help="sequences in the running batch (default 16)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=256,
                    help="tokens per decoder step: decode tokens plus prompt chunks (default 256)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="compute every prompt in full (default: reuse the KV blocks of prompt prefixes "
+                        "computed before; usage.prompt_tokens_details.cached_tokens counts them)")
     p.add_argument("--max-waiting", type=positive_int, default=None,
                    help="sequences allowed to wait for a place in the batch; beyond, 503 (default: no limit)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
@@ -77,7 +80,7 @@ def _main(argv=None) -> int:
     name = args.model_name or os.path.basename(os.path.normpath(weight))
     sock = _listen(args.host, args.port)
     client = EngineClient({"weight": weight, "threads": args.threads, "max_seqs": args.max_seqs,
-                           "max_batch_tokens": args.max_batch_tokens})
+                           "max_batch_tokens": args.max_batch_tokens, "prefix_cache": args.prefix_cache})
     stats_logger = None
     try:
         client.start()

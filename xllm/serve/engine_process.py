@@ -28,11 +28,13 @@ class EngineStats:
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
     steps: int = 0
+    kv_blocks_cached: int = 0   # free blocks keeping a cached prefix
 
 
 def _stats(engine) -> EngineStats:
+    kv = engine.model.kv
     return EngineStats(engine.num_running, engine.num_waiting, engine.kv_blocks_used,
-                       engine.model.kv.n_blocks, engine.steps)
+                       kv.n_blocks, engine.steps, kv.n_cached_free)
 
 
 def engine_main(inbox, outbox, options: dict) -> None:
@@ -41,7 +43,8 @@ def engine_main(inbox, outbox, options: dict) -> None:
     try:
         from ..engine import Engine
         engine = Engine.load(options["weight"], threads=options.get("threads"),
-                             max_seqs=options["max_seqs"], max_batch_tokens=options["max_batch_tokens"])
+                             max_seqs=options["max_seqs"], max_batch_tokens=options["max_batch_tokens"],
+                             prefix_cache=options.get("prefix_cache", True))
     except Exception as exc:                         # reported by the front end, one line
         outbox.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, OSError))
                      else str(exc)))

@@ -33,11 +33,16 @@ class Metrics:
                                 "(stop, length, abort: client gone, error: engine failure)",
                                 ["reason"], registry=r)
         self.prompt_tokens = Counter("xllm_prompt_tokens", "Prompt tokens submitted", registry=r)
+        self.cached_tokens = Counter("xllm_prompt_tokens_cached", "Prompt tokens read from the prefix cache "
+                                     "instead of computed (usage.prompt_tokens_details.cached_tokens)",
+                                     registry=r)
         self.generation_tokens = Counter("xllm_generation_tokens", "Tokens generated", registry=r)
         self.running = Gauge("xllm_num_requests_running", "Sequences in the running batch", registry=r)
         self.waiting = Gauge("xllm_num_requests_waiting", "Sequences submitted, not yet running", registry=r)
         self.kv_used = Gauge("xllm_kv_blocks_used", "KV cache blocks held by sequences", registry=r)
         self.kv_total = Gauge("xllm_kv_blocks_total", "KV cache blocks in the pool", registry=r)
+        self.kv_cached = Gauge("xllm_kv_blocks_cached", "KV cache blocks no sequence holds that keep a "
+                               "cached prefix (reused on a hit, evicted when the pool needs room)", registry=r)
         self.engine_alive = Gauge("xllm_engine_alive", "1 while the engine process runs", registry=r)
         self.engine_rss = Gauge("xllm_engine_resident_memory_bytes", "Resident memory of the engine process",
                                 registry=r)
@@ -56,6 +61,7 @@ class Metrics:
         self.waiting.set(client.waiting)
         self.kv_used.set(s.kv_blocks_used)
         self.kv_total.set(s.kv_blocks_total)
+        self.kv_cached.set(s.kv_blocks_cached)
         self.engine_alive.set(0 if client.dead else 1)
         self.engine_rss.set(rss_bytes(client.pid) or 0)
         self.frontend_rss.set(rss_bytes(os.getpid()) or 0)
