@@ -190,6 +190,49 @@ def test_prompt_file_continuous_batch_matches_one_process(shared_models, tmp_pat
 
 
 @needs_mpi
+def test_interactive_loop_reads_stdin_on_rank_0(shared_models):
+    args = ["--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
+            "--steps", 20, "--temperature", 0]
+    lines = "Once upon a time\nThe dog\n"
+    one = subprocess.run(cli(*args), capture_output=True, text=True, timeout=TIMEOUT, input=lines)
+    cmd = [mpiexec(), "-n", "2", *cli(*args)]
+    two = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=TIMEOUT,
+                         input=lines, env=mpi_env())
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert two.stdout == one.stdout and two.stdout.count(">>> ") == 3
+
+
+SCRIPT = """
+import sys
+from xllm import LLM, SamplingParams
+llm = LLM(sys.argv[1], tokenizer=sys.argv[2], tensor_parallel=int(sys.argv[3]))
+out = llm.generate(["Once upon a time", "The dog"], SamplingParams(max_tokens=24, temperature=0))
+print(repr([o.text for o in out]))
+print(llm.tensor_parallel, type(llm.model).__name__)
+"""
+
+
+@needs_mpi
+def test_llm_api_under_mpirun(shared_models, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    files = [shared_models / "stories260K.bin", shared_models / "tok512.bin"]
+    one = subprocess.run(list(map(str, [sys.executable, script, *files, 1])), capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr
+    two = launch((2, [sys.executable, script, *files, 2]))
+    assert two.returncode == 0, two.stderr
+    texts_one, texts_two = one.stdout.splitlines()[0], two.stdout.splitlines()[0]
+    assert texts_two == texts_one
+    assert two.stdout.splitlines()[1] == "2 ParallelModel"        # printed once: rank 0 only
+    assert len(two.stdout.splitlines()) == 2
+    # outside mpirun the ranks are missing: refused, naming the numbers
+    alone = subprocess.run(list(map(str, [sys.executable, script, *files, 2])), capture_output=True, text=True,
+                           timeout=TIMEOUT, env=mpi_env())
+    assert alone.returncode != 0
+    assert "tensor_parallel = 2 needs 2 MPI ranks, this job has 1" in alone.stderr
+
+
+@needs_mpi
 @pytest.mark.parametrize("cfg,ggml_type,n", [
     (GQA, F32, 2), (GQA, F32, 4), (GQA, Q8_0, 2), (GQA, Q8_0, 4),
     (MHA, F32, 2), (MHA, Q8_0, 4), (GPT2, F32, 2)],
