@@ -377,3 +377,10 @@ def test_two_hosts_over_tcp(two_hosts, shared_models, tmp_path):
     assert r.stdout == KNOWN_TEXT + "\n"
     # 60 decode steps x 5 layers x 2 allreduces of 64 floats, and more, crossed the veth pair
     assert rx_bytes(ns[1], dev[1]) - before > 60 * 5 * 2 * 64 * 4
+
+
+@needs_mpi
+def test_serve_is_refused_under_mpirun():
+    r = launch((2, [sys.executable, "-m", "xllm.serve.cli", "--port", "1"]), timeout=90)
+    assert r.returncode == 2
+    assert "xllm-serve does not run tensor-parallel yet (2 MPI ranks)" in r.stderr
