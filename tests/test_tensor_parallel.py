@@ -87,6 +87,21 @@ def model_file(tmp_path_factory):
     return make
 
 
+KQUANT_SHAPE = dict(dim=512, hidden_dim=1024, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=300,
+                    max_seq_len=64, norm_eps=1e-5, rope_theta=10000.0)   # 256-column blocks per rank
+
+
+@pytest.fixture(scope="module")
+def kquant_file(tmp_path_factory):
+    from xllm.benchmark import make_random_model
+
+    def make(dtype):
+        path = tmp_path_factory.mktemp("tpk") / f"{dtype}.gguf"
+        make_random_model(path, KQUANT_SHAPE, dtype, progress=False)
+        return path
+    return make
+
+
 def reference(path, n_new=6):
     model = Model(open_checkpoint(str(path)), threads=1, max_batch_tokens=64, max_seqs=len(PROMPTS))
     return greedy(model, PROMPTS, n_new)
@@ -98,7 +113,7 @@ def run_worker(tmp_path, path, n, n_new=6, extra=()):
     return r, out
 
 
-def assert_same_as_one_rank(out, ref):
+def assert_same_as_one_rank(out, ref, rel=1e-5):
     tokens, logits = ref
     got = np.load(out)
     assert got["tokens"].tolist() == tokens
@@ -106,7 +121,7 @@ def assert_same_as_one_rank(out, ref):
         have = got[f"logits{i}"]
         assert have.shape == want.shape
         scale = np.abs(want).max()
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5 * scale, err_msg=f"step output {i}")
+        np.testing.assert_allclose(have, want, rtol=rel, atol=rel * scale, err_msg=f"step output {i}")
 
 
 # ---------------------------------------------------------------------------- in-process: the plan
@@ -249,6 +264,20 @@ def test_random_model_matches_one_rank(model_file, tmp_path, cfg, ggml_type, n):
     assert report["stats"]["calls"] == 2 * layers * steps
     tokens = sum(map(len, PROMPTS)) + len(PROMPTS) * (steps - 1)
     assert report["stats"]["bytes"] == 2 * layers * tokens * cfg.dim * 4
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype", ["q4_k", "q6_k"])
+def test_kquant_model_matches_one_rank(kquant_file, tmp_path, dtype):
+    """Same greedy tokens; logits within 3e-2, not 1e-5: these random K-quant models are
+    chaotic under rounding (Q8_K activations, one scale per 256 values). Measured on the
+    Q6_K one: scaling three norm weights by 1 + 1e-7 in one process moves some sequences'
+    logits by 1-2e-2 from the position where an activation crosses a rounding boundary, as
+    the ranks' other summation order does at one position of one sequence."""
+    path = kquant_file(dtype)
+    r, out = run_worker(tmp_path, path, 2)
+    assert r.returncode == 0, r.stderr
+    assert_same_as_one_rank(out, reference(path), rel=3e-2)
 
 
 # ---------------------------------------------------------------------------- failures

@@ -99,6 +99,8 @@ class ParallelModel(Model):
                     # collective: skip it as rank 0 did
                     continue
                 comm.gather_logits(local, self.bounds, self.config.vocab_size)
+        except KeyboardInterrupt:          # Ctrl-C reached every rank: rank 0 reports it
+            comm.abort(130)
         except BaseException as exc:       # noqa: BLE001 - any failure must end the job
             print(f"xllm: rank {comm.rank}: error: {exc}; ending the job", file=sys.stderr, flush=True)
             comm.abort(1)
