@@ -9,6 +9,7 @@ subprocesses with timeouts; they are skipped only when mpi4py is not installed.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,27 @@ def mpi_env(**extra):
     return env
 
 
+def run_job(cmd, timeout=TIMEOUT, env=None, input=None):
+    """Run a launcher in its own session; on a timeout kill the whole session (mpiexec, its
+    proxies and every rank) before failing, so no rank outlives the test."""
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            text=True, env=env or mpi_env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def launch(*apps, timeout=TIMEOUT, env=None, launcher_args=()):
     """mpiexec with one or more (n, argv) apps (MPMD, ':'-separated); CompletedProcess."""
     cmd = [mpiexec(), *launcher_args]
     for i, (n, argv) in enumerate(apps):
         cmd += ([":"] if i else []) + ["-n", str(n), *map(str, argv)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or mpi_env(),
-                          stdin=subprocess.DEVNULL)
+    return run_job(cmd, timeout, env)
 
 
 def cli(*args):
@@ -210,9 +225,7 @@ def test_interactive_loop_reads_stdin_on_rank_0(shared_models):
             "--steps", 20, "--temperature", 0]
     lines = "Once upon a time\nThe dog\n"
     one = subprocess.run(cli(*args), capture_output=True, text=True, timeout=TIMEOUT, input=lines)
-    cmd = [mpiexec(), "-n", "2", *cli(*args)]
-    two = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=TIMEOUT,
-                         input=lines, env=mpi_env())
+    two = run_job([mpiexec(), "-n", "2", *cli(*args)], input=lines)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert two.stdout == one.stdout and two.stdout.count(">>> ") == 3
 
@@ -278,6 +291,35 @@ def test_kquant_model_matches_one_rank(kquant_file, tmp_path, dtype):
     r, out = run_worker(tmp_path, path, 2)
     assert r.returncode == 0, r.stderr
     assert_same_as_one_rank(out, reference(path), rel=3e-2)
+
+
+HOOK_SCRIPT = """
+import numpy as np
+from xllm.parallel.mpi import Comm
+comm = Comm(1000)
+hook = comm.allreduce_hook()
+for n in (1, 7, 1000):
+    buf = np.full(n, comm.rank + 1.5, dtype=np.float32)
+    hook.sum(buf)
+    assert (buf == sum(r + 1.5 for r in range(comm.size))).all(), buf[:4]
+try:
+    hook.sum(np.zeros(1001, dtype=np.float32))
+except RuntimeError as exc:
+    refused = str(exc)
+stats = hook.stats()
+if comm.rank == 0:
+    print(stats["calls"], stats["bytes"], refused)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_allreduce_hook_sums_over_the_ranks(n):
+    """The C hook itself (MPI_Allreduce through its address and the library's handles)."""
+    r = launch((n, [sys.executable, "-c", HOOK_SCRIPT]))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(None, 2) == ["3", str(4 * 1008),
+                                       "allreduce of more than 1000 floats (the buffer's capacity)\n"]
 
 
 # ---------------------------------------------------------------------------- failures
@@ -400,8 +442,7 @@ def test_two_hosts_over_tcp(two_hosts, shared_models, tmp_path):
            "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp,self", "-genv", "FI_PROVIDER", "tcp",
            "-n", "2", *cli("--weight", shared_models / "stories260K.bin", "--token", shared_models / "tok512.bin",
                             "--prompt", KNOWN_PROMPT, "--steps", 64, "--temperature", 0, "--threads", 1)]
-    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=TIMEOUT, env=mpi_env(),
-                       stdin=subprocess.DEVNULL)
+    r = run_job(cmd)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == KNOWN_TEXT + "\n"
     # 60 decode steps x 5 layers x 2 allreduces of 64 floats, and more, crossed the veth pair
