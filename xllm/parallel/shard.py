@@ -160,7 +160,7 @@ class Shard:
         total = 0
         for name, t in matrices.items():
             part = name.split(".")[2] if name.startswith("blk.") else None
-            if part in COLUMN_PARALLEL or part in ROW_PARALLEL:
+            if part in COLUMN_PARALLEL or part in ROW_PARALLEL or part == "attn_qkv":
                 total += t.data.nbytes // n
         v0, v1 = self.vocab_bounds[self.rank]
         cls = matrices.get("output.weight", matrices["token_embd.weight"])
