@@ -48,6 +48,7 @@ EXTENSIONS = [
     # (module, sources)
     ("xllm._kernels", ["xllm/_kernels.pyx"]),
     ("xllm._probe", ["xllm/_probe.pyx"]),      # machine-limit probes for the benchmarks
+    ("xllm.parallel._allreduce", ["xllm/parallel/_allreduce.pyx"]),   # MPI hook, no MPI at build time
 ]
 
 

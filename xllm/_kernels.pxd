@@ -143,6 +143,11 @@ ctypedef struct Batch:
     const int32_t *out_rows # (n_out,) token indices (into 0..T-1), ascending
 
 
+# Tensor parallelism (xllm/parallel): sums a (n,) float buffer over the ranks, in place;
+# called after the row-parallel projections (attention output, FFN down), before their bias
+ctypedef void (*xllm_allreduce_fn)(float *buf, int n, void *ctx) noexcept nogil
+
+
 ctypedef struct Workspace:
     int max_tokens          # T capacity of every buffer below
     int n_threads
@@ -164,6 +169,8 @@ ctypedef struct Workspace:
     size_t att_per_thread
     const float *rope       # (max_seq_len, head_dim/2, 2) cos, sin
     double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL
+    xllm_allreduce_fn allreduce   # NULL in a single process
+    void *allreduce_ctx
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil

@@ -538,6 +538,8 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         c_attention(d, kv, l, b, ws)
         tick(ws, OP_ATTENTION, &clock)
         c_matmul(&L.wo, ws.xb, T, ws.xout, ws)
+        if ws.allreduce != NULL:          # row-parallel: each rank holds a partial sum
+            ws.allreduce(ws.xout, T * d.dim, ws.allreduce_ctx)
         c_add_bias(ws.xout, L.bo, T, d.dim)
         tick(ws, OP_ATTN_OUT, &clock)
         c_add_inplace(ws.x, ws.xout, T * d.dim)
@@ -563,6 +565,8 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
             swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, ws.n_threads)
         tick(ws, OP_SWIGLU, &clock)
         c_matmul(&L.w_down, ws.hb, T, ws.xout, ws)
+        if ws.allreduce != NULL:
+            ws.allreduce(ws.xout, T * d.dim, ws.allreduce_ctx)
         c_add_bias(ws.xout, L.b_down, T, d.dim)
         tick(ws, OP_FFN_DOWN, &clock)
         c_add_inplace(ws.x, ws.xout, T * d.dim)
@@ -683,6 +687,7 @@ cdef class Decoder:
     cdef KVPool kv
     cdef _Buffers buffers
     cdef object _keep
+    cdef object _allreduce_owner
     cdef double op_seconds[N_OPS]
     cdef readonly int max_tokens
     cdef readonly int threads
@@ -816,6 +821,18 @@ cdef class Decoder:
         ws.op_seconds = NULL
         memset(self.op_seconds, 0, sizeof(self.op_seconds))
 
+    def set_allreduce(self, uintptr_t fn, uintptr_t ctx, keepalive=None):
+        """Install a tensor-parallel allreduce (an xllm_allreduce_fn and its context, as
+        addresses; 0 removes it); `keepalive` owns the context and lives as long as this."""
+        self.buffers.ws.allreduce = <xllm_allreduce_fn>fn
+        self.buffers.ws.allreduce_ctx = <void *>ctx if fn else NULL
+        self._allreduce_owner = keepalive if fn else None
+
+    @property
+    def logits_width(self):
+        """Columns of step's logits: the classifier's rows (this rank's vocabulary slice)."""
+        return self.classifier.rows
+
     def workspace_bytes(self):
         """Bytes of activation workspace allocated once for this decoder."""
         return sum(a.nbytes for a in self.buffers._blocks)
@@ -868,8 +885,8 @@ cdef class Decoder:
                 blk = blocks[s, i]
                 if not 0 <= blk < self.kv.n_blocks:
                     raise ValueError(f"block id {blk} out of range [0, {self.kv.n_blocks})")
-        if out_rows.shape[0] != logits.shape[0] or (logits.shape[0] and logits.shape[1] != self.dims.vocab_size):
-            raise ValueError(f"logits must be ({out_rows.shape[0]}, {self.dims.vocab_size})")
+        if out_rows.shape[0] != logits.shape[0] or (logits.shape[0] and logits.shape[1] != self.classifier.rows):
+            raise ValueError(f"logits must be ({out_rows.shape[0]}, {self.classifier.rows})")
         for i in range(out_rows.shape[0]):
             if not 0 <= out_rows[i] < T:
                 raise ValueError(f"output row {out_rows[i]} out of range [0, {T})")

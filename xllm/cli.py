@@ -307,6 +307,10 @@ def _main(argv=None) -> int:
     if args.chat_template is not None and (args.prompt is not None or args.file is not None):
         raise UsageError("--chat-template is for the interactive chat, not --prompt or --file")
     if args.stats_log is not None:
+        from .parallel import launched_world_size
+        if launched_world_size() > 1:
+            raise UsageError("--stats-log runs inference in a child process, which an MPI rank cannot "
+                             "fork; under mpirun use the launcher's own monitoring")
         return run_with_stats(args)
     return run(args)
 

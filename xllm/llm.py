@@ -42,18 +42,36 @@ class LLM:
     (None: the vocabulary embedded in the file); chat_template: a Jinja2 file overriding the
     model's own template for `chat`; prefix_cache: reuse the KV blocks of prompt prefixes
     computed before, by this call or an earlier one (False: compute every prompt in full).
+    tensor_parallel: ranks of an MPI job to spread the model over (None: the size of the job
+    mpirun started, 1 outside one).  Run the script under `mpirun -n N`; every rank constructs
+    the LLM, rank 0 gets it back and the others serve its steps and exit when rank 0 ends
+    (code after LLM(...) runs on rank 0 only).  See xllm.parallel.
     """
 
     def __init__(self, path=None, tokenizer=None, threads: Optional[int] = None,
                  max_batch_tokens: int = 256, max_seqs: int = 16, kv_blocks: Optional[int] = None,
-                 block_size: int = 16, chat_template=None, prefix_cache: bool = True):
-        self.checkpoint = open_model_checkpoint(path)
-        self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
+                 block_size: int = 16, chat_template=None, prefix_cache: bool = True,
+                 tensor_parallel: Optional[int] = None):
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
-        self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
-                           kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
-                           prefix_cache=prefix_cache)
+        if tensor_parallel is None:
+            from .parallel import launched_world_size
+            tensor_parallel = launched_world_size()
+        if tensor_parallel != 1:
+            from . import parallel      # every rank loads its slices; only rank 0 returns
+            self.model = parallel.load(path, tensor_parallel, threads=threads,
+                                       max_batch_tokens=max_batch_tokens, kv_blocks=kv_blocks,
+                                       block_size=block_size, max_seqs=max_seqs,
+                                       prefix_cache=prefix_cache)
+            self.checkpoint = self.model.checkpoint
+            self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
+        else:
+            self.checkpoint = open_model_checkpoint(path)
+            self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
+            self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
+                               kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
+                               prefix_cache=prefix_cache)
+        self.tensor_parallel = tensor_parallel
         self.config = self.checkpoint.config
         self.stop_ids = end_token_ids(self.tokenizer, self.config)   # ids that end generation
         self.max_seqs = max_seqs

@@ -78,7 +78,8 @@ class Chunk:
 class Model:
     def __init__(self, ckpt: Checkpoint, threads: Optional[int] = None, max_batch_tokens: int = 256,
                  kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, shard=None):
+        """`shard` (xllm.parallel.Shard): hold and run only one tensor-parallel rank's slices."""
         cfg = ckpt.config
         self.config: ModelConfig = cfg
         self.checkpoint = ckpt
@@ -88,7 +89,9 @@ class Model:
         self.max_batch_tokens = max_batch_tokens
         if kv_blocks is None:   # room for max_seqs full contexts; pages are touched only when used
             kv_blocks = max(1, max_seqs) * -(-cfg.max_seq_len // block_size)
-        self.kv = KVCache(cfg, kv_blocks, block_size, prefix_cache=prefix_cache)
+        local = cfg if shard is None else shard.local_config     # this rank's heads and FFN rows
+        self.shard = shard
+        self.kv = KVCache(local, kv_blocks, block_size, prefix_cache=prefix_cache)
         # norms and biases are tiny: keep float32 copies; matrices stay views of the (mapped) file
         shapes = layer_tensor_shapes(cfg)
         norms = {name: np.ascontiguousarray(ckpt.tensors[name].to_float32(), dtype=np.float32)
@@ -96,10 +99,16 @@ class Model:
         matrices = {name: ckpt.tensors[name] for name, shape in shapes.items() if len(shape) == 2}
         if cfg.fused_qkv:
             split_fused_qkv(cfg, matrices, norms)
+        if shard is not None:
+            matrices, norms = shard.slice(matrices, norms)
         self.rope_table = _kernels.rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta,
                                               rope_inv_freq(cfg))
-        self.decoder = _kernels.Decoder(cfg, matrices, norms, self.kv.k, self.kv.v, block_size,
+        self.decoder = _kernels.Decoder(local, matrices, norms, self.kv.k, self.kv.v, block_size,
                                         max_batch_tokens, self.threads, self.rope_table)
+        if shard is not None:      # column slices of panel types were copied, then packed: drop the copies
+            for name in [n for n, t in matrices.items() if t.ggml_type in _kernels.QUANTIZED_TYPES
+                         and n.split(".")[-2] in ("attn_output", "ffn_down")]:
+                del matrices[name]
 
     def set_threads(self, threads: int) -> None:
         self.decoder.set_threads(threads)
@@ -150,6 +159,12 @@ class Model:
             t += n
         tables = self.kv.block_table([c.seq_id for c in chunks])
         rows = np.asarray(out_rows, dtype=np.int32)
+        logits = self._forward(tokens, pos, seq, tables, rows)
+        return [logits[a:b] if b > a else None for a, b in spans]
+
+    def _forward(self, tokens, pos, seq, tables, rows) -> np.ndarray:
+        """The decoder pass over prepared int32 arrays; (len(rows), vocab) float32 logits
+        (xllm.parallel.ParallelModel runs it on every rank and gathers the logits)."""
         logits = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
         self.decoder.step(tokens, pos, seq, tables, rows, logits)
-        return [logits[a:b] if b > a else None for a, b in spans]
+        return logits

@@ -65,6 +65,10 @@ def _listen(host: str, port: int) -> socket.socket:
 @cli_entry("xllm-serve")
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from ..parallel import launched_world_size
+    if launched_world_size() > 1:
+        raise ValueError(f"xllm-serve does not run tensor-parallel yet ({launched_world_size()} MPI ranks): "
+                         f"its engine runs in a child process, which cannot be an MPI rank")
     from ..chat import end_of_turn_ids, load_chat_template
     from ..engine import DEFAULT_MODEL, load_tokenizer_for, open_model_checkpoint
     from .app import ServerState, create_app
