@@ -39,18 +39,22 @@ class LLM:
     path: a GGUF file, a llama2.c .bin, a Hugging Face directory or an opened Checkpoint
     (None: the small model shipped in the package); tokenizer: a sentencepiece .model or llama2.c tokenizer .bin
     (None: the vocabulary embedded in the file); chat_template: a Jinja2 file overriding the
-    model's own template for `chat`.
+    model's own template for `chat`; kv_type: the KV cache's type, auto (f32 for F32 weights,
+    else f16), f32, f16, bf16 or q8_0; kv_memory: bytes of the KV pool (default: max_seqs full
+    contexts of f32; kv_blocks, when given, counts blocks instead).
     """
 
     def __init__(self, path=None, tokenizer=None, threads: Optional[int] = None,
                  max_batch_tokens: int = 256, max_seqs: int = 16, kv_blocks: Optional[int] = None,
-                 block_size: int = 16, chat_template=None):
+                 block_size: int = 16, chat_template=None, kv_type: str = "auto",
+                 kv_memory: Optional[int] = None):
         self.checkpoint = open_model_checkpoint(path)
         self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
         self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
-                           kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs)
+                           kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
+                           kv_type=kv_type, kv_memory=kv_memory)
         self.config = self.checkpoint.config
         self.stop_ids = end_token_ids(self.tokenizer, self.config)   # ids that end generation
         self.max_seqs = max_seqs
