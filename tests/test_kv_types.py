@@ -457,3 +457,14 @@ def test_benchmark_memory_table_shows_the_type(tmp_path, capsys):
         mem = json.loads(capsys.readouterr().out)["memory"]
         assert mem["kv_type"] == ("f16" if kv_type == "auto" else kv_type)
         assert mem["kv_bytes_per_token"] == per_token
+
+
+def test_engine_and_perplexity_take_the_type(shared_models, capsys):
+    from xllm.engine import Engine
+    from xllm import perplexity
+    model, tok = str(shared_models / "stories260K.bin"), str(shared_models / "tok512.bin")
+    assert Engine.load(model, tokenizer=tok, threads=1, kv_type="bf16").model.kv.kv_type == "bf16"
+    assert perplexity.main(["--weight", model, "--token", tok, "--file", str(STORY), "--reference", model,
+                            "--kv-type", "f16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["top1_agreement"] == 1.0 and 0 < r["mean_kl"] < 1e-4

@@ -160,22 +160,7 @@ xllm_attend_block_kv_avx2_t(const int type, const float *q, const char *kb, cons
         scores[j] = xllm_kv_dot_avx2(type, q, kb + j * stride, hd) * scale;
         m_new = scores[j] > m_new ? scores[j] : m_new;
     }
-    float corr = expf(*m - m_new);
-    __m256 vsum = _mm256_setzero_ps();
-    const __m256 vm = _mm256_set1_ps(m_new);
-    j = 0;
-    for (; j + 8 <= n_pos; j += 8) {
-        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vm),
-                                               _mm256_set1_ps(XLLM_EXP_LO)));
-        vsum = _mm256_add_ps(vsum, e);
-        _mm256_storeu_ps(scores + j, e);
-    }
-    float lsum = xllm_hsum_avx2(vsum);
-    for (; j < n_pos; j++) {
-        scores[j] = expf(scores[j] - m_new);
-        lsum += scores[j];
-    }
-    *l = *l * corr + lsum;
+    float corr = xllm_softmax_block_avx2(scores, n_pos, *m, m_new, l);
     for (int c0 = 0; c0 < hd8; c0 += 64) {       /* out in registers, 64 values at a time */
         int nc = hd8 - c0 < 64 ? (hd8 - c0) / 8 : 8;
         __m256 o[8];
