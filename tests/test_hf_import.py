@@ -429,7 +429,7 @@ def test_convert_dtype_f16_from_bf16(tmp_path):
 
 def _engine_logits(path, ids):
     from xllm import LLM
-    return np.asarray(LLM(str(path)).logits(ids), dtype=np.float64)
+    return np.asarray(LLM(str(path), kv_type="f32").logits(ids), dtype=np.float64)   # exact KV, as the reference
 
 
 def _assert_close_1e4(got, ref):

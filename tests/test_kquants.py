@@ -262,7 +262,7 @@ def check_against_references(path, tokens, tmp):
     from the F32 fixture (its rows are off the quantization grid, so ties are rarer), and
     must cover at least 8 positions (over the sequence and 7 short ones)."""
     ckpt = open_checkpoint(path)
-    got = LLM(path, threads=2).logits(tokens).astype(np.float64)
+    got = LLM(path, threads=2, kv_type="f32").logits(tokens).astype(np.float64)   # exact keys/values, as the reference
     exact = forward(ckpt.config, dequantized64(ckpt.tensors), tokens)
     rounded, clean = RoundedModel(ckpt)(tokens)
     scale = np.abs(exact).max()
@@ -279,7 +279,7 @@ def check_against_references(path, tokens, tmp):
     plain = write_mixed(Path(tmp) / (Path(path).stem + "-f32-embd.gguf"), path,
                         {"token_embd.weight": fixture("f32")})
     ckpt = open_checkpoint(plain)
-    llm = LLM(plain, threads=2)
+    llm = LLM(plain, threads=2, kv_type="f32")
     reference = RoundedModel(ckpt)
     for seed in range(8):                       # short sequences: each tight up to its first tie
         seq = tokens if seed == 0 else ids(6, seed=100 + seed)

@@ -74,6 +74,17 @@ cdef extern from "simd.h" nogil:
                           int nt, int n, const float *acc, int ldacc, float *y, size_t ldy)
 
 
+cdef extern from "simd_kv.h" nogil:
+    int XLLM_BF16
+    size_t xllm_kv_row_bytes(int type, int n)
+    void xllm_kv_store_row(int type, const float *x, void *dst, int n)
+    void xllm_attend_block_kv(int type, const float *q, const char *kb, const char *vb, size_t stride,
+                              int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores)
+    int xllm_kv_heads_per_call(int type, int group)
+    void xllm_attend_block4_kv(int type, const float *q, const char *kb, const char *vb, size_t stride,
+                               int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores)
+
+
 ctypedef struct Matrix:
     const char *data        # F32/F16: rows x row_bytes, row-major, W[o, :] is row o;
                             # Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL matmul operands: panels of 8 rows
@@ -126,8 +137,11 @@ ctypedef struct Dims:
 
 
 ctypedef struct KVPool:
-    float *k                # (n_layers, n_blocks, block_size, kv_dim)
-    float *v                # (n_layers, n_blocks, block_size, kv_dim)
+    char *k                 # (n_layers, n_blocks, block_size) rows of keys, row_bytes each
+    char *v                 # the same for values
+    int type                # XLLM_F32 / F16 / BF16 / Q8_0 (simd_kv.h)
+    size_t row_bytes        # one position's kv_dim values in `type`
+    size_t head_bytes       # one kv head's part of a row: row_bytes / n_kv_heads
     int n_blocks
     int block_size          # positions per block
 
@@ -165,7 +179,7 @@ ctypedef struct Workspace:
     float *acc              # (n_threads, acc_per_thread) matmul accumulators: 8 lanes per (row, token)
                             # for F32/F16, one float per (row, token) for Q8_0/Q4_0
     size_t acc_per_thread
-    float *att              # (n_threads, att_per_thread) attention scratch: a block's scores
+    float *att              # (n_threads, att_per_thread) attention scratch: a block's scores (of 4 heads)
     size_t att_per_thread
     const float *rope       # (max_seq_len, head_dim/2, 2) cos, sin
     double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL

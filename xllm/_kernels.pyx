@@ -57,6 +57,64 @@ QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] == 32)
 
 xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
 
+# KV cache types (simd_kv.h): name -> (type id, dtype of the stored arrays); a row of kv_dim
+# values is kv_dim elements, or for q8_0 kv_dim / 32 blocks of 34 bytes
+KV_TYPES = {"f32": (TYPE_F32, np.float32), "f16": (TYPE_F16, np.float16),
+            "bf16": (TYPE_BF16, np.uint16), "q8_0": (TYPE_Q8_0, np.uint8)}
+
+
+def kv_row_elements(str kv_type, int kv_dim):
+    """Elements of the stored array's last axis for one cache row of kv_dim values."""
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"KV cache type {kv_type!r}, expected one of {', '.join(KV_TYPES)}")
+    if kv_type == "q8_0" and kv_dim % XLLM_QK:
+        raise ValueError(f"KV cache type q8_0 needs rows of a multiple of {XLLM_QK} values, got {kv_dim}")
+    return xllm_kv_row_bytes(KV_TYPES[kv_type][0], kv_dim) // np.dtype(KV_TYPES[kv_type][1]).itemsize
+
+
+cdef _bind_kv_pool(KVPool *kv, str kv_type, k_pool, v_pool, tuple lead, int block_size, int kv_dim,
+                   int n_kv_heads):
+    """Point `kv` at the caller's arrays: contiguous (*lead, n_blocks, block_size, row elements)
+    of the type's dtype (lead: (n_layers,) for a Decoder, () for one layer)."""
+    width = kv_row_elements(kv_type, kv_dim)
+    type_id, dtype = KV_TYPES[kv_type]
+    if kv_type == "q8_0" and (kv_dim // n_kv_heads) % XLLM_QK:
+        raise ValueError(f"KV cache type q8_0 needs head_dim a multiple of {XLLM_QK}, got {kv_dim // n_kv_heads}")
+    for pool in (k_pool, v_pool):
+        if (pool.dtype != dtype or not pool.flags.c_contiguous or pool.ndim != len(lead) + 3
+                or pool.shape[:len(lead)] != lead or pool.shape[len(lead) + 1:] != (block_size, width)
+                or pool.shape[len(lead)] < 1 or pool.shape != k_pool.shape):
+            raise ValueError(f"KV pool ({kv_type}): expected two contiguous {np.dtype(dtype).name} arrays "
+                             f"{lead + ('n_blocks', block_size, width)}, found {pool.dtype} {pool.shape}")
+    kv.k = <char *><uintptr_t>k_pool.__array_interface__["data"][0]
+    kv.v = <char *><uintptr_t>v_pool.__array_interface__["data"][0]
+    kv.type = type_id
+    kv.row_bytes = xllm_kv_row_bytes(type_id, kv_dim)
+    kv.head_bytes = kv.row_bytes // n_kv_heads
+    kv.n_blocks = k_pool.shape[len(lead)]
+    kv.block_size = block_size
+
+
+def kv_store_rows(str kv_type, x):
+    """Rows of float32 values as the cache stores them (the rounding write_kv does):
+    (..., n) float -> (..., kv_row_elements(kv_type, n)) of the type's dtype."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim < 1:
+        raise ValueError("kv_store_rows: expected rows (..., n)")
+    cdef int n = a.shape[a.ndim - 1]
+    width = kv_row_elements(kv_type, n)
+    type_id, dtype = KV_TYPES[kv_type]
+    out = np.zeros(a.shape[:a.ndim - 1] + (width,), dtype=dtype)
+    rows = a.reshape(-1, n)
+    cdef int t = type_id
+    cdef uintptr_t src = rows.__array_interface__["data"][0]
+    cdef uintptr_t dst = out.__array_interface__["data"][0]
+    cdef size_t rb = xllm_kv_row_bytes(t, n)
+    cdef Py_ssize_t r
+    for r in range(rows.shape[0]):
+        xllm_kv_store_row(t, <const float *>(src + <size_t>r * n * sizeof(float)), <void *>(dst + r * rb), n)
+    return out
+
 SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512}
 
 
@@ -427,7 +485,8 @@ cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *
     """out = softmax(q . K[0..p] / sqrt(head_dim)) . V[0..p] over the paged cache.
 
     Online softmax, one block at a time: a running max and sum rescale the accumulator,
-    so memory stays bounded by the block size at any context length.
+    so memory stays bounded by the block size at any context length.  The block kernel
+    reads the cache's type (F32/F16/BF16/Q8_0) directly (simd_kv.h).
     """
     cdef int hd = d.head_dim
     cdef float scale = 1.0 / sqrtf(hd)
@@ -439,10 +498,36 @@ cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *
     memset(out, 0, hd * sizeof(float))
     for bi in range(p // kv.block_size + 1):
         n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
-        base = (layer_base + <size_t>table[bi] * kv.block_size) * d.kv_dim + kv_head * hd
-        xllm_attend_block(q, kv.k + base, kv.v + base, d.kv_dim, n_pos, hd, scale, &m, &l, out, scratch)
+        base = (layer_base + <size_t>table[bi] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
+        xllm_attend_block_kv(kv.type, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
+                             &m, &l, out, scratch)
     for i in range(hd):
         out[i] = out[i] / l
+
+
+cdef void attend_four(const Dims *d, const KVPool *kv, int layer, const int32_t *table, int p,
+                      const float *q, int kv_head, float *out, float *scratch) noexcept nogil:
+    """attend_one for 4 query heads sharing `kv_head` (q and out: 4 rows head_dim apart),
+    reading each stored key and value once for the 4 (simd_kv.h)."""
+    cdef int hd = d.head_dim
+    cdef float scale = 1.0 / sqrtf(hd)
+    cdef float m[4]
+    cdef float l[4]
+    cdef int bi, n_pos, i, g
+    cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
+    cdef size_t base
+    for g in range(4):
+        m[g] = -INFINITY
+        l[g] = 0.0
+    memset(out, 0, 4 * hd * sizeof(float))
+    for bi in range(p // kv.block_size + 1):
+        n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
+        base = (layer_base + <size_t>table[bi] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
+        xllm_attend_block4_kv(kv.type, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
+                              m, l, out, scratch)
+    for g in range(4):
+        for i in range(hd):
+            out[g * hd + i] = out[g * hd + i] / l[g]
 
 
 cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b,
@@ -456,31 +541,38 @@ cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b
     """
     cdef int item, t, h, kvh, rem
     cdef int group = d.n_heads // d.n_kv_heads
-    cdef int per_kv = b.n_tokens * group
+    cdef int heads = xllm_kv_heads_per_call(kv.type, group)    # query heads per item: 1 or 4
+    cdef int calls = group // heads
+    cdef int per_kv = b.n_tokens * calls
     cdef float *scratch = NULL
     with parallel(num_threads=ws.n_threads):
         scratch = ws.att + threadid() * ws.att_per_thread
         for item in prange(d.n_kv_heads * per_kv, schedule='static'):
             kvh = item // per_kv
             rem = item % per_kv
-            t = rem // group
-            h = kvh * group + rem % group
-            attend_one(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
-                       ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
-                       ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch)
+            t = rem // calls
+            h = kvh * group + (rem % calls) * heads
+            if heads == 4:
+                attend_four(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
+                            ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
+                            ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch)
+            else:
+                attend_one(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
+                           ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
+                           ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch)
 
 
 cdef void write_kv(const Dims *d, const KVPool *kv, int layer, const Batch *b,
                    const float *k, const float *v) noexcept nogil:
-    """Store each token's key and value at its position's slot in its sequence's blocks."""
+    """Store each token's key and value, rounded to the cache's type, at its position's slot."""
     cdef int t, p, block
     cdef size_t slot
     for t in range(b.n_tokens):
         p = b.pos[t]
         block = b.blocks[<size_t>b.seq[t] * b.max_blocks + p // kv.block_size]
-        slot = ((<size_t>layer * kv.n_blocks + block) * kv.block_size + p % kv.block_size) * d.kv_dim
-        memcpy(kv.k + slot, k + <size_t>t * d.kv_dim, d.kv_dim * sizeof(float))
-        memcpy(kv.v + slot, v + <size_t>t * d.kv_dim, d.kv_dim * sizeof(float))
+        slot = ((<size_t>layer * kv.n_blocks + block) * kv.block_size + p % kv.block_size) * kv.row_bytes
+        xllm_kv_store_row(kv.type, k + <size_t>t * d.kv_dim, kv.k + slot, d.kv_dim)
+        xllm_kv_store_row(kv.type, v + <size_t>t * d.kv_dim, kv.v + slot, d.kv_dim)
 
 
 # ---------------------------------------------------------------------------- decoder step
@@ -675,7 +767,8 @@ cdef class Decoder:
     `config` is a ModelConfig (its architecture switches become Dims'); `weights` maps GGUF
     matrix names to formats.Tensor (attn_q/k/v, also for a fused QKV: Model splits it);
     `norms` maps the names of norm weights and biases to float32 arrays.
-    The KV pool arrays are owned by the caller (kv_cache.KVCache) and must outlive this.
+    The KV pool arrays are owned by the caller (kv_cache.KVCache) and must outlive this;
+    `kv_type` names their type (KV_TYPES).
     """
     cdef Dims dims
     cdef Layer *layers
@@ -701,7 +794,7 @@ cdef class Decoder:
         free(self.layers)
 
     def __init__(self, config, dict weights, dict norms, k_pool, v_pool, int block_size,
-                 int max_tokens, int threads, rope_table):
+                 int max_tokens, int threads, rope_table, str kv_type="f32"):
         cdef int l
         cdef Layer *L
         cdef Workspace *ws
@@ -774,17 +867,9 @@ cdef class Decoder:
         self.final_norm = <const float *><uintptr_t>vec_ptr("output_norm.weight", d)
         self.final_norm_b = <const float *><uintptr_t>vec_ptr("output_norm.bias", d, layer_norm)
 
-        # KV pool (n_layers, n_blocks, block_size, kv_dim) float32, owned by the caller
-        for pool in (k_pool, v_pool):
-            if (pool.dtype != np.float32 or pool.ndim != 4 or not pool.flags.c_contiguous
-                    or pool.shape[0] != config.n_layers or pool.shape[2] != block_size
-                    or pool.shape[3] != config.kv_dim):
-                raise ValueError(f"KV pool: expected contiguous float32 (n_layers={config.n_layers}, "
-                                 f"n_blocks, {block_size}, {config.kv_dim}), found {pool.dtype} {pool.shape}")
-        self.kv.k = <float *><uintptr_t>k_pool.__array_interface__["data"][0]
-        self.kv.v = <float *><uintptr_t>v_pool.__array_interface__["data"][0]
-        self.kv.n_blocks = k_pool.shape[1]
-        self.kv.block_size = block_size
+        # KV pool (n_layers, n_blocks, block_size, row) in kv_type, owned by the caller
+        _bind_kv_pool(&self.kv, kv_type, k_pool, v_pool, (config.n_layers,), block_size, config.kv_dim,
+                      config.n_kv_heads)
         half = config.head_dim // 2
         if rope_table.dtype != np.float32 or rope_table.shape != (config.max_seq_len, half, 2):
             raise ValueError("rope table: expected float32 (max_seq_len, head_dim/2, 2)")
@@ -815,7 +900,7 @@ cdef class Decoder:
         ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8,     # K-quant tiles: 8 lanes per (row, token)
                                 <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8) + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
-        ws.att_per_thread = config.head_dim + block_size + 16
+        ws.att_per_thread = config.head_dim + 4 * block_size + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
         ws.rope = <const float *><uintptr_t>rope_table.__array_interface__["data"][0]
         ws.op_seconds = NULL
@@ -1190,26 +1275,35 @@ def add(x, y):
     return a
 
 
-def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int threads=1):
+def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int threads=1, str kv_type="f32"):
     """Causal attention of T query rows of one sequence over its paged cache (layer 0).
 
-    q: (T, n_heads*head_dim); k_pool/v_pool: (n_blocks, block_size, n_kv_heads*head_dim);
+    q: (T, n_heads*head_dim); k_pool/v_pool: (n_blocks, block_size, row) as the cache stores
+    them in `kv_type` (f32: the float32 values; others: kv_store_rows of them);
     block_table: (max_blocks,) int32; positions: (T,) int32.  Returns (T, n_heads*head_dim).
     """
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"KV cache type {kv_type!r}, expected one of {', '.join(KV_TYPES)}")
     q = np.ascontiguousarray(q, dtype=np.float32)
-    k_pool = np.ascontiguousarray(k_pool, dtype=np.float32)
-    v_pool = np.ascontiguousarray(v_pool, dtype=np.float32)
+    k_pool = np.ascontiguousarray(k_pool, dtype=KV_TYPES[kv_type][1])
+    v_pool = np.ascontiguousarray(v_pool, dtype=KV_TYPES[kv_type][1])
     block_table = np.ascontiguousarray(block_table, dtype=np.int32).reshape(1, -1)
     positions = np.ascontiguousarray(positions, dtype=np.int32)
+    if q.ndim != 2 or q.shape[0] != positions.shape[0] or positions.ndim != 1:
+        raise ValueError("q (T, n_heads*head_dim) and positions (T,) expected")
     if k_pool.ndim != 3 or k_pool.shape != v_pool.shape:
-        raise ValueError("k_pool and v_pool: (n_blocks, block_size, kv_dim) of one shape expected")
-    n_blocks, block_size, kv_dim = k_pool.shape
-    if kv_dim % n_kv_heads:
-        raise ValueError(f"kv_dim {kv_dim} is not a multiple of n_kv_heads {n_kv_heads}")
+        raise ValueError("k_pool and v_pool: (n_blocks, block_size, row) of one shape expected")
+    n_blocks, block_size = k_pool.shape[0], k_pool.shape[1]
+    if n_kv_heads < 1:
+        raise ValueError(f"n_kv_heads = {n_kv_heads}, expected >= 1")
+    width = k_pool.shape[2]
+    kv_dim = width // sizeof(xllm_block_q8_0) * XLLM_QK if kv_type == "q8_0" else width
+    if kv_dim < 1 or kv_dim % n_kv_heads or kv_row_elements(kv_type, kv_dim) != width:
+        raise ValueError(f"a row of {width} {kv_type} elements is not n_kv_heads = {n_kv_heads} heads")
     head_dim = kv_dim // n_kv_heads
     T = q.shape[0]
-    if q.ndim != 2 or q.shape[1] % head_dim or positions.shape != (T,):
-        raise ValueError("q (T, n_heads*head_dim) and positions (T,) expected")
+    if q.shape[1] % head_dim:
+        raise ValueError(f"q width {q.shape[1]} is not a multiple of head_dim {head_dim}")
     n_heads = q.shape[1] // head_dim
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
@@ -1226,16 +1320,13 @@ def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int thr
     d.n_kv_heads = n_kv_heads
     d.q_dim = q.shape[1]
     d.kv_dim = kv_dim
-    kv.k = <float *><uintptr_t>k_pool.__array_interface__["data"][0]
-    kv.v = <float *><uintptr_t>v_pool.__array_interface__["data"][0]
-    kv.n_blocks = n_blocks
-    kv.block_size = block_size
+    _bind_kv_pool(&kv, kv_type, k_pool, v_pool, (), block_size, kv_dim, n_kv_heads)
     seq = np.zeros(T, dtype=np.int32)
     out = np.zeros_like(q)
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.att_per_thread = head_dim + block_size + 16
+    ws.att_per_thread = head_dim + 4 * block_size + 16
     ws.att = <float *>buffers.alloc(threads * ws.att_per_thread * sizeof(float))
     ws.q = <float *><uintptr_t>q.__array_interface__["data"][0]
     ws.xb = <float *><uintptr_t>out.__array_interface__["data"][0]

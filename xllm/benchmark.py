@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
+from .kv_types import add_kv_type_option
 from .convert import add_model_metadata, atomic_gguf_writer
 from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes, row_bytes
 from .formats.types import BF16, Q2_K, Q3_K, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_layout, \
@@ -493,11 +494,18 @@ def _value_bytes(ggml_type: int) -> float:
     return nbytes / values
 
 
+def kv_value_bytes(llm) -> float:
+    """Bytes one cached key or value takes in the model's KV cache type (q8_0: 34/32)."""
+    cfg = llm.config
+    return llm.model.kv.bytes_per_token / (2 * cfg.n_layers * cfg.kv_dim)
+
+
 class CostModel:
     """Bytes each operator must move and FLOPs it must do for a step (see module doc)."""
 
-    def __init__(self, ckpt):
+    def __init__(self, ckpt, kv_value_bytes: float = 4.0):
         cfg = self.cfg = ckpt.config
+        self.kv_value_bytes = kv_value_bytes          # bytes of one cached key or value (the KV type)
         t = ckpt.tensors
 
         def nbytes(name):
@@ -538,8 +546,9 @@ class CostModel:
                         (L * 2 * T + n_out) * 4 * d),
             "qkv_proj": (self.w["qkv_proj"] + L * f4 * T * (d + q + 2 * kv), L * 2 * T * d * (q + 2 * kv)),
             "rope": (L * 2 * f4 * T * (q + kv), L * 3 * T * (q + kv)),
-            "kv_write": (L * 2 * 2 * f4 * T * kv, 0),
-            "attention": (L * (2 * f4 * att * kv + 2 * f4 * T * q), L * att * c.n_heads * (4 * hd + 5)),
+            "kv_write": (L * 2 * (f4 + self.kv_value_bytes) * T * kv, 0),
+            "attention": (L * (2 * self.kv_value_bytes * att * kv + 2 * f4 * T * q),
+                          L * att * c.n_heads * (4 * hd + 5)),
             "attn_out_proj": (self.w["attn_out_proj"] + L * f4 * T * (q + d), L * 2 * T * q * d),
             "residual": (L * 2 * 3 * f4 * T * d, L * 2 * T * d),
             "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + 2 * h), L * 2 * 2 * T * d * h),
@@ -603,7 +612,7 @@ class StepRecorder:
     def __init__(self, llm, profile: bool = True):
         self.llm = llm
         self.model = llm.model
-        self.cost = CostModel(llm.checkpoint)
+        self.cost = CostModel(llm.checkpoint, kv_value_bytes(llm))
         self.records: List[StepRecord] = []
         self.prompt_len: Dict[int, int] = {}       # seq id -> prompt length
         self.profile = profile
@@ -691,6 +700,7 @@ def _memory(llm, kv_peak_blocks: int, peak_rss: Optional[int] = None) -> dict:
     block_bytes = kv.bytes_per_token * kv.block_size
     return {
         "weights_bytes": int(llm.model.weight_bytes),
+        "kv_type": kv.kv_type,
         "kv_bytes_per_token": int(kv.bytes_per_token),
         "kv_in_use_peak_bytes": int(kv_peak_blocks * block_bytes),
         "kv_pool_bytes": int(kv.nbytes),
@@ -703,11 +713,12 @@ def _memory(llm, kv_peak_blocks: int, peak_rss: Optional[int] = None) -> dict:
 
 def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, gen_tokens: int = 128,
                  repeats: int = 3, tokenizer=None, seed: int = 0, limits: Optional[dict] = None,
-                 limits_kwargs: Optional[dict] = None) -> dict:
+                 limits_kwargs: Optional[dict] = None, kv_type: str = "auto") -> dict:
     """Benchmark one sequence: prefill of `prompt_tokens` (random ids after BOS) in one step,
     then `gen_tokens` greedy decode steps, `repeats` times after a warm-up; medians.
     `limits` (from measure_limits) are measured here when not given.  The prefix cache is
-    off: every run prefills the same prompt, and that is what is measured."""
+    off: every run prefills the same prompt, and that is what is measured.  Decode at a long
+    context: a long prompt (e.g. prompt_tokens=2000), with the KV cache's `kv_type`."""
     from .engine import LLM
     from .model import resolve_threads
     from .sampling import SamplingParams
@@ -717,7 +728,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
     threads = resolve_threads(threads)
     t0 = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=1,
-              max_batch_tokens=max(prompt_tokens, 1), prefix_cache=False)
+              max_batch_tokens=max(prompt_tokens, 1), prefix_cache=False, kv_type=kv_type)
     load_s = time.perf_counter() - t0
     cfg = llm.config
     if prompt_tokens + gen_tokens > cfg.max_seq_len:
@@ -797,7 +808,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
     limits["read_gbps_start"] = limits["read_gbps"]
     limits["read_gbps"] = _median(run_bw)
 
-    cost = CostModel(llm.checkpoint)
+    cost = CostModel(llm.checkpoint, kv_value_bytes(llm))
     types = cost.types
     quant = any(is_block_quantized(t) for t in types.values())
     prefill_s = _median([r["prefill_s"] for r in runs])
@@ -966,7 +977,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
                 tokenizer=None, truncate: bool = False, errors: str = "strict", baseline: bool = True,
                 max_batch_tokens: int = 256, ignore_eos: bool = False, progress: Optional[bool] = None,
                 limits: Optional[dict] = None, limits_kwargs: Optional[dict] = None,
-                prefix_cache: bool = True) -> dict:
+                prefix_cache: bool = True, kv_type: str = "auto") -> dict:
     """Continuous batching of every prompt in `prompts_file` with at most `batch` sequences
     at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time.
     Each run starts from an empty prefix cache (prefix_cache=False: none at all)."""
@@ -980,7 +991,7 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
     threads = resolve_threads(threads)
     t0 = time.perf_counter()
     llm = LLM(path, tokenizer=tokenizer, threads=threads, max_seqs=batch, max_batch_tokens=max_batch_tokens,
-              prefix_cache=prefix_cache)
+              prefix_cache=prefix_cache, kv_type=kv_type)
     load_s = time.perf_counter() - t0
     cfg = llm.config
     room = cfg.max_seq_len - max_tokens
@@ -1127,7 +1138,7 @@ def _ops_text(rows) -> str:
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
         ["weights (F32/F16/BF16/K-quants mapped, other quantized repacked)", _fmt_bytes(m["weights_bytes"])],
-        ["KV cache per token", _fmt_bytes(m["kv_bytes_per_token"])],
+        [f"KV cache per token ({m['kv_type']})", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],
         ["workspace", _fmt_bytes(m["workspace_bytes"])],
@@ -1275,6 +1286,7 @@ def main(argv=None) -> int:
     p.add_argument("--probe-iters", type=positive_int, default=20_000_000,
                    help="iterations of the FMA / int8 probes per thread (default 20000000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids")
+    add_kv_type_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = _parse(p, argv)
     if isinstance(args, int):
@@ -1283,7 +1295,7 @@ def main(argv=None) -> int:
     r = bench_single(args.weight, threads=args.threads, prompt_tokens=args.prompt_tokens,
                      gen_tokens=args.gen_tokens, repeats=args.repeats, tokenizer=args.token,
                      seed=args.seed, limits_kwargs={"bandwidth_bytes": args.bandwidth_mb << 20,
-                                    "compute_iters": args.probe_iters})
+                                    "compute_iters": args.probe_iters}, kv_type=args.kv_type)
     print(_dump_json(r) if args.json else format_single(r))
     _contention_warning(r["cpu"], "xllm-benchmark", r["machine"]["limits"])
     return 0
@@ -1315,6 +1327,7 @@ def batch_main(argv=None) -> int:
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="compute every prompt in full (default: prompts sharing full blocks with one "
                         "computed earlier in the same run read them from the cache)")
+    add_kv_type_option(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = _parse(p, argv)
     if isinstance(args, int):
@@ -1325,7 +1338,7 @@ def batch_main(argv=None) -> int:
     r = bench_batch(args.weight, args.file, batch=args.batch, max_tokens=args.max_tokens, threads=args.threads,
                     tokenizer=args.token, truncate=args.truncate, errors=args.errors,
                     baseline=not args.no_baseline, max_batch_tokens=args.max_batch_tokens,
-                    ignore_eos=args.ignore_eos, prefix_cache=args.prefix_cache,
+                    ignore_eos=args.ignore_eos, prefix_cache=args.prefix_cache, kv_type=args.kv_type,
                     limits_kwargs={"bandwidth_bytes": args.bandwidth_mb << 20, "compute_iters": args.probe_iters})
     if args.json:
         print(_dump_json(r))

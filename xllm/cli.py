@@ -18,6 +18,7 @@ import sys
 import time
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, finite_float, non_negative_int, positive_int
+from .kv_types import add_kv_type_option
 
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -42,6 +43,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-seqs", type=positive_int, default=16, help="sequences running at once (--file)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=256,
                    help="tokens per decoder step: decode tokens plus prompt chunks (default 256)")
+    add_kv_type_option(p)
     p.add_argument("--chat-template", metavar="FILE",
                    help="Jinja2 chat template for the interactive chat (default: the model's own)")
     p.add_argument("--stats-log", metavar="FILE",
@@ -214,7 +216,7 @@ def run(args) -> int:
     from . import LLM
     from .chat import load_chat_template
     llm = LLM(args.weight, tokenizer=args.token, threads=args.threads,
-              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs)
+              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs, kv_type=args.kv_type)
     template = None
     if args.prompt is None and args.file is None:
         template = load_chat_template(llm.checkpoint.path, args.chat_template, llm.tokenizer)

@@ -305,7 +305,7 @@ class Engine:
     @classmethod
     def load(cls, path=None, tokenizer=None, threads: Optional[int] = None, max_seqs: int = 16,
              max_batch_tokens: int = 256, kv_blocks: Optional[int] = None, block_size: int = 16,
-             prefix_cache: bool = True) -> "Engine":
+             prefix_cache: bool = True, kv_type: str = "auto") -> "Engine":
         """Open a checkpoint (GGUF, llama2.c .bin, HF directory; None: the shipped model);
         prefix_cache=False computes every prompt in full."""
         ckpt = open_model_checkpoint(path)
@@ -313,7 +313,8 @@ class Engine:
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
         model = Model(ckpt, threads=threads, max_batch_tokens=max_batch_tokens,
-                      kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs, prefix_cache=prefix_cache)
+                      kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs, prefix_cache=prefix_cache,
+                      kv_type=kv_type)
         return cls(model, tok, max_seqs, max_batch_tokens)
 
     # ------------------------------------------------------------------ requests

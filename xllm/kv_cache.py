@@ -1,7 +1,8 @@
 """Paged KV cache: a pool of fixed-size blocks, a block table per sequence, a prefix cache.
 
-Keys and values of all layers live in two float32 arrays (n_layers, n_blocks, block_size,
-kv_dim).  A sequence holds a list of block ids (its block table) covering its positions;
+Keys and values of all layers live in two arrays (n_layers, n_blocks, block_size, row) of
+the cache's type (kv_types.py: f32, f16, bf16 or q8_0; a row holds one position's kv_dim
+values).  A sequence holds a list of block ids (its block table) covering its positions;
 the table grows one block at a time as the sequence grows ("dynamic KV cache") and its
 blocks go back to the pool when it ends.  The arrays come from calloc, so memory pages are
 only touched when a block is first written.
@@ -23,10 +24,12 @@ import numpy as np
 
 from .block_pool import BlockPool
 from .config import ModelConfig
+from . import kv_types
 
 
 class KVCache:
-    def __init__(self, config: ModelConfig, n_blocks: int, block_size: int = 16, prefix_cache: bool = True):
+    def __init__(self, config: ModelConfig, n_blocks: int, block_size: int = 16, kv_type: str = "f32",
+                 prefix_cache: bool = True):
         if block_size < 1:
             raise ValueError(f"block_size = {block_size}, expected >= 1")
         if n_blocks < 1:
@@ -34,9 +37,11 @@ class KVCache:
         self.config = config
         self.block_size = block_size                      # positions per block
         self.n_blocks = n_blocks                          # blocks in the pool
-        shape = (config.n_layers, n_blocks, block_size, config.kv_dim)
-        self.k = np.zeros(shape, dtype=np.float32)        # keys   (layers, blocks, block_size, kv_dim)
-        self.v = np.zeros(shape, dtype=np.float32)        # values (layers, blocks, block_size, kv_dim)
+        self.kv_type = kv_type                            # kv_types.KV_TYPES
+        shape = (config.n_layers, n_blocks, block_size, kv_types.row_elements(kv_type, config.kv_dim))
+        dtype = kv_types.storage_dtype(kv_type)
+        self.k = np.zeros(shape, dtype=dtype)             # keys   (layers, blocks, block_size, row)
+        self.v = np.zeros(shape, dtype=dtype)             # values (layers, blocks, block_size, row)
         self.pool = BlockPool(n_blocks)
         self.prefix_cache = bool(prefix_cache)
         self.tables: Dict[int, List[int]] = {}            # sequence id -> its block ids, in order
@@ -56,7 +61,7 @@ class KVCache:
     @property
     def bytes_per_token(self) -> int:
         """K and V bytes one position takes across all layers."""
-        return 2 * self.config.n_layers * self.config.kv_dim * 4
+        return kv_types.bytes_per_token(self.config, self.kv_type)
 
     @property
     def nbytes(self) -> int:

@@ -46,12 +46,16 @@ class LLM:
     mpirun started, 1 outside one).  Run the script under `mpirun -n N`; every rank constructs
     the LLM, rank 0 gets it back and the others serve its steps and exit when rank 0 ends
     (code after LLM(...) runs on rank 0 only).  See xllm.parallel.
+    kv_type: the KV cache's type, auto (f32 for F32 weights, else f16), f32, f16, bf16 or
+    q8_0; kv_memory: bytes of the KV pool (default: max_seqs full contexts of f32; kv_blocks,
+    when given, counts blocks instead).
     """
 
     def __init__(self, path=None, tokenizer=None, threads: Optional[int] = None,
                  max_batch_tokens: int = 256, max_seqs: int = 16, kv_blocks: Optional[int] = None,
                  block_size: int = 16, chat_template=None, prefix_cache: bool = True,
-                 tensor_parallel: Optional[int] = None):
+                 tensor_parallel: Optional[int] = None, kv_type: str = "auto",
+                 kv_memory: Optional[int] = None):
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
         if tensor_parallel is None:
@@ -62,7 +66,7 @@ class LLM:
             self.model = parallel.load(path, tensor_parallel, threads=threads,
                                        max_batch_tokens=max_batch_tokens, kv_blocks=kv_blocks,
                                        block_size=block_size, max_seqs=max_seqs,
-                                       prefix_cache=prefix_cache)
+                                       prefix_cache=prefix_cache, kv_type=kv_type, kv_memory=kv_memory)
             self.checkpoint = self.model.checkpoint
             self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
         else:
@@ -70,7 +74,7 @@ class LLM:
             self.tokenizer = load_tokenizer_for(self.checkpoint, tokenizer)
             self.model = Model(self.checkpoint, threads=threads, max_batch_tokens=max_batch_tokens,
                                kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
-                               prefix_cache=prefix_cache)
+                               prefix_cache=prefix_cache, kv_type=kv_type, kv_memory=kv_memory)
         self.tensor_parallel = tensor_parallel
         self.config = self.checkpoint.config
         self.stop_ids = end_token_ids(self.tokenizer, self.config)   # ids that end generation

@@ -26,6 +26,7 @@ import numpy as np
 from . import _kernels
 from .config import ModelConfig, rope_inv_freq
 from .kv_cache import KVCache
+from .kv_types import bytes_per_token, resolve_kv_type
 from .formats import Checkpoint, Tensor, layer_tensor_shapes
 
 
@@ -66,6 +67,24 @@ def split_fused_qkv(cfg: ModelConfig, matrices: dict, vectors: dict) -> None:
                 vectors[p + part + ".bias"] = bias[r0:r1]
 
 
+def default_kv_blocks(cfg: ModelConfig, kv_type: str, block_size: int, max_seqs: int,
+                      kv_memory: Optional[int] = None) -> int:
+    """Blocks of `kv_type` that fit a memory budget of `kv_memory` bytes (default: max_seqs
+    full contexts of float32 keys and values, the pool before the cache had types), so a
+    16-bit cache holds 2x and q8_0 3.76x the tokens of f32 in the same memory; pages are
+    touched only when used."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size = {block_size!r}, expected >= 1")
+    if kv_memory is None:
+        kv_memory = max(1, max_seqs) * -(-cfg.max_seq_len // block_size) * block_size * bytes_per_token(cfg, "f32")
+    elif isinstance(kv_memory, bool) or not isinstance(kv_memory, int) or kv_memory < 1:
+        raise ValueError(f"kv_memory = {kv_memory!r}, expected a positive number of bytes")
+    block_bytes = block_size * bytes_per_token(cfg, kv_type)
+    if kv_memory < block_bytes:
+        raise ValueError(f"kv_memory = {kv_memory} bytes holds no KV block ({block_bytes} bytes of {kv_type})")
+    return kv_memory // block_bytes
+
+
 @dataclass
 class Chunk:
     """Tokens of one sequence to process in a step."""
@@ -78,7 +97,8 @@ class Chunk:
 class Model:
     def __init__(self, ckpt: Checkpoint, threads: Optional[int] = None, max_batch_tokens: int = 256,
                  kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1,
-                 prefix_cache: bool = True, shard=None):
+                 prefix_cache: bool = True, shard=None, kv_type: str = "auto",
+                 kv_memory: Optional[int] = None):
         """`shard` (xllm.parallel.Shard): hold and run only one tensor-parallel rank's slices."""
         cfg = ckpt.config
         self.config: ModelConfig = cfg
@@ -87,13 +107,15 @@ class Model:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens = {max_batch_tokens}, expected >= 1")
         self.max_batch_tokens = max_batch_tokens
-        if kv_blocks is None:   # room for max_seqs full contexts; pages are touched only when used
-            kv_blocks = max(1, max_seqs) * -(-cfg.max_seq_len // block_size)
+        shapes = layer_tensor_shapes(cfg)
+        kv_type = resolve_kv_type(kv_type, cfg, [ckpt.tensors[n].ggml_type for n, s in shapes.items()
+                                                 if len(s) == 2])
         local = cfg if shard is None else shard.local_config     # this rank's heads and FFN rows
         self.shard = shard
-        self.kv = KVCache(local, kv_blocks, block_size, prefix_cache=prefix_cache)
+        if kv_blocks is None:
+            kv_blocks = default_kv_blocks(local, kv_type, block_size, max_seqs, kv_memory)
+        self.kv = KVCache(local, kv_blocks, block_size, kv_type, prefix_cache=prefix_cache)
         # norms and biases are tiny: keep float32 copies; matrices stay views of the (mapped) file
-        shapes = layer_tensor_shapes(cfg)
         norms = {name: np.ascontiguousarray(ckpt.tensors[name].to_float32(), dtype=np.float32)
                  for name, shape in shapes.items() if len(shape) == 1}
         matrices = {name: ckpt.tensors[name] for name, shape in shapes.items() if len(shape) == 2}
@@ -104,7 +126,7 @@ class Model:
         self.rope_table = _kernels.rope_table(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta,
                                               rope_inv_freq(cfg))
         self.decoder = _kernels.Decoder(local, matrices, norms, self.kv.k, self.kv.v, block_size,
-                                        max_batch_tokens, self.threads, self.rope_table)
+                                        max_batch_tokens, self.threads, self.rope_table, kv_type)
         if shard is not None:      # column slices of panel types were copied, then packed: drop the copies
             for name in [n for n, t in matrices.items() if t.ggml_type in _kernels.QUANTIZED_TYPES
                          and n.split(".")[-2] in ("attn_output", "ffn_down")]:

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
+from .kv_types import add_kv_type_option
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,6 +62,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--window", type=positive_int, default=None,
                    help="tokens per scored window (default: the context length)")
+    add_kv_type_option(p)     # the judged model's cache; --reference keeps auto
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -74,7 +76,7 @@ def _main(argv=None) -> int:
             text = f.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{args.file}: not valid UTF-8 (byte {exc.start})") from None
-    llm = LLM(args.weight, tokenizer=args.token, threads=args.threads, max_seqs=1)
+    llm = LLM(args.weight, tokenizer=args.token, threads=args.threads, max_seqs=1, kv_type=args.kv_type)
     ref = None
     if args.reference:
         ref = LLM(args.reference, tokenizer=args.token, threads=args.threads, max_seqs=1)

@@ -458,6 +458,30 @@ XLLM_AVX2_FN static inline float xllm_hmax_avx2(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
+/* The online softmax over one block's scores: scores[j] = exp(scores[j] - m_new), and
+ * *l = *l * corr + their sum; returns corr = exp(m_old - m_new), the rescale of what the
+ * earlier blocks accumulated. */
+XLLM_AVX2_FN static inline float xllm_softmax_block_avx2(float *scores, int n_pos, float m_old, float m_new,
+                                                        float *l) {
+    float corr = expf(m_old - m_new);
+    __m256 vsum = _mm256_setzero_ps();
+    const __m256 vm = _mm256_set1_ps(m_new);
+    int j = 0;
+    for (; j + 8 <= n_pos; j += 8) {
+        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vm),
+                                               _mm256_set1_ps(XLLM_EXP_LO)));
+        vsum = _mm256_add_ps(vsum, e);
+        _mm256_storeu_ps(scores + j, e);
+    }
+    float lsum = xllm_hsum_avx2(vsum);
+    for (; j < n_pos; j++) {
+        scores[j] = expf(scores[j] - m_new);
+        lsum += scores[j];
+    }
+    *l = *l * corr + lsum;
+    return corr;
+}
+
 XLLM_AVX2_FN static void xllm_attend_block_avx2(const float *q, const float *kb, const float *vb,
                                                 size_t stride, int n_pos, int hd, float scale, float *m,
                                                 float *l, float *out, float *scores) {
@@ -485,22 +509,7 @@ XLLM_AVX2_FN static void xllm_attend_block_avx2(const float *q, const float *kb,
         scores[j] = xllm_dot_f32_avx2(q, kb + j * stride, hd) * scale;
         m_new = scores[j] > m_new ? scores[j] : m_new;
     }
-    float corr = expf(*m - m_new);
-    __m256 vsum = _mm256_setzero_ps();
-    const __m256 vm = _mm256_set1_ps(m_new);
-    j = 0;
-    for (; j + 8 <= n_pos; j += 8) {
-        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + j), vm),
-                                               _mm256_set1_ps(XLLM_EXP_LO)));
-        vsum = _mm256_add_ps(vsum, e);
-        _mm256_storeu_ps(scores + j, e);
-    }
-    float lsum = xllm_hsum_avx2(vsum);
-    for (; j < n_pos; j++) {
-        scores[j] = expf(scores[j] - m_new);
-        lsum += scores[j];
-    }
-    *l = *l * corr + lsum;
+    float corr = xllm_softmax_block_avx2(scores, n_pos, *m, m_new, l);
     for (int c0 = 0; c0 < hd; c0 += 64) {        /* out in registers, 64 values at a time */
         int nc = hd - c0 < 64 ? (hd - c0) / 8 : 8;
         __m256 o[8];

@@ -108,7 +108,7 @@ class ParallelModel(Model):
 
 def load(path, tensor_parallel: int, threads: Optional[int] = None, max_batch_tokens: int = 256,
          kv_blocks: Optional[int] = None, block_size: int = 16, max_seqs: int = 1,
-         prefix_cache: bool = True) -> ParallelModel:
+         prefix_cache: bool = True, kv_type: str = "auto", kv_memory: Optional[int] = None) -> ParallelModel:
     """Every rank of the MPI job calls this with the same arguments.  Rank 0 gets the model
     back; the other ranks serve steps until rank 0 stops, then exit the process (SystemExit 0;
     2 when start-up failed).  ValueError on rank 0 when any rank failed to load (naming it and
@@ -131,7 +131,7 @@ def load(path, tensor_parallel: int, threads: Optional[int] = None, max_batch_to
         threads = resolve_threads(threads) if threads is not None else max(1, usable_cores() // local_ranks)
         model = ParallelModel(ckpt, comm, threads=threads, max_batch_tokens=max_batch_tokens,
                               kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs,
-                              prefix_cache=prefix_cache)
+                              prefix_cache=prefix_cache, kv_type=kv_type, kv_memory=kv_memory)
     except Exception as exc:          # noqa: BLE001 - reported to rank 0, never left to hang it
         text = str(exc).splitlines()[0] if str(exc) else ""
         error = text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"

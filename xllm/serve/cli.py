@@ -10,6 +10,7 @@ import socket
 import sys
 
 from ..cli_errors import ArgumentParser, cli_entry, positive_int
+from ..kv_types import add_kv_type_option
 
 
 def port_number(text: str) -> int:
@@ -38,6 +39,7 @@ def build_parser() -> ArgumentParser:
                         "computed before; usage.prompt_tokens_details.cached_tokens counts them)")
     p.add_argument("--max-waiting", type=positive_int, default=None,
                    help="sequences allowed to wait for a place in the batch; beyond, 503 (default: no limit)")
+    add_kv_type_option(p)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
     p.add_argument("--chat-template", default=None, help="Jinja2 chat template file (default: the model's own)")
     p.add_argument("--stats-log", default=None,
@@ -84,7 +86,8 @@ def _main(argv=None) -> int:
     name = args.model_name or os.path.basename(os.path.normpath(weight))
     sock = _listen(args.host, args.port)
     client = EngineClient({"weight": weight, "threads": args.threads, "max_seqs": args.max_seqs,
-                           "max_batch_tokens": args.max_batch_tokens, "prefix_cache": args.prefix_cache})
+                           "max_batch_tokens": args.max_batch_tokens, "prefix_cache": args.prefix_cache,
+                           "kv_type": args.kv_type})
     stats_logger = None
     try:
         client.start()

@@ -44,7 +44,8 @@ def engine_main(inbox, outbox, options: dict) -> None:
         from ..engine import Engine
         engine = Engine.load(options["weight"], threads=options.get("threads"),
                              max_seqs=options["max_seqs"], max_batch_tokens=options["max_batch_tokens"],
-                             prefix_cache=options.get("prefix_cache", True))
+                             prefix_cache=options.get("prefix_cache", True),
+                             kv_type=options.get("kv_type", "auto"))
     except Exception as exc:                         # reported by the front end, one line
         outbox.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, OSError))
                      else str(exc)))

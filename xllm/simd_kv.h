@@ -1,0 +1,357 @@
+/* simd_kv.h: the KV cache in F32, F16, BF16 or Q8_0, and attention reading each directly.
+ *
+ * A cache row is one position's keys (or values) of one layer, kv_dim = n_kv_heads * head_dim
+ * values stored in the cache's type; a head's part of the row is row_bytes / n_kv_heads bytes
+ * (Q8_0 needs head_dim % 32 == 0, so its 32-value blocks never straddle two heads).
+ *
+ * Writing rounds each value once, the same on every SIMD level (scalar code: a row per token
+ * and layer is nothing next to the matmuls): F16 round-to-nearest-even like F16C's
+ * _cvtss_sh(x, 0) and numpy's astype(float16); BF16 round-to-nearest-even with NaN kept
+ * quiet, as ggml's GGML_FP32_TO_BF16; Q8_0 ggml's quantize_row_q8_0_ref (d = max|x| / 127
+ * stored as F16, q = round-half-away(x / d)).
+ *
+ * Attention widens the stored values in registers as it reads them (no widened copy of the
+ * cache).  A Q8_0 value is d * q, an F16 number times an 8-bit integer: at most 19
+ * significant bits, so the float32 product is exact and the kernel works on exactly the
+ * values a float64 reference dequantizes.  F32 keeps simd.h's xllm_attend_block, bit for bit.
+ * Each path sums in a fixed order that depends only on head_dim and the block's positions,
+ * never on the batch: incremental == recompute and alone == batch hold for every type.
+ * AVX512 runs the AVX2 kernels (as simd.h's F32 attention does).
+ */
+#ifndef XLLM_SIMD_KV_H
+#define XLLM_SIMD_KV_H
+
+#include "simd.h"
+
+/* Bytes of one cache row of n values (n % 32 == 0 for Q8_0). */
+static inline size_t xllm_kv_row_bytes(int type, int n) {
+    if (type == XLLM_F32) return (size_t)n * sizeof(float);
+    if (type == XLLM_Q8_0) return (size_t)(n / XLLM_QK) * sizeof(xllm_block_q8_0);
+    return (size_t)n * sizeof(uint16_t);
+}
+
+/* Round to nearest even; NaN stays a (quiet) NaN: ggml's GGML_FP32_TO_BF16. */
+static inline uint16_t xllm_fp32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+/* Store n floats as one cache row of `type`. */
+static void xllm_kv_store_row(int type, const float *x, void *dst, int n) {
+    if (type == XLLM_F32) {
+        memcpy(dst, x, (size_t)n * sizeof(float));
+    } else if (type == XLLM_F16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int i = 0; i < n; i++) h[i] = xllm_fp32_to_fp16(x[i]);
+    } else if (type == XLLM_BF16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int i = 0; i < n; i++) h[i] = xllm_fp32_to_bf16(x[i]);
+    } else {
+        xllm_quantize_row_q8_0(x, (xllm_block_q8_0 *)dst, n);
+    }
+}
+
+/* Value i of a stored row (not F32: that path reads floats). */
+static inline float xllm_kv_value(int type, const char *row, int i) {
+    if (type == XLLM_F16) return xllm_fp16_to_fp32(((const uint16_t *)row)[i]);
+    if (type == XLLM_BF16) return xllm_bf16_to_fp32(((const uint16_t *)row)[i]);
+    const xllm_block_q8_0 *b = (const xllm_block_q8_0 *)row + i / XLLM_QK;
+    return xllm_fp16_to_fp32(b->d) * (float)b->qs[i % XLLM_QK];
+}
+
+/* ------------------------------------------------------------------ scalar */
+
+static void xllm_attend_block_kv_scalar(int type, const float *q, const char *kb, const char *vb,
+                                        size_t stride, int n_pos, int hd, float scale, float *m,
+                                        float *l, float *out, float *scores) {
+    float m_new = *m;
+    for (int j = 0; j < n_pos; j++) {
+        const char *k = kb + j * stride;
+        float s = 0.0f;
+        for (int i = 0; i < hd; i++) s += q[i] * xllm_kv_value(type, k, i);
+        scores[j] = s * scale;
+        if (scores[j] > m_new) m_new = scores[j];
+    }
+    float corr = expf(*m - m_new);
+    if (corr != 1.0f) {
+        *l *= corr;
+        for (int i = 0; i < hd; i++) out[i] *= corr;
+    }
+    for (int j = 0; j < n_pos; j++) {
+        float e = expf(scores[j] - m_new);
+        const char *v = vb + j * stride;
+        *l += e;
+        for (int i = 0; i < hd; i++) out[i] += e * xllm_kv_value(type, v, i);
+    }
+    *m = m_new;
+}
+
+/* ------------------------------------------------------------------ AVX2 */
+
+#if XLLM_X86
+/* 8 values of a stored row from value c on (Q8_0: c % 8 == 0, inside one block). */
+XLLM_AVX2_FN static inline __m256 xllm_kv_load8_avx2(const int type, const char *row, int c) {
+    if (type == XLLM_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
+    if (type == XLLM_BF16) return xllm_load8_bf16_avx2((const uint16_t *)row + c);
+    const xllm_block_q8_0 *b = (const xllm_block_q8_0 *)row + c / XLLM_QK;
+    __m128i q8 = _mm_loadl_epi64((const __m128i *)(b->qs + c % XLLM_QK));
+    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+}
+
+/* q . k over one stored key: 8 lanes over the multiple-of-8 part, then the lanes reduced
+ * (xllm_hsum_avx2) and the tail added in order. */
+XLLM_AVX2_FN static inline float xllm_kv_dot_avx2(const int type, const float *q, const char *k, int hd) {
+    __m256 acc = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + 8 <= hd; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), xllm_kv_load8_avx2(type, k, c), acc);
+    float s = xllm_hsum_avx2(acc);
+    for (; c < hd; c++) s += q[c] * xllm_kv_value(type, k, c);
+    return s;
+}
+
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_attend_block_kv_avx2_t(const int type, const float *q, const char *kb, const char *vb, size_t stride,
+                            int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores) {
+    const int hd8 = hd & ~7;
+    __m256 vmax = _mm256_set1_ps(*m);
+    int j = 0;
+    for (; j + 8 <= n_pos; j += 8) {             /* 8 dot products, reduced together */
+        __m256 a[8];
+        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        if (type == XLLM_Q8_0) {                 /* a block's scale broadcast once per key */
+            for (int c0 = 0; c0 < hd; c0 += XLLM_QK) {
+                __m256 qc[4];
+                for (int u = 0; u < 4; u++) qc[u] = _mm256_loadu_ps(q + c0 + 8 * u);
+                for (int i = 0; i < 8; i++) {
+                    const xllm_block_q8_0 *b = (const xllm_block_q8_0 *)(kb + (j + i) * stride) + c0 / XLLM_QK;
+                    __m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
+                    for (int u = 0; u < 4; u++) {
+                        __m128i q8 = _mm_loadl_epi64((const __m128i *)(b->qs + 8 * u));
+                        __m256 kv = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+                        a[i] = _mm256_fmadd_ps(qc[u], kv, a[i]);
+                    }
+                }
+            }
+        } else {
+            for (int c = 0; c < hd8; c += 8) {
+                __m256 qc = _mm256_loadu_ps(q + c);
+                for (int i = 0; i < 8; i++)
+                    a[i] = _mm256_fmadd_ps(qc, xllm_kv_load8_avx2(type, kb + (j + i) * stride, c), a[i]);
+            }
+        }
+        __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+        __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+        __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_storeu_ps(scores + j, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                                   _mm256_permute2f128_ps(u0, u1, 0x31)));
+        for (int i = 0; i < 8; i++) {            /* head sizes off a multiple of 8: the tail */
+            const char *k = kb + (j + i) * stride;
+            for (int c = hd8; c < hd; c++) scores[j + i] += q[c] * xllm_kv_value(type, k, c);
+        }
+        __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(scale));
+        vmax = _mm256_max_ps(vmax, sc);
+        _mm256_storeu_ps(scores + j, sc);
+    }
+    float m_new = xllm_hmax_avx2(vmax);          /* the running max and the scores' */
+    for (; j < n_pos; j++) {
+        scores[j] = xllm_kv_dot_avx2(type, q, kb + j * stride, hd) * scale;
+        m_new = scores[j] > m_new ? scores[j] : m_new;
+    }
+    float corr = xllm_softmax_block_avx2(scores, n_pos, *m, m_new, l);
+    for (int c0 = 0; c0 < hd8; c0 += 64) {       /* out in registers, 64 values at a time */
+        int nc = hd8 - c0 < 64 ? (hd8 - c0) / 8 : 8;
+        __m256 o[8];
+        __m256 vc = _mm256_set1_ps(corr);
+        for (int c = 0; c < nc; c++) o[c] = _mm256_mul_ps(_mm256_loadu_ps(out + c0 + 8 * c), vc);
+        for (j = 0; j < n_pos; j++) {
+            __m256 e = _mm256_set1_ps(scores[j]);
+            const char *v = vb + j * stride;
+            for (int c = 0; c < nc; c++)
+                o[c] = _mm256_fmadd_ps(e, xllm_kv_load8_avx2(type, v, c0 + 8 * c), o[c]);
+        }
+        for (int c = 0; c < nc; c++) _mm256_storeu_ps(out + c0 + 8 * c, o[c]);
+    }
+    for (int c = hd8; c < hd; c++) {             /* the tail columns, positions in order */
+        float o = out[c] * corr;
+        for (j = 0; j < n_pos; j++) o = fmaf(scores[j], xllm_kv_value(type, vb + j * stride, c), o);
+        out[c] = o;
+    }
+    *m = m_new;
+}
+
+XLLM_AVX2_FN static void xllm_attend_block_f16_avx2(const float *q, const char *kb, const char *vb, size_t stride,
+                                                    int n_pos, int hd, float scale, float *m, float *l,
+                                                    float *out, float *scores) {
+    xllm_attend_block_kv_avx2_t(XLLM_F16, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+}
+
+XLLM_AVX2_FN static void xllm_attend_block_bf16_avx2(const float *q, const char *kb, const char *vb, size_t stride,
+                                                     int n_pos, int hd, float scale, float *m, float *l,
+                                                     float *out, float *scores) {
+    xllm_attend_block_kv_avx2_t(XLLM_BF16, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+}
+
+XLLM_AVX2_FN static void xllm_attend_block_q8_0_avx2(const float *q, const char *kb, const char *vb, size_t stride,
+                                                     int n_pos, int hd, float scale, float *m, float *l,
+                                                     float *out, float *scores) {
+    xllm_attend_block_kv_avx2_t(XLLM_Q8_0, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+}
+
+/* ------------------------------------------------------------------ AVX2, 4 query heads at once
+ *
+ * With GQA the query heads of a group read the same keys and values; this kernel serves 4 of
+ * them per pass, so each stored value is widened once for 4 FMAs (the per-head kernel above
+ * widens it for 1).  scores[4 * j + g] holds query g's score of position j. */
+
+/* out[g][c0 + 8 * u], u < NC: corr_g * out + sum_j e_gj * v_j, positions in order */
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_kv_accumulate4_avx2(const int type, const int NC, const char *vb, size_t stride, int n_pos, int hd,
+                         int c0, const float *corr, const float *scores, float *out) {
+    __m256 o[4][2];
+    for (int g = 0; g < 4; g++)
+        for (int u = 0; u < NC; u++)
+            o[g][u] = _mm256_mul_ps(_mm256_loadu_ps(out + g * hd + c0 + 8 * u), _mm256_set1_ps(corr[g]));
+    for (int j = 0; j < n_pos; j++) {
+        const char *v = vb + j * stride;
+        __m256 x[2];
+        for (int u = 0; u < NC; u++) x[u] = xllm_kv_load8_avx2(type, v, c0 + 8 * u);
+        for (int g = 0; g < 4; g++) {
+            __m256 e = _mm256_broadcast_ss(scores + 4 * j + g);
+            for (int u = 0; u < NC; u++) o[g][u] = _mm256_fmadd_ps(e, x[u], o[g][u]);
+        }
+    }
+    for (int g = 0; g < 4; g++)
+        for (int u = 0; u < NC; u++) _mm256_storeu_ps(out + g * hd + c0 + 8 * u, o[g][u]);
+}
+
+XLLM_AVX2_FN static inline __attribute__((always_inline)) void
+xllm_attend_block4_kv_avx2_t(const int type, const float *q, const char *kb, const char *vb, size_t stride,
+                             int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores) {
+    const int hd8 = hd & ~7;
+    for (int j = 0; j < n_pos; j += 2) {          /* two keys at a time: 8 independent FMA chains */
+        const int two = j + 1 < n_pos;
+        const char *k0 = kb + j * stride, *k1 = two ? k0 + stride : k0;
+        __m256 a0[4], a1[4];
+        for (int g = 0; g < 4; g++) a0[g] = a1[g] = _mm256_setzero_ps();
+        for (int c = 0; c < hd8; c += 8) {
+            __m256 x0 = xllm_kv_load8_avx2(type, k0, c), x1 = xllm_kv_load8_avx2(type, k1, c);
+            for (int g = 0; g < 4; g++) {
+                __m256 qg = _mm256_loadu_ps(q + g * hd + c);
+                a0[g] = _mm256_fmadd_ps(qg, x0, a0[g]);
+                a1[g] = _mm256_fmadd_ps(qg, x1, a1[g]);
+            }
+        }
+        /* [k0: g0..g3 | k1: g0..g3]: each lane reduced the same way for one key or two */
+        __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0[0], a0[1]), _mm256_hadd_ps(a0[2], a0[3]));
+        __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a1[0], a1[1]), _mm256_hadd_ps(a1[2], a1[3]));
+        float s[8];
+        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                          _mm256_permute2f128_ps(u0, u1, 0x31)));
+        for (int i = 0; i < 1 + two; i++) {
+            const char *k = i ? k1 : k0;
+            for (int g = 0; g < 4; g++) {
+                float t = s[4 * i + g];
+                for (int c = hd8; c < hd; c++) t += q[g * hd + c] * xllm_kv_value(type, k, c);
+                scores[4 * (j + i) + g] = t * scale;
+            }
+        }
+    }
+    /* online softmax, the 4 queries side by side */
+    __m128 vmax = _mm_loadu_ps(m);
+    for (int j = 0; j < n_pos; j++) vmax = _mm_max_ps(vmax, _mm_loadu_ps(scores + 4 * j));
+    float m_new[4], corr[4];
+    _mm_storeu_ps(m_new, vmax);
+    for (int g = 0; g < 4; g++) corr[g] = expf(m[g] - m_new[g]);
+    const __m256 vm = _mm256_set_m128(vmax, vmax);
+    __m256 vsum = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 2 <= n_pos; j += 2) {
+        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + 4 * j), vm),
+                                               _mm256_set1_ps(XLLM_EXP_LO)));
+        vsum = _mm256_add_ps(vsum, e);
+        _mm256_storeu_ps(scores + 4 * j, e);
+    }
+    float lsum[8];
+    _mm256_storeu_ps(lsum, vsum);
+    for (int g = 0; g < 4; g++) {
+        float t = lsum[g] + lsum[4 + g];
+        if (j < n_pos) {
+            scores[4 * j + g] = expf(scores[4 * j + g] - m_new[g]);
+            t += scores[4 * j + g];
+        }
+        l[g] = l[g] * corr[g] + t;
+        m[g] = m_new[g];
+    }
+    int c0 = 0;
+    for (; c0 + 16 <= hd8; c0 += 16) xllm_kv_accumulate4_avx2(type, 2, vb, stride, n_pos, hd, c0, corr, scores, out);
+    if (c0 < hd8) xllm_kv_accumulate4_avx2(type, 1, vb, stride, n_pos, hd, c0, corr, scores, out);
+    for (int g = 0; g < 4; g++)                   /* the tail columns, positions in order */
+        for (int c = hd8; c < hd; c++) {
+            float o = out[g * hd + c] * corr[g];
+            for (j = 0; j < n_pos; j++) o = fmaf(scores[4 * j + g], xllm_kv_value(type, vb + j * stride, c), o);
+            out[g * hd + c] = o;
+        }
+}
+
+#define XLLM_KV_BLOCK4_FN(name, TYPE)                                                                  \
+    XLLM_AVX2_FN static void name(const float *q, const char *kb, const char *vb, size_t stride, int n_pos, \
+                                  int hd, float scale, float *m, float *l, float *out, float *scores) {  \
+        xllm_attend_block4_kv_avx2_t(TYPE, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);     \
+    }
+XLLM_KV_BLOCK4_FN(xllm_attend_block4_f16_avx2, XLLM_F16)
+XLLM_KV_BLOCK4_FN(xllm_attend_block4_bf16_avx2, XLLM_BF16)
+XLLM_KV_BLOCK4_FN(xllm_attend_block4_q8_0_avx2, XLLM_Q8_0)
+#endif
+
+/* Query heads one call serves: 4 when a group of a multiple of 4 query heads shares each KV
+ * head, the type is not F32 (whose attention stays simd.h's, bit for bit) and the CPU has
+ * AVX2; else 1.  A property of the model and the level, never of the batch. */
+static inline int xllm_kv_heads_per_call(int type, int group) {
+#if XLLM_X86
+    if (type != XLLM_F32 && group % 4 == 0 && xllm_simd_level >= XLLM_SIMD_AVX2) return 4;
+#endif
+    (void)type; (void)group;
+    return 1;
+}
+
+/* xllm_attend_block_kv for 4 query heads sharing a KV head: q and out are 4 rows hd apart;
+ * m, l: (4,); scores: 4 * n_pos + 8 floats.  Only where xllm_kv_heads_per_call says 4. */
+static inline void xllm_attend_block4_kv(int type, const float *q, const char *kb, const char *vb,
+                                         size_t stride, int n_pos, int hd, float scale, float *m,
+                                         float *l, float *out, float *scores) {
+#if XLLM_X86
+    if (type == XLLM_F16) xllm_attend_block4_f16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+    else if (type == XLLM_BF16) xllm_attend_block4_bf16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+    else xllm_attend_block4_q8_0_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+#else
+    (void)type; (void)q; (void)kb; (void)vb; (void)stride; (void)n_pos; (void)hd; (void)scale;
+    (void)m; (void)l; (void)out; (void)scores;
+#endif
+}
+
+/* One block of n_pos cached positions into the online softmax (simd.h's xllm_attend_block):
+ * kb / vb point at the head's part of the block's first key / value row, rows `stride` bytes
+ * apart; m, l: running max and sum; out: (hd,) unnormalized output; scores: n_pos floats. */
+static inline void xllm_attend_block_kv(int type, const float *q, const char *kb, const char *vb,
+                                        size_t stride, int n_pos, int hd, float scale, float *m,
+                                        float *l, float *out, float *scores) {
+    if (type == XLLM_F32) {
+        xllm_attend_block(q, (const float *)kb, (const float *)vb, stride / sizeof(float), n_pos, hd, scale,
+                          m, l, out, scores);
+        return;
+    }
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) {
+        if (type == XLLM_F16) xllm_attend_block_f16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+        else if (type == XLLM_BF16) xllm_attend_block_bf16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+        else xllm_attend_block_q8_0_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+        return;
+    }
+#endif
+    xllm_attend_block_kv_scalar(type, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
+}
+
+#endif
