@@ -164,6 +164,8 @@ ctypedef struct Workspace:
     size_t att_per_thread
     const float *rope       # (max_seq_len, head_dim/2, 2) cos, sin
     double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL
+    double work_per_thread_ns   # an operator takes a thread per this much estimated work; 0: all
+    long long parallel_regions  # regions run with more than one thread (counted, never reset here)
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil
