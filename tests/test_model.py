@@ -3,6 +3,8 @@ incremental == recompute, 1 thread == N threads, alone == in a batch."""
 import numpy as np
 import pytest
 
+import xllm
+
 from model_factory import dequantized64, random_checkpoint
 from reference import forward
 from xllm import LLM, SamplingParams, _kernels
@@ -139,6 +141,24 @@ def test_work_per_thread_setting(monkeypatch):
     model = Model(random_checkpoint(CONFIGS["odd-sizes"], F32, seed=1), threads=2)
     with pytest.raises(ValueError, match="expected >= 0"):
         model.decoder.set_work_per_thread(-5)
+
+
+def test_openmp_spin_default():
+    """xllm bounds OpenMP's spinning before the runtime loads (libgomp itself reports the
+    value it uses), and leaves the user's own choice alone."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import xllm._kernels"
+
+    def runtime_settings(extra):
+        res = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_DISPLAY_ENV": "verbose", **extra},
+                             capture_output=True, text=True, check=True)
+        return res.stderr
+    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" in runtime_settings({})
+    assert "GOMP_SPINCOUNT = '7'" in runtime_settings({"GOMP_SPINCOUNT": "7"})
+    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" not in runtime_settings({"OMP_WAIT_POLICY": "active"})
 
 
 def greedy(n):
