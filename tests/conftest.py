@@ -1,6 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# Every operator of every test model on all the threads it is given: tiny models would
+# otherwise run single-threaded (as they should in use) and the tests of 1 thread == N
+# threads would not split anything.  test_model.py checks the default team sizes.
+os.environ.setdefault("XLLM_WORK_PER_THREAD_NS", "0")
 
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 

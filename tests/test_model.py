@@ -3,9 +3,11 @@ incremental == recompute, 1 thread == N threads, alone == in a batch."""
 import numpy as np
 import pytest
 
+import xllm
+
 from model_factory import dequantized64, random_checkpoint
 from reference import forward
-from xllm import LLM, SamplingParams
+from xllm import LLM, SamplingParams, _kernels
 from xllm.config import ModelConfig
 from xllm.model import Chunk, Model
 from xllm.formats import F16, F32, Q4_0, Q8_0
@@ -87,6 +89,76 @@ def test_one_thread_equals_two(simd, wtype):
     two = model_logits(model, ids, 64)
     model.set_threads(1)
     assert np.array_equal(model_logits(model, ids, 64), two)
+
+
+def test_small_steps_run_on_one_thread():
+    """A step whose operators are each too small to share (the default team sizes) forks no
+    thread: on a busy machine every barrier can cost a time slice (the shipped 260K model ran
+    at 12.5 tok/s on 2 threads next to one busy process, 5,700 alone on one)."""
+    ckpt = random_checkpoint(CONFIGS["gqa-untied"], Q8_0, seed=11)
+    model = Model(ckpt, threads=2, max_batch_tokens=64)
+    dec = model.decoder
+    dec.set_work_per_thread(_kernels.DEFAULT_WORK_PER_THREAD_NS)
+    before = dec.parallel_regions
+    model_logits(model, tokens(30, seed=12), 1)
+    assert dec.parallel_regions == before
+    dec.set_work_per_thread(0)                        # every operator split (the tests' setting)
+    model_logits(model, tokens(3, seed=12), 1)
+    assert dec.parallel_regions - before == 3 * (8 * 2 + 1)   # 8 operators per layer + the classifier
+
+
+@pytest.mark.parametrize("wtype", [F32, Q8_0])
+def test_default_team_sizes_same_bits(simd, wtype):
+    """Large matrices split over the threads while the norms, SwiGLU and short attention
+    stay on one: the same bits as one thread and as every operator split."""
+    cfg = ModelConfig(dim=512, hidden_dim=640, n_layers=1, n_heads=8, n_kv_heads=2, vocab_size=512,
+                      max_seq_len=32)
+    ckpt = random_checkpoint(cfg, wtype, seed=13)
+    ids = tokens(12, seed=14)
+    model = Model(ckpt, threads=2, max_batch_tokens=16)
+    dec = model.decoder
+    dec.set_work_per_thread(_kernels.DEFAULT_WORK_PER_THREAD_NS)
+    r0 = dec.parallel_regions
+    default = model_logits(model, ids, 1)
+    r1 = dec.parallel_regions
+    assert 0 < r1 - r0 < len(ids) * 9                 # some operators split, not all
+    dec.set_work_per_thread(0)
+    assert np.array_equal(model_logits(model, ids, 1), default)
+    assert dec.parallel_regions - r1 == len(ids) * 9
+    model.set_threads(1)
+    assert np.array_equal(model_logits(model, ids, 4), default)
+
+
+def test_work_per_thread_setting(monkeypatch):
+    monkeypatch.setenv("XLLM_WORK_PER_THREAD_NS", "2500")
+    assert _kernels.work_per_thread_ns() == 2500.0
+    for bad in ("fast", "-1", "nan", "inf"):
+        monkeypatch.setenv("XLLM_WORK_PER_THREAD_NS", bad)
+        with pytest.raises(ValueError, match=f"XLLM_WORK_PER_THREAD_NS = '{bad}'"):
+            _kernels.work_per_thread_ns()
+    monkeypatch.delenv("XLLM_WORK_PER_THREAD_NS")
+    assert _kernels.work_per_thread_ns() == _kernels.DEFAULT_WORK_PER_THREAD_NS
+    model = Model(random_checkpoint(CONFIGS["odd-sizes"], F32, seed=1), threads=2)
+    with pytest.raises(ValueError, match="expected >= 0"):
+        model.decoder.set_work_per_thread(-5)
+
+
+def test_openmp_spin_default():
+    """xllm bounds OpenMP's spinning before the runtime loads (libgomp itself reports the
+    value it uses), and leaves the user's own choice alone."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = "import xllm._kernels"
+
+    def runtime_settings(extra):
+        res = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_DISPLAY_ENV": "verbose", **extra},
+                             capture_output=True, text=True, check=True)
+        return res.stderr
+    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" in runtime_settings({})
+    assert "GOMP_SPINCOUNT = '7'" in runtime_settings({"GOMP_SPINCOUNT": "7"})
+    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" not in runtime_settings({"OMP_WAIT_POLICY": "active"})
 
 
 def greedy(n):

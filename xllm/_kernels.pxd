@@ -185,6 +185,8 @@ ctypedef struct Workspace:
     double *op_seconds      # (N_OPS,) per-operator time when profiling, else NULL
     xllm_allreduce_fn allreduce   # NULL in a single process
     void *allreduce_ctx
+    double work_per_thread_ns   # an operator takes a thread per this much estimated work; 0: all
+    long long parallel_regions  # regions run with more than one thread (counted, never reset here)
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int n_tokens, float *y, Workspace *ws) noexcept nogil

@@ -14,7 +14,9 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.mman cimport madvise, MADV_DONTNEED
 
+import math
 import mmap
+import os
 import numpy as np
 cimport numpy as cnp
 
@@ -159,6 +161,55 @@ cdef inline void tick(Workspace *ws, int op, double *t) noexcept nogil:
         t[0] = t1
 
 
+# ---------------------------------------------------------------------------- team sizes
+
+# A parallel region costs a fork and a join: ~1-3 us on an idle machine, but up to a scheduler
+# time slice when a thread of the team waits for a core another process holds.  So each
+# operator takes one thread per `work_per_thread_ns` of its estimated one-thread time (at
+# least one, at most n_threads), and a step whose work is small runs on one thread without
+# a single barrier.  The estimate only sizes teams: every thread count computes each output
+# with the same operations (1 thread == N threads, bit for bit).
+cdef double STREAM_BYTES_PER_NS = 15.0      # one thread streaming weights or K/V from memory
+cdef double MACS_PER_NS = 30.0              # one thread's multiply-adds in matmul tiles
+DEFAULT_WORK_PER_THREAD_NS = 8000.0         # 8 us of work per thread: a fork + join is <= 1/4 of it
+WORK_PER_THREAD_ENV = "XLLM_WORK_PER_THREAD_NS"
+
+
+def work_per_thread_ns():
+    """The team-sizing unit of new decoders: $XLLM_WORK_PER_THREAD_NS (0: every operator on
+    all threads), else DEFAULT_WORK_PER_THREAD_NS."""
+    text = os.environ.get(WORK_PER_THREAD_ENV)
+    if text is None or text.strip() == "":
+        return DEFAULT_WORK_PER_THREAD_NS
+    try:
+        ns = float(text)
+    except ValueError:
+        ns = float("nan")
+    if not (math.isfinite(ns) and ns >= 0):
+        raise ValueError(f"{WORK_PER_THREAD_ENV} = {text!r}: expected a number of nanoseconds >= 0")
+    return ns
+
+
+cdef inline int team_size(const Workspace *ws, double work_ns) noexcept nogil:
+    """Threads for an operator of `work_ns` estimated one-thread nanoseconds."""
+    cdef double n
+    if ws.n_threads <= 1:
+        return 1
+    if ws.work_per_thread_ns <= 0:          # split everything (tests of 1 == N threads)
+        return ws.n_threads
+    n = work_ns / ws.work_per_thread_ns
+    if n >= ws.n_threads:
+        return ws.n_threads
+    return 1 if n < 2 else <int>n
+
+
+cdef inline int fork(Workspace *ws, int n) noexcept nogil:
+    """Count a parallel region of n threads (Decoder.parallel_regions); returns n."""
+    if n > 1:
+        ws.parallel_regions += 1
+    return n
+
+
 # ---------------------------------------------------------------------------- matmul
 
 cdef inline bint is_quantized(int type) noexcept nogil:
@@ -270,6 +321,20 @@ cdef inline int row_group(int type) noexcept nogil:
     return XLLM_QROW_GROUP if is_quantized(type) else XLLM_ROW_GROUP
 
 
+cdef inline void prepare_input(int i, const float *x, int T, int cols, size_t ldx, int n_q8, int nb, int nbk,
+                               bint quantized, Workspace *ws) noexcept nogil:
+    """Item i of a matmul's input preparation: a Q8_0 block (i < n_q8), else a Q8_K block,
+    or, for float weights, padded row i."""
+    if i < n_q8:
+        xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
+                                 <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
+    elif quantized:
+        xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
+                              <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
+    else:
+        memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
+
+
 cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int T,
                          Workspace *ws) noexcept nogil:
     """y[m] = x . W[m]^T for up to MAX_FUSED matrices sharing the input x (T, cols).
@@ -281,7 +346,9 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     both), then int8 dot products per block.  Work is split by groups of output rows, so
     every thread count computes each output with the same operations.
     """
-    cdef int i, g, m, nb, nbk, total, gs, r0, n_prep, n_q8
+    cdef int i, g, m, nb, nbk, total, gs, r0, n_prep, n_q8, nth
+    cdef bint serial_prep
+    cdef double work_ns = 0
     cdef int cols = w[0].cols
     cdef int first[MAX_FUSED + 1]          # first[m]: index of matrix m's first row group
     cdef bint any_quantized = False, any_float = False, any_kquant = False
@@ -296,6 +363,8 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
         any_quantized = any_quantized or is_quantized(w[m].type)
         any_kquant = any_kquant or xllm_is_kquant(w[m].type)
         any_float = any_float or not (is_quantized(w[m].type) or xllm_is_kquant(w[m].type))
+        work_ns += (<double>w[m].rows * w[m].row_bytes / STREAM_BYTES_PER_NS
+                    + <double>w[m].rows * w[m].cols * T / MACS_PER_NS)
     total = first[n]
     nb = cols // XLLM_QK
     nbk = cols // XLLM_QK_K
@@ -310,17 +379,17 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
         ldx = cols + XPAD
         xf = ws.xpad
         n_prep = T
-    with parallel(num_threads=ws.n_threads):
-        # the input prepared by all threads in the same region (a barrier, not a second fork)
-        for i in prange(n_prep, schedule='static'):
-            if i < n_q8:
-                xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
-                                         <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
-            elif any_quantized or any_kquant:
-                xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
-                                      <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
-            else:
-                memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
+    nth = team_size(ws, work_ns)
+    # a small input is prepared before the region (one barrier fewer); a large one by all
+    # threads in the region (a barrier, not a second fork)
+    serial_prep = nth == 1 or team_size(ws, <double>T * cols * 8.0 / STREAM_BYTES_PER_NS) == 1
+    if serial_prep:
+        for i in range(n_prep):
+            prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, ws)
+    with parallel(num_threads=fork(ws, nth)):
+        if not serial_prep:
+            for i in prange(n_prep, schedule='static'):
+                prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, ws)
         acc = ws.acc + threadid() * ws.acc_per_thread
         for g in prange(total, schedule='static'):
             m = 0
@@ -362,8 +431,9 @@ cdef void rmsnorm_tokens(float *out, const float *x, const float *weight, int T,
                          float eps, int n_threads) noexcept nogil:
     """c_rmsnorm with the tokens split across threads (prefill and batches)."""
     cdef int t
-    if T == 1:
-        rmsnorm_row(out, x, weight, dim, eps)
+    if n_threads == 1:
+        for t in range(T):
+            rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
         return
     for t in prange(T, schedule='static', num_threads=n_threads):
         rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
@@ -409,8 +479,9 @@ cdef void norm_tokens(const Dims *d, float *out, const float *x, const float *we
     if not d.layer_norm:
         rmsnorm_tokens(out, x, weight, T, d.dim, d.norm_eps, n_threads)
         return
-    if T == 1:
-        xllm_layernorm(out, x, weight, bias, d.dim, d.norm_eps)
+    if n_threads == 1:
+        for t in range(T):
+            xllm_layernorm(out + <size_t>t * d.dim, x + <size_t>t * d.dim, weight, bias, d.dim, d.norm_eps)
         return
     for t in prange(T, schedule='static', num_threads=n_threads):
         xllm_layernorm(out + <size_t>t * d.dim, x + <size_t>t * d.dim, weight, bias, d.dim, d.norm_eps)
@@ -424,6 +495,10 @@ cdef void c_gelu_tanh(float *x, int n) noexcept nogil:
 cdef void gelu_tokens(float *x, int T, int width, int n_threads) noexcept nogil:
     """c_gelu_tanh over T rows of `width`, rows split across threads."""
     cdef int t
+    if n_threads == 1:
+        for t in range(T):
+            xllm_gelu_tanh(x + <size_t>t * width, width)
+        return
     for t in prange(T, schedule='static', num_threads=n_threads):
         xllm_gelu_tanh(x + <size_t>t * width, width)
 
@@ -454,6 +529,10 @@ cdef void c_swiglu(float *gate, const float *up, int n) noexcept nogil:
 cdef void swiglu_tokens(float *gate, const float *up, int T, int width, int n_threads) noexcept nogil:
     """c_swiglu over T rows of `width`, rows split across threads (exp is the cost)."""
     cdef int t
+    if n_threads == 1:
+        for t in range(T):
+            c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)
+        return
     for t in prange(T, schedule='static', num_threads=n_threads):
         c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)
 
@@ -545,7 +624,10 @@ cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b
     cdef int calls = group // heads
     cdef int per_kv = b.n_tokens * calls
     cdef float *scratch = NULL
-    with parallel(num_threads=ws.n_threads):
+    cdef double kv_bytes = 0
+    for t in range(b.n_tokens):
+        kv_bytes += (b.pos[t] + 1.0) * d.n_heads * kv.head_bytes * 2     # K and V in the cache's type
+    with parallel(num_threads=fork(ws, team_size(ws, kv_bytes / STREAM_BYTES_PER_NS))):
         scratch = ws.att + threadid() * ws.att_per_thread
         for item in prange(d.n_kv_heads * per_kv, schedule='static'):
             kvh = item // per_kv
@@ -596,6 +678,10 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     cdef const Matrix *gate_up[2]
     cdef float *gate_up_out[2]
     cdef double clock = now()
+    # elementwise operators' work: bytes in and out (the activation's exp or tanh about as
+    # much again)
+    cdef double norm_ns = <double>T * d.dim * 2 * sizeof(float) / STREAM_BYTES_PER_NS
+    cdef double act_ns = <double>T * d.hidden_dim * 6 * sizeof(float) / STREAM_BYTES_PER_NS
 
     # token embedding (+ learned position embedding)
     for t in range(T):
@@ -608,7 +694,7 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
     for l in range(d.n_layers):
         L = &layers[l]
         # attention: x += Wo . attn(rope(Wq xn + bq), rope(Wk xn + bk), Wv xn + bv) + bo,  xn = norm(x)
-        norm_tokens(d, ws.xb, ws.x, L.attn_norm, L.attn_norm_b, T, ws.n_threads)
+        norm_tokens(d, ws.xb, ws.x, L.attn_norm, L.attn_norm_b, T, fork(ws, team_size(ws, norm_ns)))
         tick(ws, OP_NORM, &clock)
         qkv[0] = &L.wq
         qkv[1] = &L.wk
@@ -638,13 +724,13 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
         tick(ws, OP_RESIDUAL, &clock)
 
         # feed-forward: x += W2 . (silu(W1 xn) * W3 xn)  or  W2 . gelu(W3 xn + b3) + b2,  xn = norm(x)
-        norm_tokens(d, ws.xb, ws.x, L.ffn_norm, L.ffn_norm_b, T, ws.n_threads)
+        norm_tokens(d, ws.xb, ws.x, L.ffn_norm, L.ffn_norm_b, T, fork(ws, team_size(ws, norm_ns)))
         tick(ws, OP_NORM, &clock)
         if d.gelu:
             c_matmul(&L.w_up, ws.xb, T, ws.hb, ws)
             c_add_bias(ws.hb, L.b_up, T, d.hidden_dim)
             tick(ws, OP_FFN_GATE_UP, &clock)
-            gelu_tokens(ws.hb, T, d.hidden_dim, ws.n_threads)
+            gelu_tokens(ws.hb, T, d.hidden_dim, fork(ws, team_size(ws, act_ns)))
         else:
             gate_up[0] = &L.w_gate
             gate_up[1] = &L.w_up
@@ -654,7 +740,7 @@ cdef void c_decoder_step(const Dims *d, const Layer *layers, const Matrix *embed
             c_add_bias(ws.hb, L.b_gate, T, d.hidden_dim)
             c_add_bias(ws.hb2, L.b_up, T, d.hidden_dim)
             tick(ws, OP_FFN_GATE_UP, &clock)
-            swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, ws.n_threads)
+            swiglu_tokens(ws.hb, ws.hb2, T, d.hidden_dim, fork(ws, team_size(ws, act_ns)))
         tick(ws, OP_SWIGLU, &clock)
         c_matmul(&L.w_down, ws.hb, T, ws.xout, ws)
         if ws.allreduce != NULL:
@@ -904,6 +990,7 @@ cdef class Decoder:
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
         ws.rope = <const float *><uintptr_t>rope_table.__array_interface__["data"][0]
         ws.op_seconds = NULL
+        ws.work_per_thread_ns = work_per_thread_ns()
         memset(self.op_seconds, 0, sizeof(self.op_seconds))
 
     def set_allreduce(self, uintptr_t fn, uintptr_t ctx, keepalive=None):
@@ -928,6 +1015,20 @@ cdef class Decoder:
             raise ValueError(f"threads = {threads}, expected 1..{self.max_threads}")
         self.threads = threads
         self.buffers.ws.n_threads = threads
+
+    def set_work_per_thread(self, double ns):
+        """Give an operator one thread per `ns` nanoseconds of its estimated one-thread work
+        (default: work_per_thread_ns()); 0 runs every operator on all threads (the tests
+        run so, that small models exercise the split of 1 thread == N threads)."""
+        if not (math.isfinite(ns) and ns >= 0):
+            raise ValueError(f"work per thread = {ns} ns, expected >= 0")
+        self.buffers.ws.work_per_thread_ns = ns
+
+    @property
+    def parallel_regions(self):
+        """Parallel regions run with more than one thread since this decoder was made (each
+        costs a fork and a join; a step of a small model runs none)."""
+        return self.buffers.ws.parallel_regions
 
     def profile(self, bint enabled):
         """Time every operator of each step (see op_times); off by default."""

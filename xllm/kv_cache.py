@@ -146,6 +146,8 @@ class KVCache:
     def block_table(self, seq_ids) -> np.ndarray:
         """(len(seq_ids), longest table) int32 block tables, -1 past each sequence's last block."""
         tables = [self.tables.get(sid, ()) for sid in seq_ids]
+        if len(tables) == 1 and tables[0]:              # one sequence (every decode step alone)
+            return np.array(tables, dtype=np.int32)
         out = np.full((len(seq_ids), max(1, max(map(len, tables), default=1))), -1, dtype=np.int32)
         for row, table in enumerate(tables):
             out[row, :len(table)] = table
