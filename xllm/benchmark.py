@@ -35,7 +35,7 @@ from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .formats import layer_tensor_shapes
 from .formats.types import block_layout, is_block_quantized, type_name
 # random models of real shapes (re-exported: `python -m xllm.benchmark make-model`, tests, benchmarks/)
-from .random_model import (DTYPES, KQUANT_TYPES, SHAPES, make_random_model, random_kquant_blocks,  # noqa: F401
+from .random_model import (DTYPES, FAMILIES, KQUANT_TYPES, SHAPES, make_random_model, random_kquant_blocks,  # noqa: F401
                            resolve_shape, synthetic_vocab)
 
 # ----------------------------------------------------------------------------- machine limits
@@ -262,16 +262,19 @@ class CostModel:
         def nbytes(name):
             return int(t[name].data.nbytes)
         L = cfg.n_layers
+        qkv = ("attn_qkv",) if cfg.fused_qkv else ("attn_q", "attn_k", "attn_v")
+        up = ("ffn_gate", "ffn_up") if cfg.activation == "swiglu" else ("ffn_up",)     # gpt2: no gate
+        self.n_up = len(up)
         self.w = {
-            "qkv_proj": sum(nbytes(f"blk.{i}.attn_{x}.weight") for i in range(L) for x in "qkv"),
+            "qkv_proj": sum(nbytes(f"blk.{i}.{x}.weight") for i in range(L) for x in qkv),
             "attn_out_proj": sum(nbytes(f"blk.{i}.attn_output.weight") for i in range(L)),
-            "ffn_gate_up": sum(nbytes(f"blk.{i}.ffn_{x}.weight") for i in range(L) for x in ("gate", "up")),
+            "ffn_gate_up": sum(nbytes(f"blk.{i}.{x}.weight") for i in range(L) for x in up),
             "ffn_down": sum(nbytes(f"blk.{i}.ffn_down.weight") for i in range(L)),
             "classifier": nbytes("output.weight" if "output.weight" in t else "token_embd.weight"),
         }
         self.types = {op: t[n].ggml_type for op, n in (
-            ("qkv_proj", "blk.0.attn_q.weight"), ("attn_out_proj", "blk.0.attn_output.weight"),
-            ("ffn_gate_up", "blk.0.ffn_gate.weight"), ("ffn_down", "blk.0.ffn_down.weight"),
+            ("qkv_proj", f"blk.0.{qkv[0]}.weight"), ("attn_out_proj", "blk.0.attn_output.weight"),
+            ("ffn_gate_up", f"blk.0.{up[0]}.weight"), ("ffn_down", "blk.0.ffn_down.weight"),
             ("classifier", "output.weight" if "output.weight" in t else "token_embd.weight"))}
         self.embed_row_bytes = _value_bytes(t["token_embd.weight"].ggml_type) * cfg.dim
         self.norm_bytes = 4 * cfg.dim
@@ -301,7 +304,7 @@ class CostModel:
             "attention": (L * (2 * f4 * att * kv + 2 * f4 * T * q), L * att * c.n_heads * (4 * hd + 5)),
             "attn_out_proj": (self.w["attn_out_proj"] + L * f4 * T * (q + d), L * 2 * T * q * d),
             "residual": (L * 2 * 3 * f4 * T * d, L * 2 * T * d),
-            "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + 2 * h), L * 2 * 2 * T * d * h),
+            "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + self.n_up * h), L * self.n_up * 2 * T * d * h),
             "swiglu": (L * 3 * f4 * T * h, L * 6 * T * h),
             "ffn_down": (self.w["ffn_down"] + L * f4 * T * (h + d), L * 2 * T * h * d),
             "classifier": ((self.w["classifier"] + f4 * n_out * (d + c.vocab_size)) if n_out else 0,
@@ -1085,7 +1088,7 @@ def batch_main(argv=None) -> int:
 @cli_entry("xllm-benchmark make-model")
 def make_model_main(argv=None) -> int:
     p = ArgumentParser(prog="python -m xllm.benchmark make-model",
-                       description="Write a random-weight llama GGUF model of a real shape.")
+                       description="Write a random-weight GGUF model of a real shape (llama, qwen2, gpt2).")
     p.add_argument("--shape", default="tinyllama-1.1b",
                    help=f"one of {', '.join(SHAPES)}, or 'custom' with --dim etc. (default tinyllama-1.1b)")
     p.add_argument("--dtype", choices=list(DTYPES), default="f32", help="type of every matrix (default f32)")
@@ -1093,8 +1096,11 @@ def make_model_main(argv=None) -> int:
     for flag, key in (("--dim", "dim"), ("--hidden-dim", "hidden_dim"), ("--heads", "n_heads"),
                       ("--kv-heads", "n_kv_heads"), ("--vocab", "vocab_size"), ("--ctx", "max_seq_len")):
         p.add_argument(flag, dest=key, type=positive_int, help=f"override {key}")
+    p.add_argument("--family", choices=list(FAMILIES), help="with --shape custom: the architecture "
+                                                             "(default llama)")
+    p.add_argument("--tied", action="store_true", help="with --shape custom: tied classifier")
     p.add_argument("--token", help="vocabulary to embed (sentencepiece .model, llama2.c tokenizer.bin, GGUF); "
-                                   "default: a synthetic byte-level vocabulary of the shape's size")
+                                   "default: a synthetic vocabulary of the shape's kind and size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="output .gguf file")
     args = _parse(p, argv)
@@ -1104,11 +1110,15 @@ def make_model_main(argv=None) -> int:
                                                "max_seq_len")}
     if args.shape == "custom":
         shape = {k: v for k, v in overrides.items() if v is not None}
+        shape.update(family=args.family or "llama", tied_embeddings=args.tied)
         overrides = {}
     else:
         shape = args.shape
         if shape not in SHAPES:
             raise UsageError(f"--shape {shape!r}: expected one of {', '.join(SHAPES)} or custom")
+        if args.family is not None or args.tied:
+            raise UsageError(f"--family and --tied go with --shape custom; {shape} is a "
+                             f"{SHAPES[shape].get('family', 'llama')} shape")
     vocab = args.token
     if vocab is not None and not os.path.exists(vocab):
         raise FileNotFoundError(f"{vocab}: no such file")
