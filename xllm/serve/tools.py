@@ -271,7 +271,7 @@ class ReplyStream:
             marker = _MARKERS[self.fmt][0]
             at = text.find(marker, self.sent)
             if at >= 0:
-                self.in_call, end = True, at
+                self.in_call, end = True, min(end, at)
             else:
                 end = min(end, len(text) - _held_suffix(text, [marker]))
         if end <= self.sent or not text[:end].strip():      # whitespace alone is no content (yet)
