@@ -4,7 +4,8 @@
         [--models tinyllama-1.1b:q4_k_m tinyllama-1.1b:q6_k ...] [--threads 2] [--rounds 3]
         [--prompt-tokens 128] [--gen-tokens 128] [--quantizer xllm|llama] [--json OUT]
 
-For every model (SHAPE:TYPE; the files are made under benchmarks/models/ when missing: the F32
+SHAPE is any `python -m xllm.benchmark make-model --shape` name (tinyllama-1.1b, stories110m,
+gpt2-124m, llama-3.2-1b, qwen2.5-0.5b, ...). For every model (SHAPE:TYPE; the files are made under benchmarks/models/ when missing: the F32
 file by `python -m xllm.benchmark make-model`, the quantized ones from it by `xllm-quant --type`
 or, with --quantizer llama, by the llama-quantize beside llama-bench) it alternates, round by
 round, `xllm-benchmark --json` and `llama-bench -o json` with the same thread count, prompt and
@@ -30,7 +31,10 @@ PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 DEFAULT_MODELS = ["tinyllama-1.1b:f32", "tinyllama-1.1b:q8_0", "tinyllama-1.1b:q4_0",
                   "tinyllama-1.1b:q4_k_m", "tinyllama-1.1b:q5_k_m", "tinyllama-1.1b:q6_k",
-                  "stories110m:f32", "stories110m:q8_0"]
+                  "stories110m:f32", "stories110m:q8_0",
+                  # the other families (issue 10): GPT-2 124M, Llama 3.2 1B (BPE 128256, GQA 32/8,
+                  # llama3 RoPE), Qwen2.5 0.5B (q/k/v biases)
+                  "gpt2-124m:f32", "gpt2-124m:q8_0", "llama-3.2-1b:q8_0", "qwen2.5-0.5b:q8_0"]
 SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw", "avx512_vnni", "avx_vnni",
               "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 

@@ -26,7 +26,6 @@ import statistics
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -34,10 +33,11 @@ import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .kv_types import add_kv_type_option
-from .convert import add_model_metadata, atomic_gguf_writer
-from .formats import F16, F32, Q4_0, Q8_0, layer_tensor_shapes, row_bytes
-from .formats.types import BF16, Q2_K, Q3_K, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, block_layout, \
-    is_block_quantized, type_name
+from .formats import layer_tensor_shapes
+from .formats.types import block_layout, is_block_quantized, type_name
+# random models of real shapes (re-exported: `python -m xllm.benchmark make-model`, tests, benchmarks/)
+from .random_model import (DTYPES, FAMILIES, KQUANT_TYPES, SHAPES, make_random_model, random_kquant_blocks,  # noqa: F401
+                           resolve_shape, synthetic_vocab)
 
 # ----------------------------------------------------------------------------- machine limits
 
@@ -243,247 +243,6 @@ def _contention_warning(cpu: dict, prog: str, limits: Optional[dict] = None) -> 
               f"figures are lower than this machine can reach", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- random models
-
-# Shapes of real models (hyperparameters only; the weights are random).
-SHAPES: Dict[str, dict] = {
-    "tinyllama-1.1b": dict(dim=2048, hidden_dim=5632, n_layers=22, n_heads=32, n_kv_heads=4,
-                           vocab_size=32000, max_seq_len=2048),
-    "llama2-7b-layers": dict(dim=4096, hidden_dim=11008, n_layers=2, n_heads=32, n_kv_heads=32,
-                             vocab_size=32000, max_seq_len=4096),
-    "stories110m": dict(dim=768, hidden_dim=2048, n_layers=12, n_heads=12, n_kv_heads=12,
-                        vocab_size=32000, max_seq_len=1024),
-    "tiny": dict(dim=64, hidden_dim=192, n_layers=2, n_heads=4, n_kv_heads=2,
-                 vocab_size=512, max_seq_len=256),            # for tests: fits in cache
-}
-DTYPES = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0,
-          "q5_1": Q5_1, "q2_k": Q2_K, "q3_k": Q3_K, "q4_k": Q4_K, "q5_k": Q5_K, "q6_k": Q6_K}
-KQUANT_TYPES = (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
-# general.file_type of a model whose every matrix has that type (llama.cpp's LlamaFileType;
-# the _S presets for the K types)
-_FILE_TYPES = {F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q8_0: 7, Q5_0: 8, Q5_1: 9, BF16: 32,
-               Q2_K: 10, Q3_K: 11, Q4_K: 14, Q5_K: 16, Q6_K: 18}
-# fp16 super-scale offsets in a K block, and a typical |scale * value| of random fields
-_KQUANT_SUPER_SCALES = {Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}
-_KQUANT_TYPICAL = {Q2_K: 14.0, Q3_K: 43.0, Q4_K: 256.0, Q5_K: 512.0, Q6_K: 1350.0}
-_KQUANT_MEAN_Q = {Q2_K: 1.5, Q4_K: 7.5, Q5_K: 15.5}
-_SHAPE_KEYS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len",
-               "norm_eps", "rope_theta")
-
-
-def synthetic_vocab(n: int):
-    """A SentencePiece-style vocabulary of exactly `n` pieces that needs no file: <unk>, <s>,
-    </s>, the 256 byte tokens, printable ASCII, '▁' + letters/digits, then letter bigrams and
-    trigrams with and without '▁' (enough for 32000).  Any text encodes (byte fallback)."""
-    from .tokenizer import BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, Vocab
-    if n < 259:
-        raise ValueError(f"vocab_size = {n}: a synthetic vocabulary needs at least 259 tokens "
-                         f"(3 specials + 256 bytes)")
-    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256
-    seen = set(pieces)
-
-    def gen():
-        yield SPACE
-        for c in range(33, 127):
-            yield chr(c)
-        alnum = [chr(c) for c in range(ord("a"), ord("z") + 1)] + \
-                [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [str(d) for d in range(10)]
-        for c in alnum:
-            yield SPACE + c
-        low = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-        for a in low:
-            for b in low:
-                yield a + b
-                yield SPACE + a + b
-        for a in low:
-            for b in low:
-                for c in low:
-                    yield a + b + c
-                    yield SPACE + a + b + c
-        i = 0
-        while True:
-            yield f"tok{i}"
-            i += 1
-
-    it = gen()
-    while len(pieces) < n:
-        p = next(it)
-        if p not in seen:
-            seen.add(p)
-            pieces.append(p)
-            types.append(NORMAL)
-    scores = np.zeros(n, dtype=np.float32)
-    scores[259:] = -np.arange(n - 259, dtype=np.float32)       # shorter pieces merge first
-    return Vocab(pieces, scores, np.asarray(types, dtype=np.int32), bos_id=1, eos_id=2, unk_id=0)
-
-
-def resolve_shape(shape, n_layers: Optional[int] = None, **overrides) -> dict:
-    """Hyperparameters of a named shape (SHAPES) or a dict of them, with overrides."""
-    if isinstance(shape, str):
-        if shape not in SHAPES:
-            raise ValueError(f"shape {shape!r}: expected one of {', '.join(SHAPES)} or a dict of "
-                             f"{', '.join(_SHAPE_KEYS[:7])}")
-        hp = dict(SHAPES[shape])
-    elif isinstance(shape, dict):
-        unknown = sorted(set(shape) - set(_SHAPE_KEYS))
-        if unknown:
-            raise ValueError(f"shape has unknown keys {unknown}, expected some of {list(_SHAPE_KEYS)}")
-        hp = dict(SHAPES["tiny"])
-        hp.update(shape)
-        hp.setdefault("n_kv_heads", hp["n_heads"])
-    else:
-        raise ValueError(f"shape = {shape!r}: expected a name or a dict")
-    for k, v in overrides.items():
-        if v is not None:
-            hp[k] = v
-    if n_layers is not None:
-        hp["n_layers"] = n_layers
-    hp.setdefault("norm_eps", 1e-5)
-    hp.setdefault("rope_theta", 10000.0)
-    from .config import ModelConfig
-    cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}).validate("shape")
-    if cfg.dim % 32 or cfg.hidden_dim % 32:
-        raise ValueError(f"shape: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be multiples "
-                         f"of 32 (32-value quantization blocks)")
-    return hp
-
-
-def _tensor_seed(seed: int, name: str) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
-
-
-def random_kquant_blocks(rng: np.random.Generator, rows: int, cols: int, ggml_type: int,
-                         std: float) -> np.ndarray:
-    """(rows, row_bytes) uint8 of a K type: random bytes in every field (values, scales,
-    mins) and fp16 super-scales that give the values a spread of about `std`.  Valid blocks
-    that run exactly like quantized weights (for speed measurements; gguf cannot quantize
-    K types, and the quantizer is not needed to time a kernel)."""
-    values, size = block_layout(ggml_type)
-    nb = cols // values
-    raw = rng.integers(0, 256, (rows, nb, size), dtype=np.uint8)
-    d = std / _KQUANT_TYPICAL[ggml_type]
-    # d, then dmin = d * E[q]: the mins cancel the values' mean (uniform random fields)
-    for off, value in zip(_KQUANT_SUPER_SCALES[ggml_type], (d, d * _KQUANT_MEAN_Q.get(ggml_type, 0))):
-        raw[:, :, off:off + 2] = np.array([value], dtype=np.float16).view(np.uint8)
-    return raw.reshape(rows, nb * size)
-
-
-def _random_tensor(name: str, shape: tuple, ggml_type: int, seed: int, std: float) -> np.ndarray:
-    """Weights ~ N(0, std) (norms: ones) stored as ggml_type, made a few rows at a time;
-    K types: random_kquant_blocks."""
-    if len(shape) == 1:
-        return np.ones(shape, dtype=np.float32)
-    rows, cols = shape
-    rng = _tensor_seed(seed, name)
-    if ggml_type in KQUANT_TYPES:
-        return random_kquant_blocks(rng, rows, cols, ggml_type, std)
-    if ggml_type == F32:
-        out = np.empty((rows, cols), dtype=np.float32)
-    elif ggml_type == F16:
-        out = np.empty((rows, cols), dtype=np.float16)
-    else:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import quantize
-        out = np.empty((rows, row_bytes(ggml_type, cols)), dtype=np.uint8)
-    step = max(1, (1 << 22) // cols)
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        x = rng.standard_normal((r1 - r0, cols), dtype=np.float32)
-        x *= std
-        if ggml_type in (F32, F16):
-            out[r0:r1] = x
-        else:
-            out[r0:r1] = quantize(x, GGMLQuantizationType(ggml_type))
-    return out
-
-
-def make_random_model(path, shape="tinyllama-1.1b", dtype: str = "f32", n_layers: Optional[int] = None,
-                      seed: int = 0, vocab=None, std: float = 0.02, progress: Optional[bool] = None) -> str:
-    """Write a llama GGUF file of a real model's shape with random weights ~ N(0, std).
-
-    shape: a name in SHAPES ("tinyllama-1.1b", "llama2-7b-layers", "stories110m", "tiny") or a
-    dict of hyperparameters; dtype: a key of DTYPES ("f32", "q8_0", "q5_1", "q4_k", ...; K types as
-    random_kquant_blocks) for every matrix (norms
-    stay f32); n_layers overrides the shape's; vocab: a tokenizer file (sentencepiece .model,
-    llama2.c tokenizer.bin, GGUF), a tokenizer.Vocab, or None for a synthetic vocabulary of
-    the right size.  Tensors are made and written one at a time (memory: one tensor), to a
-    temporary file renamed into place at the end.  Returns the path.
-    """
-    from gguf import GGMLQuantizationType, GGUFValueType
-    path = os.fspath(path)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype = {dtype!r}, expected one of {', '.join(DTYPES)}")
-    if n_layers is not None and (not isinstance(n_layers, int) or n_layers < 1):
-        raise ValueError(f"n_layers = {n_layers!r}, expected a positive integer")
-    if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
-        raise ValueError(f"std = {std!r}, expected a positive number")
-    hp = resolve_shape(shape, n_layers)
-    from .config import ModelConfig
-    from .tokenizer import Tokenizer, Vocab
-    if vocab is None:
-        vocab = synthetic_vocab(hp["vocab_size"])
-    elif not isinstance(vocab, Vocab):
-        vocab = Tokenizer.from_file(os.fspath(vocab)).vocab
-    if len(vocab.pieces) != hp["vocab_size"]:
-        raise ValueError(f"the vocabulary has {len(vocab.pieces)} tokens, the shape has vocab_size "
-                         f"{hp['vocab_size']}")
-    cfg = ModelConfig(**{k: hp[k] for k in _SHAPE_KEYS}, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    gtype = DTYPES[dtype]
-    if gtype in KQUANT_TYPES and (cfg.dim % 256 or cfg.hidden_dim % 256):
-        raise ValueError(f"dtype = {dtype!r}: dim = {cfg.dim} and hidden_dim = {cfg.hidden_dim} must be "
-                         f"multiples of 256 (K-quant blocks)")
-    out_dir = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"{path}: directory {out_dir} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, expected an output file name")
-
-    shapes = layer_tensor_shapes(cfg)
-    order = ["token_embd.weight"] + \
-        sorted((n for n in shapes if n.startswith("blk.")), key=lambda n: (int(n.split(".")[1]), n)) + \
-        ["output_norm.weight", "output.weight"]
-    bar = None
-    try:
-        with atomic_gguf_writer(path) as writer:
-            name = shape if isinstance(shape, str) else "custom"
-            add_model_metadata(writer, cfg, f"random-{name}-{dtype}")
-            writer.add_file_type(_FILE_TYPES[gtype])
-            if is_block_quantized(gtype):
-                writer.add_quantization_version(2)
-            writer.add_key_value("xllm.random.seed", int(seed), GGUFValueType.UINT32)
-            vocab.add_to_gguf(writer)
-            for n in order:
-                shp = shapes[n]
-                if len(shp) == 1:
-                    writer.add_tensor_info(n, shp, np.dtype(np.float32), 4 * shp[0])
-                elif gtype in (F32, F16):
-                    dt = np.dtype(np.float32 if gtype == F32 else np.float16)
-                    writer.add_tensor_info(n, shp, dt, shp[0] * shp[1] * dt.itemsize)
-                else:
-                    nb = shp[0] * row_bytes(gtype, shp[1])
-                    writer.add_tensor_info(n, (shp[0], nb // shp[0]), np.dtype(np.uint8), nb,
-                                           raw_dtype=GGMLQuantizationType(gtype))
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            if progress is None:
-                progress = sys.stderr.isatty()
-            if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=len(order), unit="tensor", desc=os.path.basename(path), leave=False)
-            for n in order:
-                data = _random_tensor(n, shapes[n], gtype, seed, std)
-                writer.write_tensor_data(data)
-                del data
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return path
-
-
 # ----------------------------------------------------------------------------- cost model
 
 MATMUL_OPS = ("qkv_proj", "attn_out_proj", "ffn_gate_up", "ffn_down", "classifier")
@@ -511,16 +270,19 @@ class CostModel:
         def nbytes(name):
             return int(t[name].data.nbytes)
         L = cfg.n_layers
+        qkv = ("attn_qkv",) if cfg.fused_qkv else ("attn_q", "attn_k", "attn_v")
+        up = ("ffn_gate", "ffn_up") if cfg.activation == "swiglu" else ("ffn_up",)     # gpt2: no gate
+        self.n_up = len(up)
         self.w = {
-            "qkv_proj": sum(nbytes(f"blk.{i}.attn_{x}.weight") for i in range(L) for x in "qkv"),
+            "qkv_proj": sum(nbytes(f"blk.{i}.{x}.weight") for i in range(L) for x in qkv),
             "attn_out_proj": sum(nbytes(f"blk.{i}.attn_output.weight") for i in range(L)),
-            "ffn_gate_up": sum(nbytes(f"blk.{i}.ffn_{x}.weight") for i in range(L) for x in ("gate", "up")),
+            "ffn_gate_up": sum(nbytes(f"blk.{i}.{x}.weight") for i in range(L) for x in up),
             "ffn_down": sum(nbytes(f"blk.{i}.ffn_down.weight") for i in range(L)),
             "classifier": nbytes("output.weight" if "output.weight" in t else "token_embd.weight"),
         }
         self.types = {op: t[n].ggml_type for op, n in (
-            ("qkv_proj", "blk.0.attn_q.weight"), ("attn_out_proj", "blk.0.attn_output.weight"),
-            ("ffn_gate_up", "blk.0.ffn_gate.weight"), ("ffn_down", "blk.0.ffn_down.weight"),
+            ("qkv_proj", f"blk.0.{qkv[0]}.weight"), ("attn_out_proj", "blk.0.attn_output.weight"),
+            ("ffn_gate_up", f"blk.0.{up[0]}.weight"), ("ffn_down", "blk.0.ffn_down.weight"),
             ("classifier", "output.weight" if "output.weight" in t else "token_embd.weight"))}
         self.embed_row_bytes = _value_bytes(t["token_embd.weight"].ggml_type) * cfg.dim
         self.norm_bytes = 4 * cfg.dim
@@ -551,7 +313,7 @@ class CostModel:
                           L * att * c.n_heads * (4 * hd + 5)),
             "attn_out_proj": (self.w["attn_out_proj"] + L * f4 * T * (q + d), L * 2 * T * q * d),
             "residual": (L * 2 * 3 * f4 * T * d, L * 2 * T * d),
-            "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + 2 * h), L * 2 * 2 * T * d * h),
+            "ffn_gate_up": (self.w["ffn_gate_up"] + L * f4 * T * (d + self.n_up * h), L * self.n_up * 2 * T * d * h),
             "swiglu": (L * 3 * f4 * T * h, L * 6 * T * h),
             "ffn_down": (self.w["ffn_down"] + L * f4 * T * (h + d), L * 2 * T * h * d),
             "classifier": ((self.w["classifier"] + f4 * n_out * (d + c.vocab_size)) if n_out else 0,
@@ -1351,7 +1113,7 @@ def batch_main(argv=None) -> int:
 @cli_entry("xllm-benchmark make-model")
 def make_model_main(argv=None) -> int:
     p = ArgumentParser(prog="python -m xllm.benchmark make-model",
-                       description="Write a random-weight llama GGUF model of a real shape.")
+                       description="Write a random-weight GGUF model of a real shape (llama, qwen2, gpt2).")
     p.add_argument("--shape", default="tinyllama-1.1b",
                    help=f"one of {', '.join(SHAPES)}, or 'custom' with --dim etc. (default tinyllama-1.1b)")
     p.add_argument("--dtype", choices=list(DTYPES), default="f32", help="type of every matrix (default f32)")
@@ -1359,8 +1121,11 @@ def make_model_main(argv=None) -> int:
     for flag, key in (("--dim", "dim"), ("--hidden-dim", "hidden_dim"), ("--heads", "n_heads"),
                       ("--kv-heads", "n_kv_heads"), ("--vocab", "vocab_size"), ("--ctx", "max_seq_len")):
         p.add_argument(flag, dest=key, type=positive_int, help=f"override {key}")
+    p.add_argument("--family", choices=list(FAMILIES), help="with --shape custom: the architecture "
+                                                             "(default llama)")
+    p.add_argument("--tied", action="store_true", help="with --shape custom: tied classifier")
     p.add_argument("--token", help="vocabulary to embed (sentencepiece .model, llama2.c tokenizer.bin, GGUF); "
-                                   "default: a synthetic byte-level vocabulary of the shape's size")
+                                   "default: a synthetic vocabulary of the shape's kind and size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="output .gguf file")
     args = _parse(p, argv)
@@ -1370,11 +1135,15 @@ def make_model_main(argv=None) -> int:
                                                "max_seq_len")}
     if args.shape == "custom":
         shape = {k: v for k, v in overrides.items() if v is not None}
+        shape.update(family=args.family or "llama", tied_embeddings=args.tied)
         overrides = {}
     else:
         shape = args.shape
         if shape not in SHAPES:
             raise UsageError(f"--shape {shape!r}: expected one of {', '.join(SHAPES)} or custom")
+        if args.family is not None or args.tied:
+            raise UsageError(f"--family and --tied go with --shape custom; {shape} is a "
+                             f"{SHAPES[shape].get('family', 'llama')} shape")
     vocab = args.token
     if vocab is not None and not os.path.exists(vocab):
         raise FileNotFoundError(f"{vocab}: no such file")

@@ -260,6 +260,14 @@ def _from_hf_directory(path: str):
     return source, origin, bos, eos
 
 
+def hf_directory_template(path) -> Optional[str]:
+    """The template text of an HF directory (chat_template.jinja, else tokenizer_config.json's
+    chat_template, its "default" if a list), None if it has none: what its chat uses, and what
+    xllm-convert writes as the GGUF's tokenizer.chat_template."""
+    found = _from_hf_directory(os.fspath(path))
+    return None if found is None else found[0]
+
+
 def _from_gguf(path: str):
     """(source, origin, bos, eos) of a GGUF file's tokenizer.chat_template, or None."""
     from .formats.gguf_reader import GGUFFile

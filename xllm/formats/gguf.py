@@ -6,6 +6,12 @@ loader reads: `{arch}.embedding_length`, `{arch}.attention.layer_norm_rms_epsilo
 qwen2) or `.layer_norm_epsilon` (gpt2), `{arch}.rope.scaling.type/factor`, rope_freqs.weight
 (Llama 3's per-frequency factors), attn_qkv (fused), position_embd, `*.bias`.  Which optional
 tensors a file has (biases, a fused QKV, a classifier) decides the matching config switches.
+
+llama.cpp's llama and qwen2 loaders take each bias on its own as optional and a fused attn_qkv
+in any layer (llama-model.cpp's create_tensor_qkv): `attention_layout` brings such a file into
+the one layout the decoder has -- every layer fused or every layer separate, each group of
+biases (q/k/v, output, FFN) in every layer or in none, a missing member being zero, which
+adds nothing.  gpt2 files must have all of theirs, as in llama.cpp.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import numpy as np
 
 from ..config import ARCHITECTURES, ModelConfig
 from .checkpoint import Checkpoint, Tensor, validate_tensors
-from .types import is_block_quantized
+from .types import F32, VECTOR_TYPES, is_block_quantized, type_name
 
 # The per-family constants of the decoder; everything else comes from keys and tensors.
 FAMILIES = {
@@ -92,6 +98,87 @@ def _rope_settings(reader, a, path, tensors, head_dim) -> dict:
     return out
 
 
+def _layer_ids(tensors) -> list:
+    """The N of every blk.N.* tensor, sorted (loops follow the file, not a header's layer count)."""
+    ids = set()
+    for name in tensors:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+            ids.add(int(parts[1]))
+    return sorted(ids)
+
+
+def _vector(tensors, name, n, path) -> np.ndarray:
+    """The float32 values of the 1-D tensor `name` of length n; zeros where the file has none."""
+    t = tensors.get(name)
+    if t is None:
+        return np.zeros(n, dtype=np.float32)
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected ({n},)")
+    if t.ggml_type not in VECTOR_TYPES:
+        raise ValueError(f"{path}: 1-D tensor {name!r} is {type_name(t.ggml_type)}, expected F32 or F16")
+    return np.asarray(t.to_float32(), dtype=np.float32)
+
+
+def _f32_vector(name, values) -> Tensor:
+    return Tensor(name, F32, (len(values),), np.ascontiguousarray(values, dtype=np.float32))
+
+
+def attention_layout(tensors: dict, q_dim: int, kv_dim: int, path: str) -> dict:
+    """Bring a llama/qwen2 file's optional tensors into one layout (in place) and return the
+    switches fused_qkv, qkv_bias, out_bias, ffn_bias.
+
+    - A fused blk.N.attn_qkv.weight with separate attn_q/k/v biases (which llama.cpp also
+      reads) gets one attn_qkv.bias of the three (zeros for a missing one).
+    - Fused layers next to separate ones (convert_hf_to_gguf.py --fuse-qkv fuses only the
+      layers whose q/k/v biases are all there or all absent): the fused ones become attn_q/k/v
+      row views of their matrix and bias (no copy).
+    - A bias group some layer has is given to every layer: each missing member is zeros."""
+    layers = _layer_ids(tensors)
+    rows = q_dim + 2 * kv_dim
+    parts = (("attn_q", 0, q_dim), ("attn_k", q_dim, q_dim + kv_dim), ("attn_v", q_dim + kv_dim, rows))
+    fused = [i for i in layers if f"blk.{i}.attn_qkv.weight" in tensors]
+    for i in fused:
+        p = f"blk.{i}."
+        w = tensors[p + "attn_qkv.weight"]
+        if len(w.shape) != 2 or w.shape[0] != rows:
+            raise ValueError(f"{path}: tensor {p + 'attn_qkv.weight'!r} has shape {tuple(w.shape)}, expected "
+                             f"({rows}, n_embd): q, k and v rows ({q_dim} + {kv_dim} + {kv_dim})")
+        separate = [p + m + ".bias" for m, _, _ in parts]
+        if any(n in tensors for n in separate):
+            if p + "attn_qkv.bias" in tensors:
+                raise ValueError(f"{path}: layer {i} has both {p}attn_qkv.bias and separate q/k/v "
+                                 f"biases, expected one or the other")
+            values = [_vector(tensors, n, r1 - r0, path) for n, (_, r0, r1) in zip(separate, parts)]
+            for n in separate:
+                tensors.pop(n, None)
+            tensors[p + "attn_qkv.bias"] = _f32_vector(p + "attn_qkv.bias", np.concatenate(values))
+    if fused and len(fused) < len(layers):
+        for i in fused:
+            p = f"blk.{i}."
+            bias = _vector(tensors, p + "attn_qkv.bias", rows, path) if p + "attn_qkv.bias" in tensors else None
+            w = tensors.pop(p + "attn_qkv.weight")
+            tensors.pop(p + "attn_qkv.bias", None)
+            for m, r0, r1 in parts:
+                tensors[p + m + ".weight"] = Tensor(p + m + ".weight", w.ggml_type, (r1 - r0, w.shape[1]),
+                                                    w.data[r0:r1])
+                if bias is not None:
+                    tensors[p + m + ".bias"] = _f32_vector(p + m + ".bias", bias[r0:r1])
+        fused = []
+    groups = {"qkv_bias": ("attn_qkv",) if fused else ("attn_q", "attn_k", "attn_v"),
+              "out_bias": ("attn_output",), "ffn_bias": ("ffn_gate", "ffn_up", "ffn_down")}
+    switches = {"fused_qkv": bool(fused)}
+    for switch, matrices in groups.items():
+        names = [(f"blk.{i}.{m}.bias", f"blk.{i}.{m}.weight") for i in layers for m in matrices]
+        switches[switch] = any(b in tensors for b, _ in names)
+        if switches[switch]:
+            for bias, weight in names:
+                w = tensors.get(weight)
+                if bias not in tensors and w is not None and len(w.shape) == 2:
+                    tensors[bias] = _f32_vector(bias, np.zeros(w.shape[0], dtype=np.float32))
+    return switches
+
+
 def _eos_ids(reader, path, default):
     """The ids that end generation: eos, and the end-of-turn / end-of-message ids llama.cpp
     also stops at (Llama 3's <|eot_id|>, <|eom_id|>)."""
@@ -132,12 +219,12 @@ def open_gguf(path: str) -> Checkpoint:
         eps_key = a + "attention.layer_norm_rms_epsilon"
     else:
         eps_key = a + "attention.layer_norm_epsilon"
-    # optional tensors of llama/qwen2 files: their presence in block 0 sets the switch
-    if "qkv_bias" not in family:
-        family.update(qkv_bias=any(f"blk.0.attn_{m}.bias" in tensors for m in ("q", "qkv")),
-                      out_bias="blk.0.attn_output.bias" in tensors,
-                      ffn_bias="blk.0.ffn_up.bias" in tensors)
-    family["fused_qkv"] = "blk.0.attn_qkv.weight" in tensors
+    if "qkv_bias" in family:            # gpt2: every bias required, attn_qkv fused
+        family["fused_qkv"] = "blk.0.attn_qkv.weight" in tensors
+    else:                               # llama / qwen2: optional tensors, as llama.cpp reads them
+        n_kv_heads = _int_field(reader, a + "attention.head_count_kv", path, False, n_heads)
+        if n_heads > 0 and n_kv_heads > 0 and head_dim > 0:
+            family.update(attention_layout(tensors, n_heads * head_dim, n_kv_heads * head_dim, path))
     vocab_size = _int_field(reader, a + "vocab_size", path, False, None)
     embd = tensors.get("token_embd.weight")
     if vocab_size is None:

@@ -77,7 +77,10 @@ def read_hf_vocab(path: str, vocab_size: int):
     if n > vocab_size:
         raise ValueError(f"{path}: {source} has {n} pieces, more than {CONFIG_FILE} vocab_size = "
                          f"{vocab_size} (the model has no embedding row for ids >= {vocab_size})")
-    return vocab.padded(vocab_size)
+    # the directory's chat template travels with the vocabulary (into GGUF as llama.cpp's
+    # converter writes it: tokenizer.chat_template), the same one its chat renders with
+    from ..chat import hf_directory_template
+    return dataclasses.replace(vocab.padded(vocab_size), chat_template=hf_directory_template(path))
 
 
 # ----------------------------------------------------------------------------- safetensors

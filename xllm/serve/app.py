@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..sampling import SamplingParams, TokenLogprob
 from ..tokenizer import Tokenizer
 from . import protocol as P
+from . import tools as T
 from .engine_process import EngineClient, EngineDead, EngineRequestError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
@@ -55,6 +56,8 @@ class ServerState:
     max_waiting: Optional[int] = None
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_format: Optional[str] = None       # the template's tool-call format (tools.FORMATS); create_app
+    tool_markers: Dict[int, str] = field(default_factory=dict)
 
     def check_model(self, model: Optional[str]) -> None:
         if model is not None and model != self.model_name:
@@ -179,8 +182,9 @@ async def _collect(st: ServerState, request: Request, t0: float, subs: List[tupl
             async for i, out in outs:
                 r = results.setdefault((i, out.index), {"text": [], "logprobs": [], "n": 0, "finish": None,
                                                         "prompt_logprobs": out.prompt_logprobs,
-                                                        "cached": _cached_of(out)})
+                                                        "cached": _cached_of(out), "ids": []})
                 r["text"].append(out.text)
+                r["ids"] += out.token_ids
                 r["logprobs"] += out.logprobs or []
                 r["n"] = out.num_generated
                 r["finish"] = out.finish_reason
@@ -260,6 +264,11 @@ def _new_id(prefix: str) -> str:
 # ----------------------------------------------------------------------------- the app
 
 def create_app(st: ServerState) -> FastAPI:
+    if st.template is not None:
+        st.tool_format = T.detect_format(st.template.source)
+        if st.tool_format is not None:
+            st.tool_markers = T.marker_tokens(st.tool_format, st.tokenizer)
+
     @asynccontextmanager
     async def lifespan(app):
         st.client.attach(asyncio.get_running_loop())
@@ -383,7 +392,9 @@ def create_app(st: ServerState) -> FastAPI:
         t0 = time.monotonic()
         st.check_model(body.model)
         st.check_engine()
-        ids = _chat_ids(st, body.messages)
+        tool_req = _tool_request(st, body)
+        ids = _chat_ids(st, body.messages, [t.model_dump(exclude_none=True) for t in body.tools]
+                        if tool_req else None, tool_req.opening if tool_req else "")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if max_tokens is None:                       # as much as the context leaves
             max_tokens = max(1, st.client.limits.max_seq_len - len(ids) + 1)
@@ -395,15 +406,22 @@ def create_app(st: ServerState) -> FastAPI:
         rid = _new_id("chatcmpl")
         subs = [(rid, ids, params, None)]
         if body.stream:
-            return _event_stream(_stream_chat(st, body, rid, t0, subs, len(ids)))
+            return _event_stream(_stream_chat(st, body, rid, t0, subs, len(ids), tool_req))
         try:
             results = await _collect(st, request, t0, subs)
         except (EngineDead, EngineRequestError) as exc:
             raise _engine_failed(exc) from None
-        choices = [P.ChatChoice(index=j, message=P.ChatResponseMessage(content="".join(r["text"])),
-                                logprobs=_chat_logprobs(st, r["logprobs"]) if body.logprobs else None,
-                                finish_reason=_openai_reason(r["finish"]))
-                   for (_, j), r in sorted(results.items())]
+        choices = []
+        for (_, j), r in sorted(results.items()):
+            message, reason = P.ChatResponseMessage(content="".join(r["text"])), _openai_reason(r["finish"])
+            if tool_req is not None:
+                reply = tool_req.reply(st.tokenizer, ids)
+                reply.feed(r["ids"])
+                content, calls = reply.finish()
+                message = P.ChatResponseMessage(content=content or None, tool_calls=_tool_calls(calls))
+                reason = "tool_calls" if calls else reason
+            choices.append(P.ChatChoice(index=j, message=message, finish_reason=reason,
+                                        logprobs=_chat_logprobs(st, r["logprobs"]) if body.logprobs else None))
         usage = _usage(len(ids), sum(r["n"] for r in results.values()),
                        sum(r["cached"] for r in results.values()))
         return P.ChatCompletionResponse(id=rid, model=st.model_name, choices=choices, usage=usage).model_dump()
@@ -418,16 +436,44 @@ def _params(body, max_tokens: int, logprobs: Optional[int], prompt_logprobs: Opt
         raise APIError(400, str(exc)) from None
 
 
-def _chat_ids(st: ServerState, messages) -> List[int]:
+def _chat_ids(st: ServerState, messages, tools: Optional[list] = None, opening: str = "") -> List[int]:
+    """The prompt of a conversation (with the tools the model may call, and the forced
+    start of its reply)."""
     from ..chat import encode_rendered
     if st.template is None:
         raise APIError(400, f"the model {st.model_name!r} has no chat template; start xllm-serve with "
                             f"--chat-template FILE", param="messages", code="no_chat_template")
     try:
-        text = st.template.render([m.as_template_message() for m in messages], add_generation_prompt=True)
+        text = st.template.render([m.as_template_message() for m in messages], add_generation_prompt=True,
+                                  **({"tools": tools} if tools else {}))
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages") from None
-    return encode_rendered(st.tokenizer, text)
+    return encode_rendered(st.tokenizer, text + opening)
+
+
+def _tool_request(st: ServerState, body: P.ChatCompletionRequest) -> Optional[T.ToolRequest]:
+    """None without callable tools (none given, or tool_choice "none": the template gets no
+    tools); a 400 when the model's template has no tool-call format xllm parses."""
+    names = body.tool_names()
+    if not names:
+        return None
+    if st.template is not None and st.tool_format is None:
+        raise APIError(400, f"the chat template of {st.model_name!r} ({st.template.origin}) has no tool-call "
+                            f"format xllm parses (supported: {', '.join(T.FORMATS)}); pass tool_choice "
+                            f"'none' or start xllm-serve with --chat-template FILE", param="tools",
+                       code="tools_not_supported")
+    if st.template is None:
+        return None                         # _chat_ids answers no_chat_template
+    choice = body.tool_choice
+    forced = (choice.function.name if isinstance(choice, P.NamedToolChoice) else None)
+    opening = T.forced_opening(st.tool_format, forced) if choice == "required" or forced else ""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return T.ToolRequest(st.tool_format, names, opening, st.tool_markers, stops, body.parallel_tool_calls)
+
+
+def _tool_calls(calls) -> Optional[List[P.ToolCall]]:
+    return [P.ToolCall(id=c.id, function=P.FunctionCall(name=c.name, arguments=c.arguments))
+            for c in calls] or None
 
 
 class EventStream(StreamingResponse):
@@ -482,7 +528,7 @@ async def _stream_completion(st: ServerState, body: P.CompletionRequest, rid: st
 
 
 async def _stream_chat(st: ServerState, body: P.ChatCompletionRequest, rid: str, t0: float,
-                       subs: List[tuple], n_prompt: int):
+                       subs: List[tuple], n_prompt: int, tool_req: Optional[T.ToolRequest] = None):
     created = int(time.time())
 
     def chunk(choices, usage=None):
@@ -492,16 +538,33 @@ async def _stream_chat(st: ServerState, body: P.ChatCompletionRequest, rid: str,
     for j in range(n):
         yield chunk([P.ChatChunkChoice(index=j, delta=P.ChatDelta(role="assistant", content=""))])
     generated, cached = {}, {}
+    replies = {j: tool_req.reply(st.tokenizer, subs[0][1]) for j in range(n)} if tool_req else {}
     try:
         async with aclosing(_outputs(st, t0, subs)) as outs:
             async for _, out in outs:
                 generated[out.index] = out.num_generated
                 cached[out.index] = _cached_of(out)
                 lp = _chat_logprobs(st, out.logprobs or []) if body.logprobs else None
-                if not out.text and out.finish_reason is None and lp is None:
+                text, reason, calls = out.text, _openai_reason(out.finish_reason), None
+                if tool_req is not None:
+                    text = replies[out.index].feed(out.token_ids)
+                    if out.finish_reason is not None:
+                        rest, found = replies[out.index].finish()
+                        text += rest
+                        if found:
+                            reason = "tool_calls"
+                            calls = [P.ToolCallDelta(index=k, id=c.id, type="function", function=P.FunctionCall(
+                                name=c.name, arguments=c.arguments)) for k, c in enumerate(found)]
+                if not text and out.finish_reason is None and lp is None:
                     continue
-                yield chunk([P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(content=out.text or None),
-                                               logprobs=lp, finish_reason=_openai_reason(out.finish_reason))])
+                if calls:                   # content first, then the calls, then the reason
+                    if text or lp is not None:
+                        yield chunk([P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(content=text or None),
+                                                       logprobs=lp)])
+                    yield chunk([P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(tool_calls=calls))])
+                    text, lp = "", None
+                yield chunk([P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(content=text or None),
+                                               logprobs=lp, finish_reason=reason)])
     except (EngineDead, EngineRequestError) as exc:
         yield _sse_error(_engine_failed(exc))
         return

@@ -7,9 +7,10 @@ fields are ignored, as OpenAI clients send some (user, service_tier ...).
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Literal, Optional, Union
+import json
+from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
 
@@ -83,17 +84,73 @@ class TextPart(BaseModel):
     text: str
 
 
+# OpenAI's rule for function names
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str                      # a JSON object as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")     # name, tool_calls ... reach the template
+    model_config = ConfigDict(extra="allow")     # name ... reach the template
 
     role: str
     content: Union[str, List[TextPart], None] = None
+    tool_calls: Optional[List[ToolCall]] = None  # an assistant's calls
+    tool_call_id: Optional[str] = None           # a tool's answer: to which call
+
+    @model_validator(mode="after")
+    def _tool_fields(self):
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message of role 'tool' needs tool_call_id (the id of the call it answers)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not to role {self.role!r}")
+        return self
 
     def as_template_message(self) -> dict:
         msg = self.model_dump(exclude_none=True)
         if isinstance(self.content, list):
             msg["content"] = "".join(part.text for part in self.content)
+        for call in msg.get("tool_calls", ()):
+            # templates write the arguments with `| tojson`: they expect the object, not its
+            # JSON text (as vLLM and llama-server hand it over)
+            try:
+                args = json.loads(call["function"]["arguments"])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(args, dict):
+                call["function"]["arguments"] = args
         return msg
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = None  # a JSON Schema object
+    strict: Optional[bool] = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -101,6 +158,33 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: Optional[int] = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Optional[List[ToolDefinition]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _tool_choice(self):
+        names = [t.function.name for t in self.tools or ()]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tools: function names must be unique, {dup[0]!r} is given more than once")
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise ValueError(f"tool_choice {self.tool_choice_name()!r} needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names the function {choice.function.name!r}, which is not "
+                             f"among the tools ({', '.join(names)})")
+        return self
+
+    def tool_choice_name(self) -> str:
+        c = self.tool_choice
+        return c.function.name if isinstance(c, NamedToolChoice) else (c or ("auto" if self.tools else "none"))
+
+    def tool_names(self) -> List[str]:
+        """The functions the model may call: none unless tools are given and tool_choice is not "none"."""
+        if not self.tools or self.tool_choice == "none":
+            return []
+        return [t.function.name for t in self.tools]
 
 
 class TokenizeRequest(BaseModel):
@@ -187,6 +271,7 @@ class ChatLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: Optional[str] = None
+    tool_calls: Optional[List[ToolCall]] = None
 
 
 class ChatChoice(_Choice):
@@ -199,9 +284,17 @@ class ChatCompletionResponse(_Response):
     choices: List[ChatChoice]
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: FunctionCall
+
+
 class ChatDelta(BaseModel):
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(_Choice):
