@@ -43,3 +43,16 @@ def test_soak_exits_1_when_a_check_fails(tmp_path):
 def test_soak_refuses_a_tiny_count(tmp_path):
     res, _ = run_soak(tmp_path, "--n", "3")
     assert res.returncode == 2 and "--n 3" in res.stderr
+
+
+def test_serve_soak_small_run(tmp_path):
+    """benchmarks/soak_serve.py against a live xllm-serve it starts (the openai client)."""
+    out = tmp_path / "serve.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak_serve.py"), "--n", "60", "--clients", "4",
+                          "--threads", "1", "--max-growth", "50", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(out.read_text())
+    assert report["finished"] + report["dropped"] + report["refused"] == 60 and report["refused"] == 3
+    assert report["unexpected_errors"] == 0 and report["kv_blocks_used"] == 0
+    assert set(report["rss_at"]) == {"6", "60"} and report["rss_growth_pct"] is not None
