@@ -58,6 +58,7 @@ ATTACKS = {
     "unknown codec": ("{{ 'x'.encode('nope') }}", "LookupError"),
     "deep nesting": ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "cannot be compiled"),
     "nested blocks": ("{% for a in [1] %}" * 30 + "{% endfor %}" * 30, "cannot be compiled"),
+    "huge source": ("{{ 1 }}" * 20000, "140,000 characters, more than the limit of 65,536"),
 }
 
 

@@ -17,7 +17,8 @@ a ChatTemplate runs under a Budget of `RenderLimits`:
   (`*`, `**`, `+`, `%`, `~`, center / ljust / format widths, replace, join, indent, batch,
   slice, tojson, ...) are checked *before* they run, everything else is measured after;
 - output: at most `max_output` characters;
-- time: `max_seconds` of wall time, a backstop checked with every step.
+- time: `max_seconds` of wall time, a backstop checked with every step;
+- source: at most `max_source_chars` characters of template text (compiling takes its time).
 
 How: the parsed template is rewritten before it is compiled (`bound_template`): every
 `{% for %}` iterates through `_xllm_items`, each item paying for a run of the body, and every
@@ -54,6 +55,7 @@ class RenderLimits:
     max_created: int = 16_000_000       # characters and items made in one render, all told
     max_int_bits: int = 1 << 16
     max_seconds: float = 5.0
+    max_source_chars: int = 65_536      # template text: jinja2 compiles ~10 us a character
 
     @property
     def max_output(self) -> int:
@@ -602,6 +604,9 @@ class _Bound(NodeTransformer):
 
 def bound_template(env: BoundedSandbox, source: str, limits: RenderLimits):
     """Parse, rewrite and compile `source` (under a budget: the compiler folds constants)."""
+    if len(source) > limits.max_source_chars:
+        raise BudgetExceeded(f"the template has {len(source):,} characters, more than the limit of "
+                             f"{limits.max_source_chars:,} (real models' templates have a few thousand)")
     with budget_scope(limits):
         ast = env.parse(source)
         return env.from_string(_Bound().visit(ast))
