@@ -288,8 +288,8 @@ def _pre_filter(budget: Budget, name: str, value, args, kwargs) -> None:
         if isinstance(n, int):
             budget.check_size(abs(n), f"a {name}", items=True)
     elif name in ("wordwrap", "urlize"):        # pure-Python text walks: a step per character
-        wrap = arg(3, "wrapstring", "\n") or "\n" if name == "wordwrap" else ""
-        budget.check_size((len(str(value)) + 1) * (len(str(wrap)) + 1), f"a {name}d string")
+        wrap = (arg(2, "wrapstring") or "\n") if name == "wordwrap" else ""
+        budget.check_size((len(str(value)) + 1) * (len(str(wrap)) + 1), "a wrapped string" if name == "wordwrap" else "a urlized string")
         budget.step(len(str(value)))
     elif name in ("sort", "dictsort", "unique") and isinstance(value, _SIZED):
         budget.step(len(value) * max(1, math.ceil(math.log2(len(value) + 1))))
