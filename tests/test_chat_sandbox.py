@@ -57,7 +57,8 @@ ATTACKS = {
     "strftime format": ("{{ strftime_now('%c' * 100000) }}", "strftime_now"),
     "unknown codec": ("{{ 'x'.encode('nope') }}", "LookupError"),
     "deep nesting": ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "cannot be compiled"),
-    "nested blocks": ("{% for a in [1] %}" * 30 + "{% endfor %}" * 30, "cannot be compiled"),
+    "nested loops in the source": ("{% for a in [1] %}" * 80 + "{% endfor %}" * 80, "loops nested 21 deep"),
+    "nested ifs in the source": ("{% if a %}" * 160 + "{% endif %}" * 160, "blocks nested 101 deep"),
     "huge source": ("{{ 1 }}" * 20000, "140,000 characters, more than the limit of 65,536"),
 }
 

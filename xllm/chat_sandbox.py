@@ -602,6 +602,25 @@ class _Bound(NodeTransformer):
         return node
 
 
+MAX_LOOP_NESTING = 20       # Python's own limit on statically nested blocks (CO_MAXBLOCKS)
+MAX_NESTING = 100           # and on indentation levels: the generated code could not compile
+
+
+def _check_nesting(ast) -> None:
+    """Refuse before code generation what Python would refuse after it: jinja2's code
+    generator takes time cubic in the depth of nested loops (seconds at 80)."""
+    stack = [(ast, 0, 0)]
+    while stack:
+        node, depth, loops = stack.pop()
+        if loops > MAX_LOOP_NESTING:
+            raise BudgetExceeded(f"loops nested {loops} deep, at most {MAX_LOOP_NESTING} compile")
+        if depth > MAX_NESTING:
+            raise BudgetExceeded(f"blocks nested {depth} deep, at most {MAX_NESTING} compile")
+        for child in node.iter_child_nodes():
+            block = isinstance(child, nodes.Stmt)
+            stack.append((child, depth + block, loops + isinstance(child, nodes.For)))
+
+
 def bound_template(env: BoundedSandbox, source: str, limits: RenderLimits):
     """Parse, rewrite and compile `source` (under a budget: the compiler folds constants)."""
     if len(source) > limits.max_source_chars:
@@ -609,6 +628,7 @@ def bound_template(env: BoundedSandbox, source: str, limits: RenderLimits):
                              f"{limits.max_source_chars:,} (real models' templates have a few thousand)")
     with budget_scope(limits):
         ast = env.parse(source)
+        _check_nesting(ast)
         return env.from_string(_Bound().visit(ast))
 
 
