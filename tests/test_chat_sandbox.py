@@ -38,6 +38,9 @@ ATTACKS = {
                                 "{{ ns.x == ns.y }}", "prints as more than"),
     "doubling tuple hashed": ("{% set ns = namespace(t=()) %}{% for i in range(60) %}{% set ns.t = (ns.t, ns.t) %}"
                               "{% endfor %}{{ {ns.t: 1} }}", "prints as more than"),
+    "doubling list in a dict view": ("{% set ns = namespace(x=[]) %}{% for i in range(60) %}"
+                                     "{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ {'a': ns.x}.items() }}",
+                                     "prints as more than"),
     "concat doubling": ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
                         "{% endfor %}", "concatenated string"),
     "replace empty": ("{{ ('x' * 1000000)|replace('', 'yyyyyyyyyy') }}", "replaced string"),

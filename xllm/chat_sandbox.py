@@ -67,6 +67,7 @@ class BudgetExceeded(jinja2.exceptions.SecurityError):
 
 
 _SIZED = (str, bytes, list, tuple, dict)
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))     # print their contents
 _SCALARS = (type(None), bool, int, float)
 _SCALAR_TYPES = frozenset(_SCALARS)
 
@@ -134,7 +135,9 @@ class Budget:
             return len(value) + 2
         if isinstance(value, _SCALARS):
             return 8 if not isinstance(value, int) else 8 + value.bit_length() // 3
-        if not isinstance(value, (list, tuple, dict)):
+        if isinstance(value, _DICT_VIEWS):
+            value = list(value)
+        elif not isinstance(value, (list, tuple, dict)):
             return 16                        # namespaces, macros, undefined: short reprs
         known = self._weights.get(id(value))
         if known is not None:
