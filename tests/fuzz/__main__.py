@@ -11,12 +11,19 @@ import tempfile
 import time
 
 # modules each harness's coverage feedback comes from (besides xllm and quant)
-INSTRUMENT = {"chat_template": ["jinja2"]}
-# nor these: the sandbox's budget runs on every loop item, and jinja2's code generator on every
-# node; instrumented they take many times what they take in use (template text coverage comes
-# from jinja2's lexer and parser)
-NOT_INSTRUMENTED = ["xllm.chat_sandbox", "jinja2.compiler", "jinja2.visitor", "jinja2.optimizer",
-                    "jinja2.idtracking"]
+import importlib
+
+# what each harness imports under instrumentation (its coverage feedback), by default the readers
+IMPORTS = {"chat_template": ["xllm.chat"]}
+DEFAULT_IMPORTS = ["xllm.formats", "xllm.tokenizer", "xllm.cli", "xllm.benchmark", "xllm.model"]
+# chat templates: coverage from jinja2's lexer, parser, filters and sandbox; not from its code
+# generator or runtime, nor the sandbox's budget: they run on every node and loop item, and
+# instrumented they take many times what they take in use (atheris excludes by module name)
+PACKAGES = {"chat_template": ["xllm", "jinja2"]}
+NOT_INSTRUMENTED = ["xllm.chat_sandbox"] + [f"jinja2.{m}" for m in (
+    "compiler", "visitor", "optimizer", "idtracking", "runtime", "nodes", "environment", "utils",
+    "bccache", "loaders", "async_utils", "defaults", "exceptions", "_identifier", "ext", "debug",
+    "constants", "nativetypes", "meta")]
 
 
 def run_all(args, names) -> int:
@@ -67,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--replay", nargs="+", metavar="FILE", help="run these inputs once, no fuzzing")
     p.add_argument("--whole-seeds", action="store_true",
                    help="also seed with the real checkpoints entire (slower inputs; for long runs)")
+    p.add_argument("--skip-regressions", action="store_true",
+                   help="do not start from regressions/NAME/ (tests/test_fuzz.py replays them apart)")
     p.add_argument("--max-len", type=int, default=2 << 20, help="largest input in bytes (default 2 MiB)")
     args = p.parse_args(argv)
     if args.list:
@@ -85,9 +94,10 @@ def main(argv=None) -> int:
         return 0
 
     import atheris
-    with atheris.instrument_imports(include=["xllm", "quant"] + INSTRUMENT.get(args.name, []),
+    with atheris.instrument_imports(include=PACKAGES.get(args.name, ["xllm", "quant"]),
                                     exclude=NOT_INSTRUMENTED):
-        import xllm.formats, xllm.tokenizer, xllm.cli, xllm.benchmark, xllm.model, xllm.chat  # noqa: F401
+        for module in IMPORTS.get(args.name, DEFAULT_IMPORTS):     # before anything imports them
+            importlib.import_module(module)
     from .seeds import seeds
     corpus = args.corpus or tempfile.mkdtemp(prefix=f"xllm-fuzz-{args.name}-")
     os.makedirs(corpus, exist_ok=True)
@@ -95,7 +105,7 @@ def main(argv=None) -> int:
         with open(os.path.join(corpus, f"seed-{i}"), "wb") as f:
             f.write(data)
     regress = os.path.join(os.path.dirname(os.path.abspath(__file__)), "regressions", args.name)
-    dirs = [corpus] + ([regress] if os.path.isdir(regress) else [])
+    dirs = [corpus] + ([regress] if os.path.isdir(regress) and not args.skip_regressions else [])
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     flags = [sys.argv[0], f"-runs={args.runs}", f"-timeout={timeout}", f"-max_len={args.max_len}",
              "-rss_limit_mb=4096", f"-artifact_prefix={os.path.join(corpus, 'finding-')}"]
