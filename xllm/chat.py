@@ -109,7 +109,7 @@ class _GenerationTag(jinja2.ext.Extension):
 
 
 @lru_cache(maxsize=None)
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> BoundedSandbox:
     env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
                          extensions=[_GenerationTag, jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = _raise_exception
