@@ -8,7 +8,9 @@ lstrip_blocks, the loopcontrols extension and the `{% generation %}` tag, the gl
 `raise_exception`, `strftime_now`, a restricted `dict` and a `namespace` that refuses
 underscore names, and a `tojson` filter that does not HTML-escape.  The variables are those
 transformers passes: `messages`, `tools`, `documents`, `add_generation_prompt`, `bos_token`,
-`eos_token`, then any extra ones (`date_string`, `enable_thinking`, ...).
+`eos_token`, then any extra ones (`date_string`, `enable_thinking`, ...).  On top of the sandbox,
+every compile and render is bounded in steps, value sizes, output and time (chat_sandbox.py:
+RenderLimits), so a template cannot hang or exhaust memory either.
 
 Where a template comes from (`load_chat_template`): a `--chat-template` file, else a GGUF's
 `tokenizer.chat_template`, else a Hugging Face directory's `chat_template.jinja` or the
@@ -29,7 +31,8 @@ from typing import List, Optional
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .chat_sandbox import BoundedSandbox, RenderLimits, bound_template, render_bounded
 
 HF_TEMPLATE_FILE = "chat_template.jinja"        # transformers >= 4.50 saves the template here
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -50,12 +53,10 @@ def _raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
 
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # transformers' filter: Jinja's own escapes <, >, & and ' for HTML, which a prompt must not get
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
 def _strftime_now(fmt):
+    if isinstance(fmt, str) and len(fmt) > 1024:     # %c and friends expand each directive
+        raise jinja2.exceptions.SecurityError(f"strftime_now: a format of {len(fmt):,} characters, "
+                                              f"expected at most 1,024")
     return now().strftime(fmt)
 
 
@@ -83,6 +84,9 @@ class _TemplateNamespace(jinja2.utils.Namespace):
         _TemplateNamespace._check_name(name)
         jinja2.utils.Namespace.__setitem__(self, name, value)
 
+    def __repr__(self):      # opaque: a namespace changes, so its printed size cannot be bounded ahead
+        return "<Namespace>"
+
     @staticmethod
     def _check_name(name):
         if isinstance(name, str) and name.startswith("_"):
@@ -105,10 +109,9 @@ class _GenerationTag(jinja2.ext.Extension):
 
 
 @lru_cache(maxsize=None)
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
+def _environment() -> BoundedSandbox:
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[_GenerationTag, jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _TemplateDict()
@@ -176,7 +179,8 @@ class ChatTemplate:
     for them; `origin` names where it came from in error messages.
     """
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", origin: str = ""):
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", origin: str = "",
+                 limits: Optional[RenderLimits] = None):
         if not isinstance(source, str):
             raise ValueError(f"{origin or 'chat template'}: expected the template as a str, "
                              f"got {type(source).__name__}")
@@ -184,11 +188,17 @@ class ChatTemplate:
         self.bos_token = bos_token or ""
         self.eos_token = eos_token or ""
         self.origin = origin or "chat template"
+        self.limits = limits or RenderLimits()
         try:
-            self._template = _environment().from_string(source)
+            self._template = bound_template(_environment(), source, self.limits)
         except jinja2.TemplateSyntaxError as exc:
             raise ValueError(f"{self.origin}: chat template syntax error at line {exc.lineno}: "
                              f"{exc.message}") from None
+        except jinja2.TemplateError as exc:         # a bound hit while folding constants
+            raise ValueError(f"{self.origin}: chat template error: {exc.message}") from None
+        except Exception as exc:    # Python's compiler on the generated code: nesting, recursion
+            raise ValueError(f"{self.origin}: chat template cannot be compiled: "
+                             f"{type(exc).__name__}: {exc}") from None
 
     def render(self, messages: List[dict], add_generation_prompt: bool = True, **extra) -> str:
         """The prompt text of `messages`; with add_generation_prompt, ending where the
@@ -197,13 +207,13 @@ class ChatTemplate:
         variables = {"bos_token": self.bos_token, "eos_token": self.eos_token, **_plain(extra)}
         tools = variables.pop("tools", None)
         documents = variables.pop("documents", None)
+        variables.update(messages=chat, tools=tools, documents=documents,
+                         add_generation_prompt=bool(add_generation_prompt))
         try:
-            return self._template.render(messages=chat, tools=tools, documents=documents,
-                                         add_generation_prompt=bool(add_generation_prompt), **variables)
-        except jinja2.TemplateError as exc:        # raise_exception, undefined, sandbox
+            return render_bounded(self._template, self.limits, variables)
+        except jinja2.TemplateError as exc:        # raise_exception, undefined, sandbox, limits
             raise ValueError(f"{self.origin}: chat template error: {exc.message}") from None
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError,
-                RecursionError) as exc:            # the template's own expressions failed
+        except Exception as exc:                   # the template's own expressions failed
             raise ValueError(f"{self.origin}: chat template error: {type(exc).__name__}: {exc}") from None
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from .contract import Finding, Scratch, expect_documented_error
 _scratch = {}
 MAX_RUN_PARAMS = 4_000_000       # run a decoder step only on models this small (milliseconds)
 MAX_RUN_CONTEXT = 1 << 16
+DEFAULT_TIMEOUT = 2              # seconds one input may take (libFuzzer -timeout)
 
 
 def scratch(suffix: str) -> Scratch:
@@ -159,6 +160,53 @@ def fuzz_encode_decode(data: bytes) -> None:
             raise Finding(f"streamed decode {streamed!r} != decode {whole!r}")
 
 
+CHAT_ORIGIN = "fuzzed.jinja"
+CHAT_SPLIT = b"\x00"          # chat_template inputs: template text, NUL, the conversation
+CHAT_DEFAULT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]
+
+
+def chat_input(data: bytes):
+    """(template source, messages, add_generation_prompt, extra variables) of one input.
+
+    After the NUL: JSON -- a list (the messages), or an object with "messages" and any
+    template variables (tools, add_generation_prompt, enable_thinking ...), or any other value
+    (which must be refused) -- else raw text, one message per \x01-separated part, each
+    "role\x02content\x02name" with fields missing where the parts are."""
+    source, sep, rest = data.partition(CHAT_SPLIT)
+    text = source.decode("utf-8", errors="replace")
+    if not sep:
+        return text, CHAT_DEFAULT, True, {}
+    conv = rest.decode("utf-8", errors="surrogateescape")
+    try:
+        value = json.loads(conv)
+    except (ValueError, RecursionError):
+        messages = []
+        for part in conv.split("\x01"):
+            fields = part.split("\x02")
+            message = dict(zip(("role", "content", "name"), fields)) if len(fields) > 1 else {"content": part}
+            messages.append(message)
+        return text, messages, len(rest) % 2 == 0, {}
+    if isinstance(value, dict) and "messages" in value:
+        extra = {k: v for k, v in value.items() if k != "messages" and isinstance(k, str) and k.isidentifier()}
+        return text, value["messages"], extra.pop("add_generation_prompt", True), extra
+    return text, value, True, {}
+
+
+def fuzz_chat_template(data: bytes) -> None:
+    """A chat template (the Jinja text) and the conversation it renders (roles, contents,
+    missing fields, odd unicode, template variables): renders, or a ValueError naming it."""
+    from xllm.chat import ChatTemplate
+    source, messages, add_generation_prompt, extra = chat_input(data)
+    template = expect_documented_error(ChatTemplate, source, "<s>", "</s>", CHAT_ORIGIN, name=CHAT_ORIGIN)
+    if template is None:
+        return
+    out = expect_documented_error(lambda: template.render(messages, add_generation_prompt, **extra),
+                                  name=CHAT_ORIGIN)
+    if out is not None and (not isinstance(out, str) or len(out) > template.limits.max_output):
+        raise Finding(f"render gave {type(out).__name__} of length {len(out)}")
+
+
 HARNESSES = {
     "gguf": fuzz_gguf,
     "llama2c": fuzz_llama2c,
@@ -167,6 +215,7 @@ HARNESSES = {
     "hf": fuzz_hf,
     "prompts": fuzz_prompts,
     "encode_decode": fuzz_encode_decode,
+    "chat_template": fuzz_chat_template,
 }
 
 

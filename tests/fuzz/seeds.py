@@ -95,6 +95,41 @@ def _micro_hf() -> bytes:
         return hf_input(cfg, (m.path / "model.safetensors").read_bytes())
 
 
+# templates that loop, grow and recurse: the fuzzer starts next to every bound of the sandbox
+CHAT_STRESS = [
+    "{% for a in range(300) %}{% for b in range(300) if b > a + 290 %}{{ b }}{% endfor %}{% endfor %}",
+    "{% set ns = namespace(x=[]) %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x|length }}",
+    "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(9) }}",
+    "{{ 'ab' * 1000 ~ 9 ** 99 ~ '%5d|%-3s' % (7, 'x') ~ '{:>9}'.format(messages[0].role) }}",
+    "{{ (messages|map(attribute='content')|join('|'))|replace('|', '||')|center(99)|indent(2) }}",
+    "{% for m in messages recursive %}{{ m.content|tojson(indent=2) }}{% if m.tool_calls %}{{ loop(m.tool_calls) }}{% endif %}{% endfor %}",
+    "{{ messages[::-1][0].content[1:5] }}{{ {(1, 2): messages|length}|dictsort }}{{ lipsum(1, false, 5, 9)|wordcount }}",
+    "{% if messages[0].role == 'system' and 'x' in messages[0].content %}{{ raise_exception('no system') }}{% endif %}"
+    "{{ strftime_now('%d %b %Y') }}{% set x %}{{ messages|tojson }}{% endset %}{{ x|length }}",
+]
+
+
+def _chat_seeds() -> list:
+    import json
+    conversations = [
+        b"",
+        json.dumps([{"role": "user", "content": "Hi \u00e9\u4e2d\ud83d\ude00 \u0000\ud800 <s></s>"}]).encode(),
+        json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"},
+                                 {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+                                     "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                                 {"role": "tool", "content": "sunny"}],
+                    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+                    "add_generation_prompt": False, "enable_thinking": True, "date_string": "1 Jan 2000"}).encode(),
+        b"user\x02Hello\x01assistant\x02Hi!\x02bot\x01user\x01\x02",
+        b'[{"content": "no role"}, {"role": 7, "content": [1, {"type": "text", "text": "parts"}]}]',
+    ]
+    templates = sorted((SHARED / "fixtures" / "templates").glob("*.jinja"))
+    out = [path.read_bytes() for path in templates]
+    for i, source in enumerate(out[:] + [t.encode() for t in CHAT_STRESS]):
+        out.append(source + b"\x00" + conversations[i % len(conversations)])
+    return out
+
+
 def seeds(name: str, whole: bool = False) -> list:
     """Seed inputs of harness `name`; `whole` adds the real checkpoints entire (1 MB each:
     slower per input, for long runs)."""
@@ -120,4 +155,6 @@ def seeds(name: str, whole: bool = False) -> list:
     if name == "encode_decode":
         return [_read(ROOT / "tests" / "data" / "story.txt"), "ñandú 😀 <s></s> \t\n".encode(),
                 bytes(range(256))]
+    if name == "chat_template":
+        return _chat_seeds()
     raise KeyError(name)
