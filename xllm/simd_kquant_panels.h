@@ -122,16 +122,29 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
 
 /* The value vector of chunk c (values 4c..4c+3) of group g (values 32g..32g+31) of a panel
  * block: llama.cpp's shifts and masks on one 4-byte unit of the 16 (or 8) rows; LD(u) loads
- * unit u of the values region. */
-#define XLLM_KP_VALUES(TYPE, g, c)                                                                      \
-    ((TYPE) == XLLM_Q2_K ? AND8(SRL16(LD(8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :                     \
-     (TYPE) == XLLM_Q3_K ? OR(AND8(SRL16(LD(8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3),               \
-                              SLL16(AND8(SRL16(LD(c), (g)), 1), 2)) :                                   \
-     (TYPE) == XLLM_Q4_K ? AND8(SRL16(LD(8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f) :                  \
-     (TYPE) == XLLM_Q5_K ? OR(AND8(SRL16(LD(8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f),            \
-                              SLL16(AND8(SRL16(LD(c), (g)), 1), 4)) :                                   \
-     OR(AND8(SRL16(LD(16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f),              \
-        SLL16(AND8(SRL16(LD(32 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3), 4)))
+ * unit u of the values region.  The high bits are shifted straight to their place
+ * (HSHIFT) and inserted under a mask (INSERT: one vpternlogd on AVX-512).  X16 (Q4_K):
+ * the high nibbles stay in place (16 q, one mask fewer); the caller scales the other
+ * groups by 16 and divides the block sum by 16 (exact). */
+#define XLLM_KP_SRL(v, n) ((n) != 0 ? SRL16((v), (n)) : (v))
+#define XLLM_KP_HSHIFT(v, n) ((n) > 0 ? SLL16((v), (n) > 0 ? (n) : 0) : (n) < 0 ? SRL16((v), (n) < 0 ? -(n) : 0) : (v))
+#define XLLM_KP_VALUES(TYPE, X16, g, c)                                                                 \
+    ((TYPE) == XLLM_Q2_K ? AND8(XLLM_KP_SRL(LD(8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :              \
+     (TYPE) == XLLM_Q3_K ? INSERT(AND8(XLLM_KP_SRL(LD(8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3),     \
+                                  XLLM_KP_HSHIFT(LD(c), 2 - (g)), 0x04) :                               \
+     (TYPE) == XLLM_Q4_K ? ((X16) && ((g) & 1) ? AND8(LD(8 * ((g) >> 1) + (c)), (char)0xf0)              \
+                                               : AND8(XLLM_KP_SRL(LD(8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f)) : \
+     (TYPE) == XLLM_Q5_K ? INSERT(AND8(XLLM_KP_SRL(LD(8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f),  \
+                                  XLLM_KP_HSHIFT(LD(c), 4 - (g)), 0x10) :                               \
+     INSERT(AND8(XLLM_KP_SRL(LD(16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f),     \
+            XLLM_KP_HSHIFT(LD(32 + 8 * ((g) >> 2) + (c)), 4 - 2 * ((g) & 3)), 0x30))
+
+/* The exact int32 multiply of a sub-block's sums by its scales.  DPW: the types whose
+ * 16-value sums fit in int16 (Q2_K, Q3_K, Q4_K: 16 * 15 * 127 < 2^15) take them through
+ * vpdpwssd with the scale as the pair (sc, 0), one instruction where vpmulld + vpaddd are
+ * three; Q5_K/Q6_K, and Q4_K at 1-2 tokens (X16 saves more there), use vpmulld. */
+#define XLLM_KP_X16(TYPE, NT) ((TYPE) == XLLM_Q4_K && (NT) <= 2)
+#define XLLM_KP_DPW(TYPE, NT) (((TYPE) == XLLM_Q4_K && (NT) > 2) || (TYPE) == XLLM_Q2_K || (TYPE) == XLLM_Q3_K)
 
 /* Q4_K/Q5_K: the 12 scale bytes of each row (3 units at sp) -> s[0] scales 0..3, s[1] scales
  * 4..7, s[2] mins 0..3, s[3] mins 4..7 (bytes of each row's dword; get_scale_min_k4).
@@ -180,6 +193,7 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
 #define AND8(v, m) _mm512_and_si512((v), _mm512_set1_epi8(m))
 #define AND32(v, m) _mm512_and_si512((v), _mm512_set1_epi32(m))
 #define OR(a, b) _mm512_or_si512((a), (b))
+#define INSERT(lo, hs, m) _mm512_ternarylogic_epi32((lo), (hs), _mm512_set1_epi8(m), 0xf8)   /* lo | (hs & m) */
 #define SUB32(v, n) _mm512_sub_epi32((v), _mm512_set1_epi32(n))
 #define SUB16(v, n) _mm512_sub_epi16((v), _mm512_set1_epi16(n))
 #define SHUF(v, c) _mm512_shuffle_epi8((v), (c))
@@ -187,20 +201,25 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
 #define PAIRV(k) _mm512_broadcast_i32x4(_mm_setr_epi32(XLLM_KP_PAIR(0, k), XLLM_KP_PAIR(1, k), XLLM_KP_PAIR(2, k), XLLM_KP_PAIR(3, k)))
 #define XB(t) (x + (size_t)(t) * ldx + b)
 
+/* One group g (32 values) of a block for NT tokens: its 8 value vectors extracted once,
+ * then per token vpdpbusd chains over its sub-blocks (one of 32 values: Q5_K, and Q4_K in
+ * X16; two of 16 otherwise), each multiplied by its scale into isum[t] (vpdpwssd or vpmulld,
+ * see XLLM_KP_DPW).  sc0, sc1: the scales of the two halves (the same for per-32 types). */
 /* One sub-block (chunks c0..c1-1 of group g) for NT tokens: vpdpbusd into a[t], then
- * isum[t] += a[t] * scale (vpmulld). */
+ * isum[t] += a[t] * scale (vpdpwssd or vpmulld, see XLLM_KP_DPW). */
 #define XLLM_KP_SUB_512(TYPE, NT, g, c0, c1, scale)                                                     \
     do {                                                                                                \
         __m512i a[NT];                                                                                  \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) a[t] = _mm512_setzero_si512();             \
         _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++) {                                     \
-            const __m512i q = XLLM_KP_VALUES(TYPE, g, c);                                               \
+            const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                        \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
                 a[t] = _mm512_dpbusd_epi32(a[t], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * (g) + 4 * c))); \
         }                                                                                               \
         const __m512i sv = (scale);                                                                     \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                            \
-            isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t], sv));                          \
+            isum[t] = XLLM_KP_DPW(TYPE, NT) ? _mm512_dpwssd_epi32(isum[t], a[t], sv)                   \
+                                            : _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t], sv));  \
     } while (0)
 
 #define XLLM_KP_BODY_512(TYPE, NT)                                                                      \
@@ -214,13 +233,24 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = msum[t] = _mm512_setzero_si512(); \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
-            if (XLLM_KP_PER32(TYPE)) {                                                                  \
+            if (XLLM_KP_X16(TYPE, NT)) {                                                                \
+                const __m512i sc = XLLM_KP_SCALE(TYPE, s, g);                                           \
+                XLLM_KP_SUB_512(TYPE, NT, g, 0, 8, (g & 1) ? sc : _mm512_slli_epi32(sc, 4));            \
+            } else if (XLLM_KP_PER32(TYPE) && !XLLM_KP_DPW(TYPE, NT)) {                                 \
                 XLLM_KP_SUB_512(TYPE, NT, g, 0, 8, XLLM_KP_SCALE(TYPE, s, g));                          \
+            } else if (XLLM_KP_PER32(TYPE)) {                                                           \
+                const __m512i sc = XLLM_KP_SCALE(TYPE, s, g);                                           \
+                XLLM_KP_SUB_512(TYPE, NT, g, 0, 4, sc);                                                 \
+                XLLM_KP_SUB_512(TYPE, NT, g, 4, 8, sc);                                                 \
             } else {                                                                                    \
-                XLLM_KP_SUB_512(TYPE, NT, g, 0, 4, XLLM_KP_SCALE(TYPE, s, 2 * g));                      \
-                XLLM_KP_SUB_512(TYPE, NT, g, 4, 8, XLLM_KP_SCALE(TYPE, s, 2 * g + 1));                  \
+                /* per 16 values; DPW needs the pair (sc, 0): Q3_K's negative scales masked to 16 bits */ \
+                const __m512i m = _mm512_set1_epi32((TYPE) == XLLM_Q3_K ? 0xffff : -1);                 \
+                XLLM_KP_SUB_512(TYPE, NT, g, 0, 4, _mm512_and_si512(XLLM_KP_SCALE(TYPE, s, 2 * g), m)); \
+                XLLM_KP_SUB_512(TYPE, NT, g, 4, 8, _mm512_and_si512(XLLM_KP_SCALE(TYPE, s, 2 * g + 1), m)); \
             }                                                                                           \
         }                                                                                               \
+        if (XLLM_KP_X16(TYPE, NT))                                                                      \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = _mm512_srai_epi32(isum[t], 4); \
         _Pragma("GCC unroll 8") for (int i = 0; i < (XLLM_KP_PER32(TYPE) ? 4 : 8); i++) {               \
             const __m512i mp = XLLM_KP_MINPAIR(TYPE, s, i);                                             \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
@@ -271,6 +301,7 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
 #undef AND8
 #undef AND32
 #undef OR
+#undef INSERT
 #undef SUB32
 #undef SUB16
 #undef SHUF
@@ -293,6 +324,7 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
 #define AND8(v, m) _mm256_and_si256((v), _mm256_set1_epi8(m))
 #define AND32(v, m) _mm256_and_si256((v), _mm256_set1_epi32(m))
 #define OR(a, b) _mm256_or_si256((a), (b))
+#define INSERT(lo, hs, m) _mm256_or_si256((lo), _mm256_and_si256((hs), _mm256_set1_epi8(m)))
 #define SUB32(v, n) _mm256_sub_epi32((v), _mm256_set1_epi32(n))
 #define SUB16(v, n) _mm256_sub_epi16((v), _mm256_set1_epi16(n))
 #define SHUF(v, c) _mm256_shuffle_epi8((v), (c))
@@ -307,7 +339,7 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
     do {                                                                                                \
         const __m256i sp16 = SHUF((scale), DUPV);                                                       \
         _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++) {                                     \
-            const __m256i q = XLLM_KP_VALUES(TYPE, g, c);                                               \
+            const __m256i q = XLLM_KP_VALUES(TYPE, 0, g, c);                                               \
             _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                      \
                 const __m256i xv = _mm256_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * (g) + 4 * c));        \
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), sp16)); \
@@ -384,6 +416,7 @@ XLLM_KP_FNS_256(q6k, XLLM_Q6_K)
 #undef AND8
 #undef AND32
 #undef OR
+#undef INSERT
 #undef SUB32
 #undef SUB16
 #undef SHUF
