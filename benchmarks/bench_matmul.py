@@ -99,7 +99,7 @@ def run_cases(rng, lim, rows_out):
                 base = w32 if kind == "numpy" else weights(kind, w32)
                 n = max(2, -(-(args.cache_mb << 20) // base.nbytes))
                 copies = [base] + [base.copy() for _ in range(n - 1)]
-                quant = kind != "numpy" and TYPES[kind] in _kernels.QUANTIZED_TYPES
+                quant = kind != "numpy" and TYPES[kind] in _kernels.PACKED_TYPES
                 if quant:                           # repacked once, as the model loader does
                     copies = [_kernels.pack(c, TYPES[kind]) for c in copies]
                 bw0 = probe_bandwidth()

@@ -389,3 +389,31 @@ def test_group_mixing_kquant_q8_0_and_f32(tmp_path, simd):
     types = {ckpt.tensors[n].ggml_type for n in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")}
     assert types == {K_TYPES["Q4_K"], 8, 0}
     check_against_references(path, ids(12, seed=5), tmp_path)
+
+
+# regions of a file block in a 16-row panel block: (file offset, length, unit, panel offset)
+PANEL_REGIONS = {10: [(16, 64, 4, 0), (0, 16, 2, 1024), (80, 2, 2, 1280), (82, 2, 2, 1312)],
+                 11: [(0, 96, 4, 0), (96, 12, 4, 1536), (108, 2, 2, 1728)],
+                 12: [(16, 128, 4, 0), (4, 12, 4, 2048), (0, 2, 2, 2240), (2, 2, 2, 2272)],
+                 13: [(16, 160, 4, 0), (4, 12, 4, 2560), (0, 2, 2, 2752), (2, 2, 2, 2784)],
+                 14: [(0, 192, 4, 0), (192, 16, 2, 3072), (208, 2, 2, 3328)]}
+
+
+@pytest.mark.parametrize("ggml_type", list(K_TYPES.values()))
+@pytest.mark.parametrize("rows", [1, 16, 21])
+def test_pack_kquant_panel_layout(ggml_type, rows):
+    """16-row panels, block by block: each field of the 16 file blocks interleaved across the
+    rows in its unit (4 or 2 bytes), the file's bytes exactly; missing rows are zero."""
+    cols, bb = 512, BLOCK_BYTES[ggml_type]
+    nb, n_panels = cols // 256, -(-rows // 16)
+    data = random_kquant(ggml_type, rows, cols, seed=rows)
+    packed = _kernels.pack_quantized(data, ggml_type, rows, cols)
+    assert packed.nbytes == n_panels * 16 * data.shape[1] and packed.ctypes.data % 64 == 0
+    blocks = np.zeros((n_panels * 16, nb, bb), np.uint8)
+    blocks[:rows] = data.reshape(rows, nb, bb)
+    panel = blocks.reshape(n_panels, 16, nb, bb).transpose(0, 2, 1, 3)        # (panel, block, row, bytes)
+    expected = np.zeros((n_panels, nb, 16 * bb), np.uint8)
+    for foff, length, unit, poff in PANEL_REGIONS[ggml_type]:
+        field = panel[..., foff:foff + length].reshape(n_panels, nb, 16, length // unit, unit)
+        expected[..., poff:poff + 16 * length] = field.transpose(0, 1, 3, 2, 4).reshape(n_panels, nb, -1)
+    assert np.array_equal(packed, expected.reshape(-1))

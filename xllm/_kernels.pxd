@@ -18,8 +18,6 @@ cdef extern from "simd.h" nogil:
     int XLLM_Q5_K
     int XLLM_Q6_K
     int XLLM_QK_K
-    int XLLM_KQ_TOKENS
-    int xllm_kq_tile_tokens()
     int XLLM_KQ_ROW_GROUP
     int XLLM_QK
     int XLLM_TILE_ROWS
@@ -47,8 +45,10 @@ cdef extern from "simd.h" nogil:
     void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n)
     int xllm_is_kquant(int type)
     int xllm_kq_block_bytes(int type)
-    void xllm_kq_rows(int type, const char *w, size_t row_bytes, int nr, int nb,
-                      const xllm_block_q8k *x, size_t ldx, int nt, float *lanes, float *y, size_t ldy)
+    int XLLM_KP
+    void xllm_kp_pack_panel(int type, const char *src, size_t row_bytes, int nr, int nb, char *dst)
+    void xllm_kq_rows(int type, const char *w, size_t pstride, int nr, int nb,
+                      const xllm_block_q8k *x, size_t ldx, int nt, float *acc, float *y, size_t ldy)
     int xllm_cpu_has_avx2()
     int xllm_cpu_has_avx512vnni()
     int xllm_set_simd_level(int level)
@@ -88,8 +88,9 @@ cdef extern from "simd_kv.h" nogil:
 ctypedef struct Matrix:
     const char *data        # F32/F16: rows x row_bytes, row-major, W[o, :] is row o;
                             # Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL matmul operands: panels of 8 rows
-                            # (simd.h, xllm_pack_panel), ceil(rows/8) x 8 x row_bytes; the embedding
-                            # table keeps the file's rows; Q2_K..Q6_K: the file's rows (simd_kquants.h)
+                            # (simd.h, xllm_pack_panel), ceil(rows/8) x 8 x row_bytes; Q2_K..Q6_K
+                            # operands: panels of 16 rows (simd_kquant_panels.h), ceil(rows/16) x 16 x
+                            # row_bytes; the embedding table keeps the file's rows
     int type                # XLLM_F32 / F16 / BF16 (float path), a panel type, or Q2_K..Q6_K
     int rows                # output features
     int cols                # input features
@@ -177,7 +178,7 @@ ctypedef struct Workspace:
     char *xk                # (T, max_cols/256) xllm_block_q8k: the same for K-quant weights
     float *xpad             # (T, max_cols + XPAD) float matmul input, rows padded off 4 KiB multiples
     float *acc              # (n_threads, acc_per_thread) matmul accumulators: 8 lanes per (row, token)
-                            # for F32/F16, one float per (row, token) for Q8_0/Q4_0
+                            # for F32/F16, one float per (row, token) for the quantized types
     size_t acc_per_thread
     float *att              # (n_threads, att_per_thread) attention scratch: a block's scores (of 4 heads)
     size_t att_per_thread

@@ -54,8 +54,10 @@ SUPPORTED_TYPES = (0, 1, 2, 8, 3, 6, 7, 20, 30) + KQUANT_TYPES
 BLOCK_LAYOUT = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20), 6: (32, 22),
                 7: (32, 24), 20: (32, 18), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176),
                 14: (256, 210)}
-# the types repacked into 8-row panels and run with Q8_0 activations (K types run in place on Q8_K)
+# the types repacked into 8-row panels and run with Q8_0 activations
 QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] == 32)
+# every type repacked at load: those, and the K types (16-row panels, Q8_K activations)
+PACKED_TYPES = QUANTIZED_TYPES + KQUANT_TYPES
 
 xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
 
@@ -289,21 +291,15 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
 
 cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, int T,
                     float *y, float *acc) noexcept nogil:
-    """y[t, r0:r0+nr] for all T tokens of K-quant weights (the file's rows).
+    """y[t, r0:r0+nr] for all T tokens of repacked K-quant weights (r0 a multiple of 16).
 
-    Tiles of one row x 4 tokens (8 on AVX-512) over k-chunks (simd_kquants.h: xllm_kq_rows):
-    token tiles outside, rows inside, so a tile's activations stay in L1 while the group's
-    rows pass; acc holds 8 float lanes per (row, token) of a tile.
+    Tiles of one 16-row panel x 8 tokens (4 below AVX-512) over k-chunks (simd_kquant_panels.h:
+    xllm_kq_rows); acc holds one float per (token, row).
     """
     cdef int nb = w.cols // XLLM_QK_K
-    cdef int tile = xllm_kq_tile_tokens()
-    cdef int t0 = 0
-    cdef int nt
-    while t0 < T:
-        nt = min(tile, T - t0)
-        xllm_kq_rows(w.type, w.data + <size_t>r0 * w.row_bytes, w.row_bytes, nr, nb,
-                     xk + <size_t>t0 * nb, nb, nt, acc, y + <size_t>t0 * w.rows + r0, w.rows)
-        t0 += tile
+    cdef size_t pstride = <size_t>XLLM_KP * w.row_bytes
+    xllm_kq_rows(w.type, w.data + <size_t>(r0 // XLLM_KP) * pstride, pstride, nr, nb,
+                 xk, nb, T, acc, y + r0, w.rows)
 
 
 cdef void c_matmul(const Matrix *w, const float *x, int T, float *y, Workspace *ws) noexcept nogil:
@@ -783,25 +779,32 @@ cdef class _Buffers:
 
 
 def pack_quantized(data, int ggml_type, int rows, int cols, int threads=1):
-    """The panel layout matmuls read (simd.h: xllm_pack_panel) of a Q8_0/Q4_0 matrix given
-    as its rows' bytes; returns uint8 (ceil(rows/8) * 8 * row_bytes,), 64-byte aligned."""
-    if ggml_type not in QUANTIZED_TYPES:
-        raise ValueError(f"pack_quantized: type {ggml_type} is not a quantized type {QUANTIZED_TYPES}")
+    """The panel layout matmuls read of a quantized matrix given as its rows' bytes: 8-row
+    panels of the 32-value types (simd.h: xllm_pack_panel), 16-row panels of the K types
+    (simd_kquant_panels.h); returns uint8 (ceil(rows/P) * P * row_bytes,), 64-byte aligned."""
+    if ggml_type not in PACKED_TYPES:
+        raise ValueError(f"pack_quantized: type {ggml_type} is not a quantized type {PACKED_TYPES}")
     data = _tensor_matrix(data, ggml_type, rows, cols)
+    cdef bint kquant = xllm_is_kquant(ggml_type)
+    cdef int rows_per_panel = XLLM_KP if kquant else XLLM_PANEL
     cdef size_t row_bytes = data.nbytes // rows
-    cdef int n_panels = (rows + XLLM_PANEL - 1) // XLLM_PANEL
-    cdef size_t pstride = xllm_panel_bytes(row_bytes)
+    cdef int n_panels = (rows + rows_per_panel - 1) // rows_per_panel
+    cdef size_t pstride = <size_t>rows_per_panel * row_bytes
     raw = np.empty(n_panels * pstride + 64, dtype=np.uint8)
     cdef uintptr_t base = <uintptr_t>cnp.PyArray_DATA(raw)
     cdef size_t offset = (64 - base % 64) % 64
     out = raw[offset:offset + n_panels * pstride]
     cdef char *dst = <char *>(base + offset)
     cdef const char *src = <const char *><uintptr_t>data.__array_interface__["data"][0]
-    cdef int p, nb = cols // XLLM_QK
+    cdef int p, nb = cols // (XLLM_QK_K if kquant else XLLM_QK)
     with nogil:
         for p in prange(n_panels, schedule='static', num_threads=max(threads, 1)):
-            xllm_pack_panel(ggml_type, src + <size_t>p * pstride, row_bytes,
-                            min(XLLM_PANEL, rows - p * XLLM_PANEL), nb, dst + <size_t>p * pstride)
+            if kquant:
+                xllm_kp_pack_panel(ggml_type, src + <size_t>p * pstride, row_bytes,
+                                   min(XLLM_KP, rows - p * XLLM_KP), nb, dst + <size_t>p * pstride)
+            else:
+                xllm_pack_panel(ggml_type, src + <size_t>p * pstride, row_bytes,
+                                min(XLLM_PANEL, rows - p * XLLM_PANEL), nb, dst + <size_t>p * pstride)
     return out
 
 
@@ -838,7 +841,7 @@ cdef Matrix make_matrix(object tensor, str name, list keep, bint operand=True, i
     m.rows = tensor.shape[0]
     m.cols = tensor.shape[1]
     m.row_bytes = data.nbytes // m.rows
-    if operand and is_quantized(m.type):
+    if operand and (is_quantized(m.type) or xllm_is_kquant(m.type)):
         packed = pack_quantized(data.view(np.uint8).reshape(-1), m.type, m.rows, m.cols, threads)
         _release_file_pages(data)
         data = packed
@@ -983,8 +986,7 @@ cdef class Decoder:
         ws.xq = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
         ws.xk = <char *>self.buffers.alloc(T * (max_cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))
         ws.xpad = <float *>self.buffers.alloc(T * (max_cols + XPAD) * F)
-        ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8,     # K-quant tiles: 8 lanes per (row, token)
-                                <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8) + 16
+        ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>T * XLLM_KQ_ROW_GROUP) + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
         ws.att_per_thread = config.head_dim + 4 * block_size + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
@@ -1120,9 +1122,9 @@ def pack(w, int ggml_type, int threads=1):
     repeated `matmul` calls (benchmarks) do not pay for it."""
     if w.ndim != 2:
         raise ValueError(f"weights: expected (rows, row_bytes), found shape {w.shape}")
-    if ggml_type not in QUANTIZED_TYPES:
-        raise ValueError(f"pack: type {ggml_type} is not a quantized type {QUANTIZED_TYPES}")
-    cols = w.shape[1] // BLOCK_LAYOUT[ggml_type][1] * XLLM_QK
+    if ggml_type not in PACKED_TYPES:
+        raise ValueError(f"pack: type {ggml_type} is not a quantized type {PACKED_TYPES}")
+    cols = w.shape[1] // BLOCK_LAYOUT[ggml_type][1] * BLOCK_LAYOUT[ggml_type][0]
     return PackedWeights(pack_quantized(w, ggml_type, w.shape[0], cols, threads), ggml_type, w.shape[0], cols)
 
 
@@ -1146,12 +1148,12 @@ def matmul(w, int ggml_type, x, int threads=1):
             raise ValueError(f"packed weights are type {w.ggml_type} with {w.cols} columns, "
                              f"asked for type {ggml_type} with {cols}")
         rows, data = w.rows, w.data
-        row_bytes = cols // XLLM_QK * BLOCK_LAYOUT[ggml_type][1]
+        row_bytes = cols // BLOCK_LAYOUT[ggml_type][0] * BLOCK_LAYOUT[ggml_type][1]
     else:
         rows = w.shape[0]
         data = _tensor_matrix(w, ggml_type, rows, cols)
         row_bytes = data.nbytes // rows
-        if ggml_type in QUANTIZED_TYPES:
+        if ggml_type in PACKED_TYPES:
             data = pack_quantized(data, ggml_type, rows, cols, threads)
     cdef Matrix m
     m.data = <const char *><uintptr_t>data.__array_interface__["data"][0]
@@ -1162,7 +1164,7 @@ def matmul(w, int ggml_type, x, int threads=1):
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>XLLM_KQ_ROW_GROUP * min(T, XLLM_KQ_TOKENS) * 8)
+    ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>T * XLLM_KQ_ROW_GROUP)
     ws.acc = <float *>buffers.alloc(threads * ws.acc_per_thread * sizeof(float))
     ws.xq = <char *>buffers.alloc(T * (cols // XLLM_QK + 1) * sizeof(xllm_block_q8_act))
     ws.xk = <char *>buffers.alloc(T * (cols // XLLM_QK_K + 1) * sizeof(xllm_block_q8k))

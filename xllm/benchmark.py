@@ -899,7 +899,7 @@ def _ops_text(rows) -> str:
 
 def _memory_text(m: dict) -> str:
     return _table(["memory", "bytes"], [
-        ["weights (F32/F16/BF16/K-quants mapped, other quantized repacked)", _fmt_bytes(m["weights_bytes"])],
+        ["weights (F32/F16/BF16 mapped, quantized types repacked)", _fmt_bytes(m["weights_bytes"])],
         [f"KV cache per token ({m['kv_type']})", _fmt_bytes(m["kv_bytes_per_token"])],
         ["KV cache in use (peak)", _fmt_bytes(m["kv_in_use_peak_bytes"])],
         ["KV pool (reserved, touched on use)", _fmt_bytes(m["kv_pool_bytes"])],
