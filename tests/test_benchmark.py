@@ -51,7 +51,7 @@ def test_measure_limits_fields():
     lim = bm.measure_limits(2, **QUICK_LIMITS)
     for key in ("read_gbps", "fma_gflops", "int8_gops"):
         assert _finite_positive(lim[key])
-    assert lim["threads"] == 2 and lim["simd"] in ("avx512", "avx2", "scalar")
+    assert lim["threads"] == 2 and lim["simd"] in ("amx", "avx512", "avx2", "scalar")
     assert lim["int8_kernel_gops"] in (lim["int8_gops"], lim["int8_vnni_gops"])
 
 

@@ -32,10 +32,13 @@
 /* ------------------------------------------------------------------ dispatch */
 
 /* Levels, each a superset of the one before: AVX512 adds VNNI int8 dot products
- * (vpdpbusd) to the quantized kernels and AVX-512VL's 32 registers to both, on 256-bit
- * vectors (a 512-bit vector is two 256-bit halves on Zen 4; the lane layout stays that of AVX2). */
-enum { XLLM_SIMD_SCALAR = 0, XLLM_SIMD_AVX2 = 1, XLLM_SIMD_AVX512 = 2 };
+ * (vpdpbusd, 256-bit) to the quantized kernels, AVX-512VL's 32 registers to both and 512-bit
+ * float GEMM tiles (simd_avx512.h; the lane layout stays that of AVX2).  AMX is the avx512
+ * level plus AMX int8 tiles for multi-token Q8_0/Q4_0 matmuls (simd_amx.h): asking for it
+ * sets xllm_simd_level to AVX512 and xllm_amx to 1, so every other kernel runs as at avx512. */
+enum { XLLM_SIMD_SCALAR = 0, XLLM_SIMD_AVX2 = 1, XLLM_SIMD_AVX512 = 2, XLLM_SIMD_AMX = 3 };
 static int xllm_simd_level = XLLM_SIMD_SCALAR;
+static int xllm_amx = 0;
 
 #if XLLM_X86
 #define XLLM_AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
@@ -62,13 +65,46 @@ static int xllm_cpu_has_avx512vnni(void) {
 #endif
 }
 
-/* Select a path: the highest level <= `level` this CPU has; returns the level in force. */
+#if XLLM_X86 && defined(__linux__) && defined(__GNUC__)
+#define XLLM_AMX_CODE 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define XLLM_AMX_CODE 0
+#endif
+
+/* AMX-TILE and AMX-INT8 (CPUID leaf 7: EDX bits 24, 25) with AVX-512 VNNI, and Linux's
+ * permission for this process to use the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XFEATURE_XTILEDATA; without it the first tile instruction faults).  Asked once. */
+static int xllm_cpu_has_amx(void) {
+#if XLLM_AMX_CODE
+    static int known = -1;
+    if (known < 0) {
+        unsigned a, b, c, d;
+        known = 0;
+        if (xllm_cpu_has_avx512vnni() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) &&
+            ((d >> 25) & 1))
+            known = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return known;
+#else
+    return 0;
+#endif
+}
+
+/* Select a path: the highest level <= `level` this CPU has; returns the level in force
+ * (XLLM_SIMD_AMX when the AMX tiles are on). */
 static int xllm_set_simd_level(int level) {
+    xllm_amx = level >= XLLM_SIMD_AMX && xllm_cpu_has_amx();
     if (level >= XLLM_SIMD_AVX512 && xllm_cpu_has_avx512vnni()) xllm_simd_level = XLLM_SIMD_AVX512;
     else if (level >= XLLM_SIMD_AVX2 && xllm_cpu_has_avx2()) xllm_simd_level = XLLM_SIMD_AVX2;
     else xllm_simd_level = XLLM_SIMD_SCALAR;
-    return xllm_simd_level;
+    return xllm_amx ? XLLM_SIMD_AMX : xllm_simd_level;
 }
+
+/* The level in force, as xllm_set_simd_level returns it. */
+static inline int xllm_simd_level_now(void) { return xllm_amx ? XLLM_SIMD_AMX : xllm_simd_level; }
 
 /* ------------------------------------------------------------------ fp16 */
 
@@ -714,6 +750,8 @@ XLLM_AVX512_FN static void xllm_tile_float_avx512(int type, const char *w, size_
 }
 #endif
 
+#include "simd_avx512.h"     /* 512-bit float GEMM tiles on token pairs (same lanes, same bits) */
+
 /* Accumulate one tile of F32/F16 weights (x is float). */
 static inline void xllm_tile(int type, const char *w, size_t ldw, int nr, const void *x, size_t ldx,
                              int nt, int k0, int k1, float *acc, int ldacc) {
@@ -909,6 +947,8 @@ static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, c
 #endif
     xllm_qtile_scalar(type, w, pstride, np, x, ldx, nt, b0, b1, acc, ldacc);
 }
+
+#include "simd_amx.h"        /* AMX int8 tiles for multi-token Q8_0/Q4_0 matmuls */
 
 /* F32/F16 tiles: reduce the 8 lanes of each (row, token) pair and add the tail k in
  * [n & ~7, n): y[t*ldy + r] = sum.  The lane order matches xllm_hsum_avx2. */
