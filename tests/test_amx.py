@@ -124,3 +124,29 @@ def test_float512_matmul(restore_level, wtype, rows, cols, T):
     assert np.array_equal(K.matmul(data, wtype, x, 1), y)
     alone = np.concatenate([K.matmul(data, wtype, x[t:t + 1], 1) for t in range(T)])
     assert np.array_equal(alone, y)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_activation_quantizer_every_level(restore_level, seed):
+    """The matmuls' activation blocks (AVX2 from the avx2 level up, scalar below) have
+    gguf.quants' Q8_0 bytes, the exact sum of their values, and the same bytes on every level,
+    also for exact halves (d = 1), zero, subnormal, infinite and NaN inputs."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((9, 320)) * rng.choice([1e-3, 1, 50], (9, 1))).astype(np.float32)
+    x[0, :32] = np.arange(32) - 15.5                 # exact halves once scaled: d = 127 / 127
+    x[0, 0] = 127
+    x[1, :32] = 0
+    x[2, :32] = np.where(np.arange(32) % 2, 1e-38, -3e-39)
+    finite = x[:2].copy()
+    x[3, 5], x[3, 40], x[3, 70] = np.nan, np.inf, -np.inf
+    x[4, 96:128] = np.nan
+    out = on_levels(lambda: K.quantize_act(x), levels())
+    d, sums, qs = out["scalar"]
+    for lv, (d2, s2, q2) in out.items():
+        assert np.array_equal(d2.view(np.uint32), d.view(np.uint32)) and np.array_equal(s2, sums), lv
+        assert np.array_equal(q2, qs), lv
+    assert np.array_equal(sums, qs.reshape(9, -1, 32).sum(-1, dtype=np.int32))
+    ref = quantize(finite, GT.Q8_0).reshape(2, -1, 34)
+    assert np.array_equal(qs[:2].reshape(2, -1, 32).view(np.uint8), ref[:, :, 2:])
+    assert np.array_equal(d[:2], ref[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32))
+    assert qs[0, 1] == -15 and qs[0, 2] == -14 and qs[0, 16] == 1    # -14.5 -> -15, -13.5 -> -14, 0.5 -> 1

@@ -1014,6 +1014,29 @@ def quantize_q8_0(x):
     return out
 
 
+def quantize_act(x):
+    """The Q8_0 activation blocks of float32 rows (row length a multiple of 32), as the
+    quantized matmuls make them at the level in force: (d float32 (rows, cols/32), sum int32
+    (rows, cols/32), qs int8 (rows, cols))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % XLLM_QK:
+        raise ValueError(f"expected (rows, multiple of 32) float32, found shape {x.shape}")
+    rows, cols = x.shape
+    nb = cols // XLLM_QK
+    blocks = np.empty((rows, nb * sizeof(xllm_block_q8_act)), dtype=np.uint8)
+    cdef const float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] bv = blocks
+    cdef int r
+    for r in range(rows):
+        if cols:
+            xllm_quantize_row_q8_act(&xv[r, 0], <xllm_block_q8_act *>&bv[r, 0], cols)
+    b = blocks.reshape(rows, nb, sizeof(xllm_block_q8_act))
+    d = np.ascontiguousarray(b[:, :, 0:4]).view(np.float32).reshape(rows, nb)
+    sums = np.ascontiguousarray(b[:, :, 4:8]).view(np.int32).reshape(rows, nb)
+    qs = np.ascontiguousarray(b[:, :, 8:]).view(np.int8).reshape(rows, cols)
+    return d, sums, qs
+
+
 def quantize_q8k(x):
     """The K-quant activation blocks of float32 rows (row length a multiple of 256):
     (qs int8 (rows, cols), bsums int16 (rows, cols/16), d float32 (rows, cols/256))."""

@@ -211,7 +211,57 @@ typedef struct {
 
 _Static_assert(sizeof(xllm_block_q8_act) == 40, "activation block is 4 + 4 + 32 bytes");
 
+#if XLLM_X86
+/* The same bytes as the scalar loop below (AMX matmuls made the scalar quantizer 20-40% of a
+ * multi-token Q8_0 matmul; this one is ~5x faster), 8 values at a time: the max of |x| is order-free, x * id
+ * the same float product, and roundf's half-away rounding is t = trunc(v), plus sign(v) when
+ * |v - t| >= 0.5 (v - t is exact). */
+XLLM_AVX2_FN static void xllm_quantize_row_q8_act_avx2(const float *x, xllm_block_q8_act *y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    for (int b = 0; b < n / XLLM_QK; b++) {
+        const float *xb = x + b * XLLM_QK;
+        __m256 v[4];
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        __m256 m = _mm256_setzero_ps();          /* max_ps(a, m) is `a > m ? a : m`, the scalar step (NaN skipped) */
+        for (int i = 0; i < 4; i++) m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = xllm_fp16_to_fp32(xllm_fp32_to_fp16(d));
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 p = _mm256_mul_ps(v[i], vid);
+            __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 up = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
+            t = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(sign, p))));
+            q[i] = _mm256_cvttps_epi32(t);
+        }
+        /* the low byte of each int32, as the scalar (int8_t) cast keeps it (an infinite or NaN
+         * product converts to 0x80000000: byte 0); packus of values 0..255 is exact, and works
+         * per 128-bit lane, which the permute undoes */
+        const __m256i low = _mm256_set1_epi32(0xff);
+        __m256i w01 = _mm256_packus_epi32(_mm256_and_si256(q[0], low), _mm256_and_si256(q[1], low));
+        __m256i w23 = _mm256_packus_epi32(_mm256_and_si256(q[2], low), _mm256_and_si256(q[3], low));
+        __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23),
+                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, bytes);
+        for (int i = 0; i < 4; i++) q[i] = _mm256_srai_epi32(_mm256_slli_epi32(q[i], 24), 24);
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        y[b].sum = _mm_cvtsi128_si32(s4);
+    }
+}
+#endif
+
 static void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n) {
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) { xllm_quantize_row_q8_act_avx2(x, y, n); return; }
+#endif
     xllm_block_q8_0 q;
     for (int b = 0; b < n / XLLM_QK; b++) {
         xllm_quantize_row_q8_0(x + b * XLLM_QK, &q, XLLM_QK);
