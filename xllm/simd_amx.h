@@ -204,6 +204,8 @@ XLLM_AVX512_FN static void xllm_amx_panels(int type, const char *w, size_t pstri
     if (config_rows) xllm_amx_release();
 }
 #else
+/* Without the tile code (not x86-64 Linux with GCC/clang) xllm_amx stays 0 and
+ * xllm_amx_applies is false, so this is never reached; it only gives the call a target. */
 static void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
                             int nb, int T, float *acc, int ldacc) {
     (void)type; (void)w; (void)pstride; (void)np; (void)x; (void)nb; (void)T; (void)acc; (void)ldacc;
