@@ -46,7 +46,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 from gguf.quants import quantize  # noqa: E402
 
 from xllm import _kernels, _probe  # noqa: E402
-from xllm.benchmark import KQUANT_TYPES, CpuMonitor, measure_limits, random_kquant_blocks  # noqa: E402
+from xllm.benchmark import KQUANT_TYPES, CpuMonitor, kernel_peak, measure_limits, random_kquant_blocks  # noqa: E402
 
 
 def weights(kind, w32):
@@ -112,11 +112,13 @@ def run_cases(rng, lim, rows_out):
                 gflops = flops / secs / 1e9
                 gbps = base.nbytes / secs / 1e9
                 quant = kind != "numpy" and (TYPES[kind] in _kernels.QUANTIZED_TYPES or TYPES[kind] in KQUANT_TYPES)
+                # each kernel against the peak of the instruction it runs for this type and T
+                peak, peak_name = kernel_peak(lim, TYPES[kind] if kind != "numpy" else 0, T)
                 rows_out.append({
                     "shape": f"{rows}x{cols}", "tokens": T, "kernel": kind, "ms": secs * 1e3,
-                    "gflops": gflops, "weight_gbps": gbps,
-                    "fraction_of_fma_peak": gflops / lim["fma_gflops"],
-                    "fraction_of_int8_peak": gflops / lim["int8_kernel_gops"] if quant else None,
+                    "gflops": gflops, "weight_gbps": gbps, "peak": peak_name,
+                    "fraction_of_fma_peak": None if quant else gflops / peak,
+                    "fraction_of_int8_peak": gflops / peak if quant else None,
                     "fraction_of_bandwidth": gbps / bw,
                     "bandwidth_gbps": bw,
                 })
@@ -136,8 +138,9 @@ def report(lim, rows_out, cpu):
           f"{'W GB/s':>7} {'BW now':>7} {'%BW':>5} {'x numpy':>8}")
     for r in rows_out:
         i8 = f"{100 * r['fraction_of_int8_peak']:.0f}%" if r["fraction_of_int8_peak"] else "-"
+        fma = f"{100 * r['fraction_of_fma_peak']:.0f}%" if r["fraction_of_fma_peak"] else "-"
         print(f"{r['shape']:>10} {r['tokens']:>4} {r['kernel']:>6} {r['ms']:8.3f} {r['gflops']:8.1f} "
-              f"{100 * r['fraction_of_fma_peak']:4.0f}% {i8:>6} {r['weight_gbps']:7.1f} {r['bandwidth_gbps']:7.1f} "
+              f"{fma:>5} {i8:>6} {r['weight_gbps']:7.1f} {r['bandwidth_gbps']:7.1f} "
               f"{100 * r['fraction_of_bandwidth']:4.0f}% {r['vs_numpy']:8.2f}")
     print(f"other processes {cpu.get('other_processes_cpu_pct', 0):.0f}% of a core, steal {cpu.get('steal_pct', 0):.0f}%")
 

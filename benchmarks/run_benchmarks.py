@@ -122,13 +122,14 @@ def main():
                 f"{dtype:5s} decode {r['decode']['tok_s']:.2f} tok/s ({r['decode']['ms_per_token']:.1f} ms/token) "
                 f"= {r['decode']['gbps']:.1f} GB/s = {100 * r['decode']['fraction_of_bandwidth']:.0f}% of "
                 f"{lim['read_gbps']:.1f} GB/s; prefill {r['prefill']['tok_s']:.1f} tok/s = "
-                f"{r['prefill']['gflops']:.0f} GFLOP/s = {100 * r['prefill']['fraction_of_fma_peak']:.0f}% of "
-                f"{lim['fma_gflops']:.0f} GFLOP/s; TTFT {1e3 * r['ttft_s']:.0f} ms; load {1e3 * r['load_s']:.0f} ms")
+                f"{r['prefill']['gflops']:.0f} GFLOP/s = {100 * r['prefill']['fraction_of_peak']:.0f}% of "
+                f"{r['prefill']['peak_gops']:.0f} ({r['prefill']['peak']}); TTFT {1e3 * r['ttft_s']:.0f} ms; load {1e3 * r['load_s']:.0f} ms")
     if "matmul" in a.only:
         r = measured(f"matmul-t{th}", [PY, os.path.join("benchmarks", "bench_matmul.py"), "--threads", th, "--json"])
         for row in r["results"]:
             summary.append(f"matmul {row['shape']} T={row['tokens']} {row['kernel']}: {row['gflops']:.1f} GFLOP/s, "
-                           f"{100 * row['fraction_of_fma_peak']:.0f}% FMA, {100 * row['fraction_of_bandwidth']:.0f}% BW, "
+                           f"{100 * (row['fraction_of_fma_peak'] or row['fraction_of_int8_peak']):.0f}% of "
+                           f"{row['peak']}, {100 * row['fraction_of_bandwidth']:.0f}% BW, "
                            f"{row['vs_numpy']:.2f}x numpy")
     if "batch" in a.only:
         path = os.path.join("benchmarks", "models", "tinyllama-q8_0.gguf")

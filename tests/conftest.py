@@ -26,10 +26,12 @@ def shared_models():
     return SHARED_MODELS
 
 
-@pytest.fixture(params=["avx512", "avx2", "scalar"])
+@pytest.fixture(params=["amx", "avx512", "avx2", "scalar"])
 def simd(request):
     """Run a test through every kernel path this CPU has (a level it lacks is skipped)."""
     from xllm import _kernels
+    if request.param == "amx" and not _kernels.has_amx():
+        pytest.skip("this CPU (or kernel) gives no AMX int8 tiles")
     if request.param == "avx512" and not _kernels.has_avx512():
         pytest.skip("this CPU has no AVX-512 VNNI")
     if request.param == "avx2" and not _kernels.has_avx2():

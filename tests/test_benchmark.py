@@ -32,8 +32,15 @@ def test_probes_return_positive_finite_numbers(threads):
             assert _finite_positive(x)
         for x in _probe.int8_peak(threads, 100_000, 2, simd=simd):
             assert _finite_positive(x)
+    if _probe.has_avx512():
+        assert all(_finite_positive(x) for x in _probe.fma_peak(threads, 100_000, 2, simd="avx512"))
     if _probe.has_vnni():
-        assert all(_finite_positive(x) for x in _probe.int8_peak(threads, 100_000, 2, method="vnni"))
+        for method in ("vnni", "vnni512", "maddubs512"):
+            assert all(_finite_positive(x) for x in _probe.int8_peak(threads, 100_000, 2, method=method))
+    if _probe.has_amx():
+        assert all(_finite_positive(x) for x in _probe.int8_peak(threads, 100_000, 2, method="amx"))
+    if _probe.has_amx(bf16=True):
+        assert all(_finite_positive(x) for x in _probe.amx_bf16_peak(threads, 100_000, 2))
 
 
 def test_probe_bad_arguments():
@@ -45,14 +52,43 @@ def test_probe_bad_arguments():
         _probe.int8_peak(1, 1000, 1, method="bogus")
     with pytest.raises(ValueError):
         _probe.fma_peak(1, 1000, 1, simd="neon")
+    if not _probe.has_amx():
+        with pytest.raises(ValueError, match="AMX"):
+            _probe.int8_peak(1, 1000, 1, method="amx")
+    if not _probe.has_avx512():
+        with pytest.raises(ValueError, match="AVX-512"):
+            _probe.fma_peak(1, 1000, 1, simd="avx512")
 
 
 def test_measure_limits_fields():
     lim = bm.measure_limits(2, **QUICK_LIMITS)
     for key in ("read_gbps", "fma_gflops", "int8_gops"):
         assert _finite_positive(lim[key])
-    assert lim["threads"] == 2 and lim["simd"] in ("avx512", "avx2", "scalar")
-    assert lim["int8_kernel_gops"] in (lim["int8_gops"], lim["int8_vnni_gops"])
+    assert lim["threads"] == 2 and lim["simd"] in ("amx", "avx512", "avx2", "scalar")
+    assert lim["int8_kernel_gops"] in (lim["int8_gops"], lim["int8_vnni_gops"], lim["amx_int8_gops"])
+    assert lim["fma_gflops"] in (lim["fma256_gflops"], lim["fma512_gflops"])
+
+
+def test_kernel_peak_follows_the_instruction():
+    """Each matmul is held to the peak of the instruction its kernel runs: by level, weight
+    type and token count (AMX only for Q8_0/Q4_0 from AMX_MIN_TOKENS tokens)."""
+    from xllm import _kernels
+    from xllm.formats import F32, Q4_0, Q8_0
+    from xllm.formats.types import Q4_1, Q4_K
+    lim = {"simd": "amx", "fma256_gflops": 1.0, "fma512_gflops": 2.0, "int8_gops": 3.0, "int8_vnni_gops": 4.0,
+           "int8_vnni512_gops": 5.0, "amx_int8_gops": 6.0, "amx_min_tokens": _kernels.AMX_MIN_TOKENS}
+    n = _kernels.AMX_MIN_TOKENS
+    assert bm.kernel_peak(lim, Q8_0, n) == (6.0, "AMX int8")
+    assert bm.kernel_peak(lim, Q4_0, n - 1) == (4.0, "256-bit VNNI")
+    assert bm.kernel_peak(lim, Q4_1, 128) == (4.0, "256-bit VNNI")
+    assert bm.kernel_peak(lim, Q4_K, 128) == (5.0, "512-bit VNNI")      # the 16-row K panels
+    assert bm.kernel_peak(lim, F32, 128) == (2.0, "512-bit FMA")
+    assert bm.kernel_peak(lim, F32, 1) == (1.0, "256-bit FMA")
+    assert bm.kernel_peak(lim, None, 128) == (1.0, "256-bit FMA")
+    avx2 = dict(lim, simd="avx2")
+    assert bm.kernel_peak(avx2, Q8_0, 128) == (3.0, "maddubs")
+    assert bm.kernel_peak(avx2, F32, 128) == (1.0, "256-bit FMA")
+    assert bm.kernel_peak(dict(lim, simd="avx512"), Q8_0, 128) == (4.0, "256-bit VNNI")
 
 
 # ----------------------------------------------------------------------------- random models
@@ -181,7 +217,9 @@ def test_bench_single_json_fields(tiny, capsys):
     assert r["load_s"] > 0 and r["ttft_s"] > 0
     assert r["prefill"]["tokens"] == 16 and r["prefill"]["tok_s"] > 0
     assert r["decode"]["tokens"] == 4 and r["decode"]["tok_s"] > 0 and r["decode"]["ms_per_token"] > 0
-    assert 0 < r["decode"]["fraction_of_bandwidth"] and 0 < r["prefill"]["fraction_of_fma_peak"]
+    assert 0 < r["decode"]["fraction_of_bandwidth"] and 0 < r["prefill"]["fraction_of_peak"]
+    assert r["prefill"]["fraction_of_fma_peak"] is None           # a Q8_0 model: held to the int8 peak
+    assert r["prefill"]["fraction_of_int8_peak"] == r["prefill"]["fraction_of_peak"]
     for key in ("read_gbps", "fma_gflops", "int8_gops"):
         assert r["machine"]["limits"][key] > 0
     ops = {row["op"] for row in r["ops"]["decode"]}

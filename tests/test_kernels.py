@@ -220,11 +220,13 @@ def test_simd_switch():
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
 def test_quantized_paths_same_bits(qtype):
     """Every path computes each block's exact int32 sum, then acc = fma(sum, d_w * d_x, acc):
-    vpdpbusd (avx512), maddubs/madd (avx2) and the scalar loop give identical results."""
+    AMX tiles (17 tokens), vpdpbusd (avx512), maddubs/madd (avx2) and the scalar loop give
+    identical results."""
     rng = np.random.default_rng(5)
     w = quantize(rng.standard_normal((37, 320)).astype(np.float32), qtype)
-    x = rng.standard_normal((9, 320)).astype(np.float32)
-    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
+    x = rng.standard_normal((17, 320)).astype(np.float32)
+    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else []) \
+        + (["amx"] if K.has_amx() else [])
     if len(levels) == 1:
         pytest.skip("this CPU has only the scalar path")
     before = K.simd_level()
@@ -232,7 +234,7 @@ def test_quantized_paths_same_bits(qtype):
         out = {}
         for level in levels:
             K.set_simd_level(level)
-            out[level] = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9)]
+            out[level] = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9, 17)]
     finally:
         K.set_simd_level(before)
     for level in levels[1:]:

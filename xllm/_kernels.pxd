@@ -7,6 +7,8 @@ cdef extern from "simd.h" nogil:
     int XLLM_SIMD_SCALAR
     int XLLM_SIMD_AVX2
     int XLLM_SIMD_AVX512
+    int XLLM_SIMD_AMX
+    int XLLM_AMX_MIN_TOKENS
     int XLLM_F32
     int XLLM_F16
     int XLLM_Q4_0
@@ -52,6 +54,15 @@ cdef extern from "simd.h" nogil:
     int xllm_cpu_has_avx2()
     int xllm_cpu_has_avx512vnni()
     int xllm_set_simd_level(int level)
+    int xllm_simd_level_now()
+    int xllm_cpu_has_amx()
+    bint xllm_amx_applies(int type, int T)
+    void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
+                         int nb, int T, float *acc, int ldacc)
+    size_t xllm_pair_stride(int n)
+    void xllm_pair_tokens(const float *x0, const float *x1, int n, float *dst)
+    void xllm_float_rows_avx512(int type, const char *w, size_t ldw, int nr, const float *xp, size_t ldp,
+                                const float *x, size_t ldx, int T, int n, float *acc, int ldacc)
     float xllm_fp16_to_fp32(uint16_t h)
     uint16_t xllm_fp32_to_fp16(float f)
     void xllm_quantize_row_q8_0(const float *x, xllm_block_q8_0 *y, int n)

@@ -59,7 +59,7 @@ QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] == 32)
 # every type repacked at load: those, and the K types (16-row panels, Q8_K activations)
 PACKED_TYPES = QUANTIZED_TYPES + KQUANT_TYPES
 
-xllm_set_simd_level(XLLM_SIMD_AVX512)   # the best path this CPU has
+xllm_set_simd_level(XLLM_SIMD_AMX)   # the best path this CPU has
 
 # KV cache types (simd_kv.h): name -> (type id, dtype of the stored arrays); a row of kv_dim
 # values is kv_dim elements, or for q8_0 kv_dim / 32 blocks of 34 bytes
@@ -119,7 +119,9 @@ def kv_store_rows(str kv_type, x):
         xllm_kv_store_row(t, <const float *>(src + <size_t>r * n * sizeof(float)), <void *>(dst + r * rb), n)
     return out
 
-SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512}
+SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512,
+               "amx": XLLM_SIMD_AMX}
+AMX_MIN_TOKENS = XLLM_AMX_MIN_TOKENS    # Q8_0/Q4_0 matmuls of this many tokens or more run on AMX tiles
 
 
 # ---------------------------------------------------------------------------- SIMD switch
@@ -134,14 +136,21 @@ def has_avx512():
     return bool(xllm_cpu_has_avx512vnni())
 
 
+def has_amx():
+    """True when this CPU runs the AMX int8 tiles (AMX-TILE, AMX-INT8, AVX-512 VNNI, and the
+    kernel let this process use the tile state)."""
+    return bool(xllm_cpu_has_amx())
+
+
 def simd_level():
-    """'avx512', 'avx2' or 'scalar': the path the kernels take now."""
-    return {v: k for k, v in SIMD_LEVELS.items()}[xllm_simd_level]
+    """'amx', 'avx512', 'avx2' or 'scalar': the path the kernels take now ('amx' is the
+    avx512 level with AMX tiles for multi-token Q8_0/Q4_0 matmuls)."""
+    return {v: k for k, v in SIMD_LEVELS.items()}[xllm_simd_level_now()]
 
 
 def set_simd_level(str level):
-    """Select 'avx512', 'avx2' or 'scalar' (tests run each); the CPU's best level at or
-    below the one asked for is used.  Returns the level in force."""
+    """Select 'amx', 'avx512', 'avx2' or 'scalar' (tests run each); the CPU's best level at
+    or below the one asked for is used.  Returns the level in force."""
     if level not in SIMD_LEVELS:
         raise ValueError(f"SIMD level {level!r}: expected one of {sorted(SIMD_LEVELS)}")
     xllm_set_simd_level(SIMD_LEVELS[level])
@@ -219,12 +228,13 @@ cdef inline bint is_quantized(int type) noexcept nogil:
     return type == XLLM_Q8_0 or type == XLLM_Q4_0 or xllm_is_legacy_quant(type)
 
 
-cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, size_t ldx, int T,
-                      float *y, float *acc) noexcept nogil:
+cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, size_t ldx, const float *xp,
+                      size_t ldp, int T, float *y, float *acc) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens of F32/F16 weights: tiles of 6 rows x 4 tokens over k-chunks.
 
     One token streams each row once (a single k-chunk); several tokens walk k in chunks so
-    the rows and token slices in use stay in cache.
+    the rows and token slices in use stay in cache.  With xp (the input in token pairs, pair
+    rows ldp floats apart) the 512-bit tiles of simd_avx512.h run instead: 6 rows x 8 tokens.
     """
     cdef int n_k = w.cols
     cdef int kc = n_k if T == 1 else XLLM_K_CHUNK
@@ -232,6 +242,9 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, size_t ld
     cdef const char *wrow = w.data + <size_t>r0 * w.row_bytes
     memset(acc, 0, <size_t>T * XLLM_ROW_GROUP * 8 * sizeof(float))
     k0 = 0
+    if xp != NULL:                          # the 512-bit tiles walk all of k themselves
+        xllm_float_rows_avx512(w.type, wrow, w.row_bytes, nr, xp, ldp, x, ldx, T, n_k, acc, XLLM_ROW_GROUP)
+        k0 = n_k
     while k0 < n_k:
         k1 = min(k0 + kc, n_k)
         t0 = 0
@@ -272,6 +285,9 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     cdef int k0, k1, t0, nt, p, npp, t, r
     memset(acc, 0, <size_t>T * ld * sizeof(float))
     k0 = 0
+    if xllm_amx_applies(w.type, T):         # AMX int8 tiles: the same bits (simd_amx.h)
+        xllm_amx_panels(w.type, panels, pstride, n_panels, xq, nb, T, acc, ld)
+        k0 = nb
     while k0 < nb:
         k1 = min(k0 + kc, nb)
         p = 0
@@ -318,15 +334,17 @@ cdef inline int row_group(int type) noexcept nogil:
 
 
 cdef inline void prepare_input(int i, const float *x, int T, int cols, size_t ldx, int n_q8, int nb, int nbk,
-                               bint quantized, Workspace *ws) noexcept nogil:
+                               bint quantized, float *xp, size_t ldp, Workspace *ws) noexcept nogil:
     """Item i of a matmul's input preparation: a Q8_0 block (i < n_q8), else a Q8_K block,
-    or, for float weights, padded row i."""
+    or, for float weights, token pair i (512-bit tiles, xp != NULL) or padded row i."""
     if i < n_q8:
         xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
                                  <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
     elif quantized:
         xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
                               <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
+    elif xp != NULL:
+        xllm_pair_tokens(x + <size_t>(2 * i) * cols, x + <size_t>(2 * i + 1) * cols, cols, xp + i * ldp)
     else:
         memcpy(ws.xpad + <size_t>i * ldx, x + <size_t>i * cols, cols * sizeof(float))
 
@@ -351,6 +369,8 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     cdef float *acc = NULL
     cdef const float *xf = x
     cdef size_t ldx = cols
+    cdef float *xp = NULL                  # the input in token pairs for the 512-bit float tiles
+    cdef size_t ldp = 0
     cdef const xllm_block_q8_act *xq = <const xllm_block_q8_act *>ws.xq
     first[0] = 0
     for m in range(n):
@@ -368,6 +388,12 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     n_q8 = T * nb if any_quantized else 0
     if any_quantized or any_kquant:
         n_prep = n_q8 + (T * nbk if any_kquant else 0)
+    elif any_float and T > 1 and xllm_simd_level == XLLM_SIMD_AVX512:
+        # 512-bit tiles: a copy in token pairs (padded off 4 KiB multiples too); the odd last
+        # token and the n % 8 tail read x itself
+        ldp = xllm_pair_stride(cols)
+        xp = ws.xpad
+        n_prep = T // 2
     elif any_float and T > 1:
         # rows of x a multiple of 4 KiB apart share L1 sets with each other and with a tile's
         # weight rows; a padded copy (one cache line more per row) keeps them apart (2048 x
@@ -381,11 +407,11 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     serial_prep = nth == 1 or team_size(ws, <double>T * cols * 8.0 / STREAM_BYTES_PER_NS) == 1
     if serial_prep:
         for i in range(n_prep):
-            prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, ws)
+            prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, xp, ldp, ws)
     with parallel(num_threads=fork(ws, nth)):
         if not serial_prep:
             for i in prange(n_prep, schedule='static'):
-                prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, ws)
+                prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, xp, ldp, ws)
         acc = ws.acc + threadid() * ws.acc_per_thread
         for g in prange(total, schedule='static'):
             m = 0
@@ -398,7 +424,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
             elif is_quantized(w[m].type):
                 matmul_panels(w[m], r0, min(gs, w[m].rows - r0), xq, T, y[m], acc)
             else:
-                matmul_rows(w[m], r0, min(gs, w[m].rows - r0), xf, ldx, T, y[m], acc)
+                matmul_rows(w[m], r0, min(gs, w[m].rows - r0), xf, ldx, xp, ldp, T, y[m], acc)
 
 
 # ---------------------------------------------------------------------------- elementwise
@@ -1191,6 +1217,29 @@ def quantize_q8_0(x):
         if cols:
             xllm_quantize_row_q8_0(&xv[r, 0], <xllm_block_q8_0 *>&ov[r, 0], cols)
     return out
+
+
+def quantize_act(x):
+    """The Q8_0 activation blocks of float32 rows (row length a multiple of 32), as the
+    quantized matmuls make them at the level in force: (d float32 (rows, cols/32), sum int32
+    (rows, cols/32), qs int8 (rows, cols))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % XLLM_QK:
+        raise ValueError(f"expected (rows, multiple of 32) float32, found shape {x.shape}")
+    rows, cols = x.shape
+    nb = cols // XLLM_QK
+    blocks = np.empty((rows, nb * sizeof(xllm_block_q8_act)), dtype=np.uint8)
+    cdef const float[:, ::1] xv = x
+    cdef uint8_t[:, ::1] bv = blocks
+    cdef int r
+    for r in range(rows):
+        if cols:
+            xllm_quantize_row_q8_act(&xv[r, 0], <xllm_block_q8_act *>&bv[r, 0], cols)
+    b = blocks.reshape(rows, nb, sizeof(xllm_block_q8_act))
+    d = np.ascontiguousarray(b[:, :, 0:4]).view(np.float32).reshape(rows, nb)
+    sums = np.ascontiguousarray(b[:, :, 4:8]).view(np.int32).reshape(rows, nb)
+    qs = np.ascontiguousarray(b[:, :, 8:]).view(np.int8).reshape(rows, cols)
+    return d, sums, qs
 
 
 def quantize_q8k(x):

@@ -73,42 +73,91 @@ def usable_cores() -> int:
 
 def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5,
                    compute_iters: int = 20_000_000, repeats: int = 5) -> dict:
-    """This machine's limits on `threads` threads, medians of several runs:
+    """This machine's limits on `threads` threads, medians of several runs (None: the CPU
+    lacks the instruction):
 
-    read_gbps        stream-sum of a `bandwidth_bytes` buffer with 256-bit loads (GB = 1e9 B),
-                     transparent huge pages: the best case, used for every fraction
-    read_gbps_4k     the same over 4 KiB pages (what a memory-mapped model file gets)
-    fma_gflops       fp32 FMA throughput, 2 flops per lane (AVX2 FMA chains)
-    int8_gops        int8 multiply-add throughput, 2 ops per multiply-add (maddubs + madd)
-    int8_vnni_gops   the same with AVX-512 VNNI vpdpbusd (None when the CPU lacks it)
-    int8_kernel_gops the peak of the instruction xllm's quantized kernels use now (VNNI at the
-                     avx512 SIMD level, else maddubs): the roof quantized matmuls are held to
-    simd             the kernels' SIMD level (xllm._kernels.simd_level())
+    read_gbps          stream-sum of a `bandwidth_bytes` buffer with 256-bit loads (GB = 1e9 B),
+                       transparent huge pages: the best case, used for every fraction
+    read_gbps_4k       the same over 4 KiB pages (what a memory-mapped model file gets)
+    fma256_gflops      fp32 FMA throughput on 256-bit vectors, 2 flops per lane (scalar code at
+                       the scalar level)
+    fma512_gflops      the same on 512-bit vectors
+    fma_gflops         the FMA peak of the float GEMM tiles at the SIMD level in force (512-bit
+                       at avx512/amx, else 256-bit): the roof of F32/F16/BF16 prefill
+    int8_gops          int8 multiply-add throughput, 2 ops per multiply-add (maddubs + madd)
+    int8_vnni_gops     AVX-512 VNNI vpdpbusd on 256-bit vectors (the avx512 Q8_0/Q4_0 tiles)
+    int8_vnni512_gops  vpdpbusd on 512-bit vectors
+    int8_kquant_gops   512-bit maddubs + vpdpwssd (the avx512 K-quant tiles)
+    amx_int8_gops      AMX tdpbssd on full tiles;  amx_bf16_gflops: tdpbf16ps
+    int8_kernel_gops   the peak of the instruction multi-token Q8_0/Q4_0 matmuls run at this
+                       level (AMX from amx_min_tokens tokens at amx, VNNI at avx512, maddubs)
+    simd               the kernels' SIMD level (xllm._kernels.simd_level())
+    kernel_peak() picks the roof of each matmul by weight type and token count.
     """
     from . import _kernels, _probe
     if threads < 1:
         raise ValueError(f"threads = {threads}, expected >= 1")
     level = _kernels.simd_level()
+    wide = level in ("avx512", "amx")
+    narrow = "scalar" if level == "scalar" else None
     with CpuMonitor(interval=3600) as mon:
         read = _probe.read_bandwidth(bandwidth_bytes, threads, passes, hugepages=True)
         read4k = _probe.read_bandwidth(bandwidth_bytes, threads, passes, hugepages=False)
-        fma = _probe.fma_peak(threads, compute_iters, repeats)
-        int8 = _probe.int8_peak(threads, compute_iters, repeats)
-        vnni = _probe.int8_peak(threads, compute_iters, repeats, method="vnni") if _probe.has_vnni() else None
+        fma = _probe.fma_peak(threads, compute_iters, repeats, simd=narrow or ("avx2" if _probe.has_avx2() else "scalar"))
+        fma512 = _probe.fma_peak(threads, compute_iters, repeats, simd="avx512") if _probe.has_avx512() else None
+        int8 = _probe.int8_peak(threads, compute_iters, repeats, simd=narrow)
+        vnni = vnni512 = kq512 = amx = amx_bf16 = None
+        if _probe.has_vnni():
+            vnni = _probe.int8_peak(threads, compute_iters, repeats, method="vnni")
+            vnni512 = _probe.int8_peak(threads, compute_iters, repeats, method="vnni512")
+            kq512 = _probe.int8_peak(threads, compute_iters, repeats, method="maddubs512")
+        if _probe.has_amx():
+            amx = _probe.int8_peak(threads, compute_iters, repeats, method="amx")
+        if _probe.has_amx(bf16=True):
+            amx_bf16 = _probe.amx_bf16_peak(threads, compute_iters, repeats)
+    med = {k: (_median(v) if v else None) for k, v in
+           {"fma256_gflops": fma, "fma512_gflops": fma512, "int8_gops": int8, "int8_vnni_gops": vnni,
+            "int8_vnni512_gops": vnni512, "int8_kquant_gops": kq512, "amx_int8_gops": amx,
+            "amx_bf16_gflops": amx_bf16}.items()}
     return {
         "threads": threads,
         "simd": level,
         "read_gbps": max(_median(read), _median(read4k)),
         "read_gbps_4k": _median(read4k),
-        "fma_gflops": _median(fma),
-        "int8_gops": _median(int8),
-        "int8_vnni_gops": _median(vnni) if vnni else None,
-        "int8_kernel_gops": _median(vnni) if vnni and level == "avx512" else _median(int8),
+        **med,
+        "fma_gflops": med["fma512_gflops"] if wide and med["fma512_gflops"] else med["fma256_gflops"],
+        "int8_kernel_gops": (med["amx_int8_gops"] if level == "amx" and med["amx_int8_gops"] else
+                             med["int8_vnni_gops"] if wide and med["int8_vnni_gops"] else med["int8_gops"]),
+        "amx_min_tokens": _kernels.AMX_MIN_TOKENS,
         "bandwidth_buffer_bytes": int(bandwidth_bytes),
         "other_processes_cpu_pct": mon.summary().get("other_processes_cpu_pct"),
         "steal_pct": mon.summary().get("steal_pct"),
-        "runs": {"read_gbps": read, "read_gbps_4k": read4k, "fma_gflops": fma, "int8_gops": int8, "int8_vnni_gops": vnni},
+        "runs": {"read_gbps": read, "read_gbps_4k": read4k, "fma256_gflops": fma, "fma512_gflops": fma512,
+                 "int8_gops": int8, "int8_vnni_gops": vnni, "int8_vnni512_gops": vnni512,
+                 "int8_kquant_gops": kq512, "amx_int8_gops": amx, "amx_bf16_gflops": amx_bf16},
     }
+
+
+def kernel_peak(limits: dict, ggml_type: Optional[int], tokens: int = 1):
+    """(peak in G op/s, name) of the instruction a matmul of `ggml_type` weights over `tokens`
+    tokens runs at the SIMD level of `limits` (None: a non-matmul operator, 256-bit FMA), so
+    that no fraction of it can honestly exceed 1."""
+    level = limits["simd"]
+    wide = level in ("avx512", "amx")
+    if ggml_type is None or not is_block_quantized(ggml_type):
+        if ggml_type is not None and tokens > 1 and wide and limits.get("fma512_gflops"):
+            return limits["fma512_gflops"], "512-bit FMA"
+        return limits["fma256_gflops"], "scalar FMA" if level == "scalar" else "256-bit FMA"
+    if ggml_type in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
+        if wide and limits.get("int8_vnni512_gops"):   # the 16-row panels run 512-bit vpdpbusd
+            return limits["int8_vnni512_gops"], "512-bit VNNI"
+        return limits["int8_gops"], "maddubs"
+    if (ggml_type in (Q8_0, Q4_0) and level == "amx" and limits.get("amx_int8_gops")
+            and tokens >= limits.get("amx_min_tokens", 1)):
+        return limits["amx_int8_gops"], "AMX int8"
+    if wide and limits.get("int8_vnni_gops"):
+        return limits["int8_vnni_gops"], "256-bit VNNI"
+    return limits["int8_gops"], "maddubs"
 
 
 # ----------------------------------------------------------------------------- /proc readers
@@ -323,10 +372,11 @@ class CostModel:
 
 
 def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict, types: Dict[str, int],
-             steps: int = 1) -> List[dict]:
+             steps: int = 1, tokens: int = 1) -> List[dict]:
     """Rows of the per-operator table: time share, bytes, FLOPs, achieved GB/s and GFLOP/s,
     arithmetic intensity, memory/compute bound by the roofline of `limits`, and the fraction
-    of that roofline reached.  Quantized matmuls are measured against the int8 peak."""
+    of that roofline reached.  Each matmul is held to the peak of the instruction its kernel
+    runs for its weight type at `tokens` tokens per step (kernel_peak)."""
     total = sum(op_seconds.values()) or float("nan")
     bw = limits["read_gbps"] * GB
     rows = []
@@ -335,7 +385,9 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         if secs <= 0 and nbytes == 0 and flops == 0:
             continue
         quant = op in MATMUL_OPS and op in types and is_block_quantized(types[op])
-        peak = (limits["int8_kernel_gops"] if quant else limits["fma_gflops"]) * GB
+        peak_g, peak_name = kernel_peak(limits, types[op] if op in MATMUL_OPS and op in types else None,
+                                        tokens if op != "classifier" else 1)
+        peak = peak_g * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None
         gbps = nbytes / secs / GB if secs > 0 else float("nan")
@@ -349,7 +401,7 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         rows.append({
             "op": op, "seconds": secs / steps, "share": secs / total, "bytes": nbytes / steps,
             "flops": flops / steps, "gbps": gbps, "gflops": gflops, "intensity": intensity,
-            "bound": bound, "roof": "int8" if quant else "fp32", "roof_fraction": frac,
+            "bound": bound, "roof": "int8" if quant else "fp32", "peak": peak_name, "roof_fraction": frac,
         })
     return rows
 
@@ -578,6 +630,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
     decode_s = _median([r["decode_s"] for r in runs])
     dec_tok_s = n_decode / decode_s if n_decode and decode_s > 0 else float("nan")
     pre_flops = sum(f for _, f in cost_pre.values()) if cost_pre else 0
+    pre_peak = kernel_peak(limits, types.get("ffn_gate_up", types.get("ffn_down")), prompt_tokens)
     wbytes = cost.decode_weight_bytes()
     run_tok_s = [n_decode / r["decode_s"] if r["decode_s"] > 0 else float("nan") for r in runs]
     run_frac = [wbytes * t / (bw * GB) for t, bw in zip(run_tok_s, run_bw)]
@@ -596,8 +649,12 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
             "tok_s": prompt_tokens / prefill_s,
             "flops": pre_flops,
             "gflops": pre_flops / prefill_s / GB,
-            "fraction_of_fma_peak": pre_flops / prefill_s / GB / limits["fma_gflops"],
-            "fraction_of_int8_peak": (pre_flops / prefill_s / GB / limits["int8_kernel_gops"]) if quant else None,
+            # against the instruction the largest matmuls (gate/up) run at this token count
+            "peak": pre_peak[1],
+            "peak_gops": pre_peak[0],
+            "fraction_of_peak": pre_flops / prefill_s / GB / pre_peak[0],
+            "fraction_of_fma_peak": None if quant else pre_flops / prefill_s / GB / limits["fma_gflops"],
+            "fraction_of_int8_peak": (pre_flops / prefill_s / GB / pre_peak[0]) if quant else None,
             "runs_s": [r["prefill_s"] for r in runs],
         },
         "decode": {
@@ -613,7 +670,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
             "runs_bandwidth_gbps": run_bw,
         },
         "ops": {
-            "prefill": op_table(op_pre, cost_pre or {}, limits, types, 1),
+            "prefill": op_table(op_pre, cost_pre or {}, limits, types, 1, prompt_tokens),
             "decode": op_table(op_dec, cost_dec or {}, limits, types, max(1, n_dec_steps)),
             "overhead_s": {"prefill": _median([r["step_overhead_s"]["prefill"] for r in runs]),
                            "decode_per_step": _median([r["step_overhead_s"]["decode"] for r in runs])
@@ -711,8 +768,12 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: 
         types = rec.cost.types
         s_pre, c_pre = StepRecorder.sum_ops(pre_steps)
         s_dec, c_dec = StepRecorder.sum_ops(dec_steps)
-        ops = {"prefill_steps": op_table(s_pre, c_pre, limits, types, max(1, len(pre_steps))),
-               "decode_steps": op_table(s_dec, c_dec, limits, types, max(1, len(dec_steps)))}
+        per_step = [r.n_prefill + r.n_decode for r in pre_steps]    # tokens per step decide the kernel
+        dec_batch = [r.n_decode for r in dec_steps]
+        ops = {"prefill_steps": op_table(s_pre, c_pre, limits, types, max(1, len(pre_steps)),
+                                         int(statistics.median(per_step)) if per_step else 1),
+               "decode_steps": op_table(s_dec, c_dec, limits, types, max(1, len(dec_steps)),
+                                        int(statistics.median(dec_batch)) if dec_batch else 1)}
     return {
         "wall_s": wall,
         "requests": len(requests),
@@ -878,12 +939,16 @@ def _fmt_count(x) -> str:
 
 
 def _limits_text(lim: dict) -> str:
-    vnni = lim.get("int8_vnni_gops")
     ba = (f"; around the runs {min(lim['read_gbps_probes']):.1f}-{max(lim['read_gbps_probes']):.1f}"
           if lim.get("read_gbps_probes") else "")
-    return (f"read bandwidth {lim['read_gbps']:.1f} GB/s ({lim['read_gbps_4k']:.1f} with 4 KiB pages{ba}), fp32 FMA {lim['fma_gflops']:.0f} GFLOP/s, "
-            f"int8 {lim['int8_gops']:.0f} GOP/s (maddubs)"
-            + (f", {vnni:.0f} GOP/s (VNNI)" if vnni else "")
+    peaks = [("fp32 FMA 256-bit", lim.get("fma256_gflops", lim.get("fma_gflops")), "GFLOP/s"),
+             ("512-bit", lim.get("fma512_gflops"), "GFLOP/s"),
+             ("int8 maddubs", lim.get("int8_gops"), "GOP/s"), ("VNNI 256-bit", lim.get("int8_vnni_gops"), "GOP/s"),
+             ("VNNI 512-bit", lim.get("int8_vnni512_gops"), "GOP/s"),
+             ("maddubs+vpdpwssd 512-bit", lim.get("int8_kquant_gops"), "GOP/s"),
+             ("AMX int8", lim.get("amx_int8_gops"), "GOP/s"), ("AMX bf16", lim.get("amx_bf16_gflops"), "GFLOP/s")]
+    return (f"read bandwidth {lim['read_gbps']:.1f} GB/s ({lim['read_gbps_4k']:.1f} with 4 KiB pages{ba}), "
+            + ", ".join(f"{name} {v:.0f} {unit}" for name, v, unit in peaks if v)
             + f"  [{lim['threads']} threads, {lim['simd']}]")
 
 
@@ -892,8 +957,7 @@ def _ops_text(rows) -> str:
         ["op", "ms/step", "share", "bytes", "FLOPs", "GB/s", "GFLOP/s", "flop/B", "bound", "% roof"],
         [[r["op"], _fmt_num(r["seconds"] * 1e3, ".3f"), f"{100 * r['share']:.1f}%", _fmt_bytes(r["bytes"]),
           _fmt_count(r["flops"]), _fmt_num(r["gbps"]), _fmt_num(r["gflops"]),
-          _fmt_num(r["intensity"], ".2f"), r["bound"] + ("" if r["roof"] == "fp32" or r["bound"] == "memory"
-                                                          else " (int8)"),
+          _fmt_num(r["intensity"], ".2f"), r["bound"] + (f" ({r['peak']})" if r["bound"] == "compute" else ""),
           _fmt_num(100 * r["roof_fraction"], ".0f") + "%"] for r in rows])
 
 
@@ -923,8 +987,7 @@ def format_single(r: dict) -> str:
         _table(["", ""], [
             ["load", f"{r['load_s'] * 1e3:.0f} ms"],
             [f"prefill ({p['tokens']} tokens)", f"{p['tok_s']:.1f} tok/s  ({p['gflops']:.1f} GFLOP/s = "
-             f"{100 * p['fraction_of_fma_peak']:.0f}% of FMA peak"
-             + (f", {100 * p['fraction_of_int8_peak']:.0f}% of int8 peak" if p["fraction_of_int8_peak"] else "")
+             f"{100 * p['fraction_of_peak']:.0f}% of the {p['peak']} peak"
              + ")"],
             ["time to first token", f"{r['ttft_s'] * 1e3:.1f} ms"],
             [f"decode ({d['tokens']} tokens)", f"{d['tok_s']:.2f} tok/s  ({d['ms_per_token']:.1f} ms/token, "

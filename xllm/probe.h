@@ -1,9 +1,12 @@
 /* probe.h: micro-kernels that measure this machine's limits for the benchmarks.
  *
  *   xllm_probe_read      stream-sum a buffer with 256-bit loads (read bandwidth)
- *   xllm_probe_fma       independent chains of _mm256_fmadd_ps (fp32 FMA peak)
+ *   xllm_probe_fma       independent chains of fp32 FMAs on 256-bit or 512-bit vectors
  *   xllm_probe_int8      independent chains of maddubs + madd + add (the Q8_0 dot product's
- *                        integer core: 32 int8 multiply-adds per 256-bit maddubs)
+ *                        integer core: 32 int8 multiply-adds per 256-bit maddubs), of VNNI
+ *                        vpdpbusd on 256-bit or 512-bit vectors, of 512-bit maddubs + vpdpwssd
+ *                        (the K-quant kernels' core), or AMX tdpbssd on full 16x64 tiles
+ *   xllm_probe_amx_bf16  AMX tdpbf16ps on full tiles (16 x 32 bf16 pairs x 16)
  *
  * Each runs on `threads` OpenMP threads (each thread its own slice or its own chains) and
  * returns the wall time of the parallel region in seconds; the caller turns it into GB/s or
@@ -20,6 +23,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <string.h>
 #include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -186,15 +190,53 @@ XLLM_PROBE_AVX2_FN static float xllm_probe_fma_avx2(long iters) {
 }
 #endif
 
-/* Every thread runs `iters` iterations of 12 independent 8-lane FMA chains
- * (12 * 8 * 2 = 192 flops per iteration per thread).  Returns seconds. */
-static double xllm_probe_fma(long iters, int threads, int use_avx2, double *checksum) {
+#if XLLM_PROBE_X86
+#define XLLM_PROBE_AVX512_FN __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"), noinline))
+
+/* The same 12 chains on 512-bit registers (16 lanes): what the avx512 float GEMM tiles use. */
+XLLM_PROBE_AVX512_FN static float xllm_probe_fma_avx512(long iters) {
+    const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-6f);
+    __m512 a0 = _mm512_set1_ps(0.f), a1 = _mm512_set1_ps(1.f), a2 = _mm512_set1_ps(2.f),
+           a3 = _mm512_set1_ps(3.f), a4 = _mm512_set1_ps(4.f), a5 = _mm512_set1_ps(5.f),
+           a6 = _mm512_set1_ps(6.f), a7 = _mm512_set1_ps(7.f), a8 = _mm512_set1_ps(8.f),
+           a9 = _mm512_set1_ps(9.f), a10 = _mm512_set1_ps(10.f), a11 = _mm512_set1_ps(11.f);
+    for (long i = 0; i < iters; i++) {
+        a0 = _mm512_fmadd_ps(a0, m, c);   a1 = _mm512_fmadd_ps(a1, m, c);
+        a2 = _mm512_fmadd_ps(a2, m, c);   a3 = _mm512_fmadd_ps(a3, m, c);
+        a4 = _mm512_fmadd_ps(a4, m, c);   a5 = _mm512_fmadd_ps(a5, m, c);
+        a6 = _mm512_fmadd_ps(a6, m, c);   a7 = _mm512_fmadd_ps(a7, m, c);
+        a8 = _mm512_fmadd_ps(a8, m, c);   a9 = _mm512_fmadd_ps(a9, m, c);
+        a10 = _mm512_fmadd_ps(a10, m, c); a11 = _mm512_fmadd_ps(a11, m, c);
+    }
+    a0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                       _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    a0 = _mm512_add_ps(a0, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(a0);
+}
+#endif
+
+static int xllm_probe_has_avx512(void) {
+#if XLLM_PROBE_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return xllm_probe_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* Every thread runs `iters` iterations of 12 independent FMA chains of `lanes` lanes (8:
+ * AVX2, 16: AVX-512, callers check the CPU; anything else: the scalar loop of 8 lanes), so
+ * 12 * lanes * 2 flops per iteration per thread.  Returns seconds. */
+static double xllm_probe_fma(long iters, int threads, int lanes, double *checksum) {
     double total = 0.0;
     double t0 = xllm_probe_now();
     #pragma omp parallel num_threads(threads) reduction(+:total)
     {
 #if XLLM_PROBE_X86
-        if (use_avx2)
+        if (lanes == 16)
+            total += xllm_probe_fma_avx512(iters);
+        else if (lanes == 8)
             total += xllm_probe_fma_avx2(iters);
         else
 #endif
@@ -288,6 +330,36 @@ static int32_t xllm_probe_vnni_avx512(long iters) {
     _mm256_storeu_si256((__m256i *)lanes, c0);
     return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
 }
+/* vpdpbusd on 512-bit registers: 64 multiply-adds per instruction. */
+#define XLLM_PROBE_ZMM_CHAINS(STEP)                                                                  \
+    __m512i b = _mm512_set1_epi8(3);                                                                 \
+    __m512i x = _mm512_set1_epi8(1);                                                                 \
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,               \
+            c6 = c0, c7 = c0, c8 = c0, c9 = c0;                                                      \
+    for (long i = 0; i < iters; i++) {                                                               \
+        __asm__ volatile(                                                                            \
+            STEP(c0) STEP(c1) STEP(c2) STEP(c3) STEP(c4) STEP(c5) STEP(c6) STEP(c7) STEP(c8) STEP(c9) \
+            : [c0] "+v"(c0), [c1] "+v"(c1), [c2] "+v"(c2), [c3] "+v"(c3), [c4] "+v"(c4),           \
+              [c5] "+v"(c5), [c6] "+v"(c6), [c7] "+v"(c7), [c8] "+v"(c8), [c9] "+v"(c9)            \
+            : [x] "v"(x), [b] "v"(b) : "xmm31");                                                     \
+    }                                                                                                \
+    c0 = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),      \
+                          _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));     \
+    c0 = _mm512_add_epi32(c0, _mm512_add_epi32(c8, c9));                                             \
+    return _mm512_reduce_add_epi32(c0);
+
+XLLM_PROBE_AVX512_FN static int32_t xllm_probe_vnni512(long iters) {
+    XLLM_PROBE_ZMM_CHAINS(XLLM_PROBE_VNNI_STEP)
+}
+
+/* The K-quant kernels' avx512 core: vpmaddubsw (64 u8 x s8 products, pairs to int16) then
+ * vpdpwssd (int16 pairs times the scales into int32): 64 multiply-adds per pair of
+ * instructions.  The temporary is per chain, so the chains stay independent. */
+#define XLLM_PROBE_KQ_STEP(c) "vpmaddubsw %[b], %[x], %%zmm31\n\tvpdpwssd %[x], %%zmm31, %[" #c "]\n\t"
+
+XLLM_PROBE_AVX512_FN static int32_t xllm_probe_maddubs512_body(long iters) {
+    XLLM_PROBE_ZMM_CHAINS(XLLM_PROBE_KQ_STEP)
+}
 #define XLLM_PROBE_VNNI_CHAINS 10
 #else
 #define XLLM_PROBE_VNNI_CHAINS 10
@@ -302,17 +374,106 @@ static int xllm_probe_has_vnni(void) {
 #endif
 }
 
-/* Every thread: iters x chains x 32 int8 multiply-adds (2 ops each).  method 0: maddubs +
- * madd + add (AVX2), 1: vpdpbusd (AVX-512 VNNI, 256-bit; caller checks has_vnni).  Returns
- * seconds. */
+/* ------------------------------------------------------------------ AMX tiles */
+
+#if XLLM_PROBE_X86 && defined(__linux__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define XLLM_PROBE_AMX 1
+#else
+#define XLLM_PROBE_AMX 0
+#endif
+
+/* AMX-TILE plus AMX-INT8 (bf16: AMX-BF16) in CPUID leaf 7, and Linux's permission for the
+ * tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). */
+static int xllm_probe_has_amx(int bf16) {
+#if XLLM_PROBE_AMX
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> (bf16 ? 22 : 25)) & 1))
+        return 0;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    (void)bf16;
+    return 0;
+#endif
+}
+
+#if XLLM_PROBE_AMX
+typedef struct __attribute__((aligned(64))) {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} xllm_probe_tilecfg;
+
+/* Four independent full-tile products per iteration (C tmm0-3 += A tmm4/5 . B tmm6/7: 16 x 64
+ * bytes times 16 x 64 bytes), so the tile unit never waits on a result.  bf16: tdpbf16ps,
+ * 16 x 16 x 32 bf16 multiply-adds per instruction; else tdpbssd, 16 x 16 x 64 int8. */
+static double xllm_probe_amx_body(long iters, int bf16) {
+    static const uint8_t ones[16 * 64] __attribute__((aligned(64))) = {0};
+    int32_t out[16 * 16] __attribute__((aligned(64)));
+    xllm_probe_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");   /* the whole 64 bytes (GCC 12, see simd_amx.h) */
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm4\n\ttileloadd (%0,%1,1), %%tmm5\n\t"
+                     "tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7\n\t"
+                     "tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3"
+                     : : "r"(ones), "r"(64L) : "memory");
+    if (bf16)
+        for (long i = 0; i < iters; i++)
+            __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                             "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\ttdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+    else
+        for (long i = 0; i < iters; i++)
+            __asm__ volatile("tdpbssd %%tmm6, %%tmm4, %%tmm0\n\ttdpbssd %%tmm7, %%tmm4, %%tmm1\n\t"
+                             "tdpbssd %%tmm6, %%tmm5, %%tmm2\n\ttdpbssd %%tmm7, %%tmm5, %%tmm3" ::);
+    __asm__ volatile("tilestored %%tmm0, (%0,%1,1)\n\ttilerelease" : : "r"(out), "r"(64L) : "memory");
+    return (double)out[0];
+}
+#endif
+
+/* AMX bf16 peak: every thread runs iters x 4 tdpbf16ps (16 x 16 x 32 FMAs each); caller
+ * checks xllm_probe_has_amx(1).  Returns seconds. */
+static double xllm_probe_amx_bf16(long iters, int threads, double *checksum) {
+    double total = 0.0;
+    double t0 = xllm_probe_now();
+    #pragma omp parallel num_threads(threads) reduction(+:total)
+    {
+#if XLLM_PROBE_AMX
+        total += xllm_probe_amx_body(iters, 1);
+#endif
+    }
+    double t1 = xllm_probe_now();
+    *checksum = total;
+    return t1 - t0;
+}
+
+/* Every thread: iters iterations of method 0: 6 chains of maddubs + madd + add (AVX2, 32
+ * multiply-adds each), 1: 10 chains of 256-bit vpdpbusd (32), 2: 10 chains of 512-bit
+ * vpdpbusd (64), 3: 10 chains of 512-bit maddubs + vpdpwssd (64), 4: 4 AMX tdpbssd
+ * (16 x 16 x 64 each).  Callers check the CPU.  Returns seconds. */
 static double xllm_probe_int8(long iters, int threads, int use_avx2, int method, double *checksum) {
     double total = 0.0;
     double t0 = xllm_probe_now();
     #pragma omp parallel num_threads(threads) reduction(+:total)
     {
+#if XLLM_PROBE_AMX
+        if (method == 4)
+            total += xllm_probe_amx_body(iters, 0);
+        else
+#endif
 #if XLLM_PROBE_X86 && defined(__GNUC__)
         if (method == 1)
             total += (double)xllm_probe_vnni_avx512(iters);
+        else if (method == 2)
+            total += (double)xllm_probe_vnni512(iters);
+        else if (method == 3)
+            total += (double)xllm_probe_maddubs512_body(iters);
         else if (use_avx2)
             total += (double)xllm_probe_int8_avx2(iters);
         else
