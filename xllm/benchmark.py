@@ -33,8 +33,8 @@ import numpy as np
 
 from .cli_errors import ArgumentParser, UsageError, cli_entry, positive_int
 from .kv_types import add_kv_type_option
-from .formats import layer_tensor_shapes
-from .formats.types import block_layout, is_block_quantized, type_name
+from .formats import Q4_0, Q8_0, layer_tensor_shapes
+from .formats.types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, block_layout, is_block_quantized, type_name
 # random models of real shapes (re-exported: `python -m xllm.benchmark make-model`, tests, benchmarks/)
 from .random_model import (DTYPES, FAMILIES, KQUANT_TYPES, SHAPES, make_random_model, random_kquant_blocks,  # noqa: F401
                            resolve_shape, synthetic_vocab)
