@@ -354,7 +354,8 @@ def test_ctrl_c_at_the_prompt(converted, tmp_path, stats):
     try:
         assert proc.stdout.read(4) == b">>> "                   # waiting for input
         os.killpg(proc.pid, signal.SIGINT)                     # Ctrl-C: the whole process group
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)     # stdin stays open: closing it now could race the signal as an EOF
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
