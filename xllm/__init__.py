@@ -17,6 +17,33 @@ __version__ = "0.1.0"
 OPENMP_SPINCOUNT = "1000"
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
+
+# Threads that libraries start at import (numpy's OpenBLAS workers) must not take the
+# process's signals: CPython handles them on its main thread only, and a Ctrl-C that lands
+# on an idle worker leaves the main thread blocked in input() for good.  A thread inherits
+# its creator's signal mask, so numpy is imported here with the asynchronous signals blocked
+# (the OpenMP workers block them themselves, omp_team.h).  Only when numpy is not loaded yet:
+# a program that imported it first made its own threads.
+
+
+def _import_numpy_with_signals_blocked():
+    import signal
+    import sys
+    if "numpy" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        return
+    synchronous = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT}
+    if hasattr(signal, "SIGTRAP"):
+        synchronous.add(signal.SIGTRAP)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - synchronous)
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_import_numpy_with_signals_blocked()
 __all__ = ["LLM", "SamplingParams", "__version__"]
 
 

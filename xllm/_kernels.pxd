@@ -85,6 +85,10 @@ cdef extern from "simd.h" nogil:
                           int nt, int n, const float *acc, int ldacc, float *y, size_t ldy)
 
 
+cdef extern from "omp_team.h" nogil:
+    void xllm_team_block_signals(int n)
+
+
 cdef extern from "simd_kv.h" nogil:
     int XLLM_BF16
     size_t xllm_kv_row_bytes(int type, int n)

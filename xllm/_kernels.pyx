@@ -215,9 +215,17 @@ cdef inline int team_size(const Workspace *ws, double work_ns) noexcept nogil:
 
 
 cdef inline int fork(Workspace *ws, int n) noexcept nogil:
-    """Count a parallel region of n threads (Decoder.parallel_regions); returns n."""
+    """Count a parallel region of n threads (Decoder.parallel_regions); returns team(n)."""
     if n > 1:
         ws.parallel_regions += 1
+    return team(n)
+
+
+cdef inline int team(int n) noexcept nogil:
+    """n, once the workers of this thread's team of n block asynchronous signals (omp_team.h:
+    a Ctrl-C must reach the main thread). Every parallel region takes its size from here."""
+    if n > 1:
+        xllm_team_block_signals(n)
     return n
 
 
@@ -457,7 +465,7 @@ cdef void rmsnorm_tokens(float *out, const float *x, const float *weight, int T,
         for t in range(T):
             rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
         return
-    for t in prange(T, schedule='static', num_threads=n_threads):
+    for t in prange(T, schedule='static', num_threads=team(n_threads)):
         rmsnorm_row(out + <size_t>t * dim, x + <size_t>t * dim, weight, dim, eps)
 
 
@@ -505,7 +513,7 @@ cdef void norm_tokens(const Dims *d, float *out, const float *x, const float *we
         for t in range(T):
             xllm_layernorm(out + <size_t>t * d.dim, x + <size_t>t * d.dim, weight, bias, d.dim, d.norm_eps)
         return
-    for t in prange(T, schedule='static', num_threads=n_threads):
+    for t in prange(T, schedule='static', num_threads=team(n_threads)):
         xllm_layernorm(out + <size_t>t * d.dim, x + <size_t>t * d.dim, weight, bias, d.dim, d.norm_eps)
 
 
@@ -521,7 +529,7 @@ cdef void gelu_tokens(float *x, int T, int width, int n_threads) noexcept nogil:
         for t in range(T):
             xllm_gelu_tanh(x + <size_t>t * width, width)
         return
-    for t in prange(T, schedule='static', num_threads=n_threads):
+    for t in prange(T, schedule='static', num_threads=team(n_threads)):
         xllm_gelu_tanh(x + <size_t>t * width, width)
 
 
@@ -555,7 +563,7 @@ cdef void swiglu_tokens(float *gate, const float *up, int T, int width, int n_th
         for t in range(T):
             c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)
         return
-    for t in prange(T, schedule='static', num_threads=n_threads):
+    for t in prange(T, schedule='static', num_threads=team(n_threads)):
         c_swiglu(gate + <size_t>t * width, up + <size_t>t * width, width)
 
 
@@ -824,7 +832,7 @@ def pack_quantized(data, int ggml_type, int rows, int cols, int threads=1):
     cdef const char *src = <const char *><uintptr_t>data.__array_interface__["data"][0]
     cdef int p, nb = cols // (XLLM_QK_K if kquant else XLLM_QK)
     with nogil:
-        for p in prange(n_panels, schedule='static', num_threads=max(threads, 1)):
+        for p in prange(n_panels, schedule='static', num_threads=team(max(threads, 1))):
             if kquant:
                 xllm_kp_pack_panel(ggml_type, src + <size_t>p * pstride, row_bytes,
                                    min(XLLM_KP, rows - p * XLLM_KP), nb, dst + <size_t>p * pstride)

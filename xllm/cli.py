@@ -145,14 +145,26 @@ def run_file(llm, args) -> None:
 
 def prompt_lines():
     """Non-blank lines typed at the `>>> ` prompt, until EOF."""
-    while sys.stdin is not None:              # None: started without a stdin, as good as EOF
+    from .line_reader import PipedLineReader, piped_stdin
+    if sys.stdin is None:                     # started without a stdin, as good as EOF
+        print(file=sys.stderr)
+        return
+    if piped_stdin():
+        with PipedLineReader(sys.stdin, sys.stdout) as reader:
+            yield from nonblank_lines(reader.read)
+    else:
+        yield from nonblank_lines(input)
+    print(file=sys.stderr)
+
+
+def nonblank_lines(read_line):
+    while True:
         try:
-            line = input(">>> ")
+            line = read_line(">>> ")
         except EOFError:
-            break
+            return
         if line.strip():
             yield line
-    print(file=sys.stderr)
 
 
 def interactive(llm, args) -> None:
