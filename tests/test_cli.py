@@ -279,11 +279,12 @@ def test_chat_keeps_the_conversation(story_template):
                     {"role": "user", "content": "Lily"}])
     fresh = reply([{"role": "user", "content": "Lily"}])
     assert second != fresh                                 # the history matters
-    r = slow_run("--chat-template", story_template, "--temperature", 0, "--steps", 0,
-                 stdin=f"{KNOWN_PROMPT}\nLily\n/reset\nLily\n")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f">>> {first}\n>>> {second}\n>>> >>> {fresh}\n>>> "
-    assert "conversation cleared" in r.stderr and "Traceback" not in r.stderr
+    for cache in ([], ["--no-prefix-cache"]):   # later turns read the earlier ones' blocks, or not
+        r = slow_run("--chat-template", story_template, "--temperature", 0, "--steps", 0, *cache,
+                     stdin=f"{KNOWN_PROMPT}\nLily\n/reset\nLily\n")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f">>> {first}\n>>> {second}\n>>> >>> {fresh}\n>>> "
+        assert "conversation cleared" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_chat_errors_keep_the_loop(story_template):
@@ -442,3 +443,21 @@ for task in os.listdir("/proc/self/task"):
     assert len(rows) >= 2                                  # the main thread and a worker at least
     for task, is_main, sigint_blocked in rows:
         assert sigint_blocked == ("False" if is_main == "True" else "True"), rows
+
+
+def test_no_prefix_cache_reaches_the_engine(monkeypatch):
+    import xllm.cli
+    import xllm.llm
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def recording_llm(*args, **kwargs):
+        seen.update(kwargs)
+        raise Built
+    monkeypatch.setattr(xllm.llm, "LLM", recording_llm)
+    for flags, expected in (([], True), (["--no-prefix-cache"], False)):
+        with pytest.raises(Built):
+            xllm.cli.run(xllm.cli.build_parser().parse_args(flags + ["--prompt", "x"]))
+        assert seen["prefix_cache"] is expected

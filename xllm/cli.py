@@ -44,6 +44,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-batch-tokens", type=positive_int, default=256,
                    help="tokens per decoder step: decode tokens plus prompt chunks (default 256)")
     add_kv_type_option(p)
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="compute every prompt in full (default: a chat turn, or a prompt sharing full "
+                        "KV blocks with an earlier one, reads those blocks from the cache)")
     p.add_argument("--chat-template", metavar="FILE",
                    help="Jinja2 chat template for the interactive chat (default: the model's own)")
     p.add_argument("--stats-log", metavar="FILE",
@@ -228,7 +231,8 @@ def run(args) -> int:
     from . import LLM
     from .chat import load_chat_template
     llm = LLM(args.weight, tokenizer=args.token, threads=args.threads,
-              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs, kv_type=args.kv_type)
+              max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs, kv_type=args.kv_type,
+              prefix_cache=args.prefix_cache)
     template = None
     if args.prompt is None and args.file is None:
         template = load_chat_template(llm.checkpoint.path, args.chat_template, llm.tokenizer)
