@@ -69,6 +69,7 @@ def start_server(*args) -> Server:
     url = line.split(" on ")[1].split()[0]
     engine_pid = int(line.rsplit("engine pid ", 1)[1].rstrip(")\n"))
     server = Server(proc, url, engine_pid)
+    server.lines = lines                                  # the rest of its stderr
     deadline = time.monotonic() + TIMEOUT
     while server.get("/health").status_code != 200:
         assert time.monotonic() < deadline, "server never became healthy"
@@ -480,3 +481,26 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
             assert r.returncode == 2, (args, r.stderr)
             lines = r.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("xllm-serve: error:") and needle in lines[0], (args, r.stderr)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_signal_shuts_down_cleanly(sig, code):
+    """Ctrl-C: "interrupted" and 130, as every xllm CLI; SIGTERM: a requested shutdown, 0;
+    either way the engine process is stopped first and nothing else is printed."""
+    server = start_server()
+    server.proc.send_signal(sig)
+    try:
+        assert server.proc.wait(timeout=60) == code
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{server.engine_pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)                              # the engine exits with its front end
+        assert not os.path.exists(f"/proc/{server.engine_pid}")
+    finally:
+        stop_server(server)
+    rest = []
+    while not server.lines.empty():
+        rest.append(server.lines.get())
+    time.sleep(0.2)
+    while not server.lines.empty():
+        rest.append(server.lines.get())
+    assert rest == (["xllm-serve: interrupted\n"] if sig == signal.SIGINT else []), rest

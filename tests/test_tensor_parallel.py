@@ -449,8 +449,105 @@ def test_two_hosts_over_tcp(two_hosts, shared_models, tmp_path):
     assert rx_bytes(ns[1], dev[1]) - before > 60 * 5 * 2 * 64 * 4
 
 
+# ---------------------------------------------------------------------------- xllm-serve
+
+def serve_job(n, *args):
+    """mpiexec -n N xllm-serve --port 0 in its own session; (process, url) once rank 0 says it
+    serves, or (process, None) when it ended first (its stderr then holds the reason)."""
+    import queue
+    import threading
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "xllm.serve.cli", "--port", "0", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env(), start_new_session=True)
+    lines: "queue.Queue" = queue.Queue()
+    proc.stderr_lines = []
+
+    def read():
+        for line in proc.stderr:
+            proc.stderr_lines.append(line)
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=TIMEOUT)
+        except queue.Empty:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("xllm-serve under mpirun neither served nor ended") from None
+        if line is None:
+            proc.wait(timeout=TIMEOUT)
+            return proc, None
+        if "serving" in line:
+            return proc, line.split(" on ")[1].split()[0]
+
+
+def end_job(proc, sig=signal.SIGINT):
+    """Ctrl-C (to the launcher, which passes it to every rank); the job's exit code."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError("the tensor-parallel server did not end on " + sig.name) from None
+
+
+def post_json(url, body):
+    import urllib.request
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+        return json.loads(resp.read())
+
+
+SERVE_PROMPTS = ["Once upon a time, there was a little girl named Lily. She loved to play outside",
+                 "The little dog", "Tom and Mia went to the park", "One day"]
+
+
 @needs_mpi
-def test_serve_is_refused_under_mpirun():
-    r = launch((2, [sys.executable, "-m", "xllm.serve.cli", "--port", "1"]), timeout=90)
-    assert r.returncode == 2
-    assert "xllm-serve does not run tensor-parallel yet (2 MPI ranks)" in r.stderr
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_under_mpirun_matches_one_process(sig):
+    """Two ranks behind one OpenAI server: concurrent greedy completions (one batch) are one
+    process's tokens, the repeated prompt reads the cache; Ctrl-C / SIGTERM to the launcher
+    shuts the server down and ends every rank."""
+    from concurrent.futures import ThreadPoolExecutor
+    from xllm import LLM, SamplingParams
+    llm = LLM(threads=1, tensor_parallel=1)             # the shipped stories260K
+    expected = [o.text for o in llm.generate(SERVE_PROMPTS, SamplingParams(max_tokens=40, temperature=0))]
+    proc, url = serve_job(2, "--threads", 1, "--model-name", "m")
+    try:
+        assert url is not None, "".join(proc.stderr_lines)
+        assert "tensor-parallel over 2 MPI ranks" in "".join(proc.stderr_lines)
+        bodies = [{"model": "m", "prompt": p, "max_tokens": 40, "temperature": 0} for p in SERVE_PROMPTS]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            replies = list(pool.map(lambda b: post_json(url + "/v1/completions", b), bodies))
+        assert [r["choices"][0]["text"] for r in replies] == expected
+        again = post_json(url + "/v1/completions", bodies[0])          # its full blocks from the cache
+        assert again["choices"][0]["text"] == expected[0]
+        n = again["usage"]["prompt_tokens"]
+        assert n > 16 and again["usage"]["prompt_tokens_details"]["cached_tokens"] == 16 * ((n - 1) // 16)
+    finally:
+        code = end_job(proc, sig)
+    err = "".join(proc.stderr_lines)
+    assert code == (130 if sig == signal.SIGINT else 0), err     # Ctrl-C: "interrupted", as every CLI
+    assert "Traceback" not in err and "error" not in err.lower(), err
+    assert ("xllm-serve: interrupted" in err) == (sig == signal.SIGINT), err
+
+
+@needs_mpi
+def test_serve_under_mpirun_refuses_a_split_that_does_not_divide():
+    proc, url = serve_job(3, "--threads", 1)
+    err = "".join(proc.stderr_lines)
+    assert url is None and proc.returncode != 0, err
+    assert "3 ranks do not divide the 4 key/value heads (n_kv_heads)" in err
+    assert err.count("error") == 1 and "Traceback" not in err, err
+
+
+@needs_mpi
+def test_serve_under_mpirun_bad_template_ends_every_rank(tmp_path):
+    """A failure on rank 0 after the model loaded (its chat template) stops the other ranks."""
+    bad = tmp_path / "broken.jinja"
+    bad.write_text("{% for %}")
+    proc, url = serve_job(2, "--threads", 1, "--chat-template", bad)
+    err = "".join(proc.stderr_lines)
+    assert url is None and proc.returncode != 0, err
+    assert "broken.jinja" in err and "Traceback" not in err, err

@@ -95,9 +95,14 @@ cdef extern from "simd_kv.h" nogil:
     void xllm_kv_store_row(int type, const float *x, void *dst, int n)
     void xllm_attend_block_kv(int type, const float *q, const char *kb, const char *vb, size_t stride,
                               int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores)
-    int xllm_kv_heads_per_call(int type, int group)
-    void xllm_attend_block4_kv(int type, const float *q, const char *kb, const char *vb, size_t stride,
-                               int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores)
+
+
+cdef extern from "simd_attend_group.h" nogil:
+    int XLLM_GROUP_SCRATCH
+    int xllm_attend_group_heads(int type, int group, int hd)
+    void xllm_prefetch_rows(const char *p, size_t stride, int n, size_t bytes)
+    void xllm_attend_block_group(int type, int G, const float *q, const char *kb, const char *vb, size_t stride,
+                                 int n_pos, int hd, float scale, float *m, float *l, float *out, float *probs)
 
 
 ctypedef struct Matrix:

@@ -614,27 +614,34 @@ cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *
         out[i] = out[i] / l
 
 
-cdef void attend_four(const Dims *d, const KVPool *kv, int layer, const int32_t *table, int p,
-                      const float *q, int kv_head, float *out, float *scratch) noexcept nogil:
-    """attend_one for 4 query heads sharing `kv_head` (q and out: 4 rows head_dim apart),
-    reading each stored key and value once for the 4 (simd_kv.h)."""
+cdef void attend_group(const Dims *d, const KVPool *kv, int layer, const int32_t *table, int p,
+                       const float *q, int kv_head, float *out, float *scratch, int G) noexcept nogil:
+    """attend_one for the G query heads sharing `kv_head` (q and out: G rows head_dim apart),
+    reading each stored key and value once for the G (simd_attend_group.h)."""
     cdef int hd = d.head_dim
     cdef float scale = 1.0 / sqrtf(hd)
-    cdef float m[4]
-    cdef float l[4]
+    cdef float m[8]
+    cdef float l[8]
     cdef int bi, n_pos, i, g
     cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
-    cdef size_t base
-    for g in range(4):
+    cdef size_t base, nxt
+    for g in range(G):
         m[g] = -INFINITY
         l[g] = 0.0
-    memset(out, 0, 4 * hd * sizeof(float))
-    for bi in range(p // kv.block_size + 1):
+    memset(out, 0, G * hd * sizeof(float))
+    cdef int last = p // kv.block_size
+    for bi in range(last + 1):
         n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
         base = (layer_base + <size_t>table[bi] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
-        xllm_attend_block4_kv(kv.type, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
-                              m, l, out, scratch)
-    for g in range(4):
+        if bi < last:                     # the next block's rows of this head, while this one runs
+            nxt = (layer_base + <size_t>table[bi + 1] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
+            xllm_prefetch_rows(kv.k + nxt, kv.row_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
+                               kv.head_bytes)
+            xllm_prefetch_rows(kv.v + nxt, kv.row_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
+                               kv.head_bytes)
+        xllm_attend_block_group(kv.type, G, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
+                                m, l, out, scratch)
+    for g in range(G):
         for i in range(hd):
             out[g * hd + i] = out[g * hd + i] / l[g]
 
@@ -650,7 +657,8 @@ cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b
     """
     cdef int item, t, h, kvh, rem
     cdef int group = d.n_heads // d.n_kv_heads
-    cdef int heads = xllm_kv_heads_per_call(kv.type, group)    # query heads per item: 1 or 4
+    cdef int G = xllm_attend_group_heads(kv.type, group, d.head_dim)   # 0: no group kernel here
+    cdef int heads = G if G > 0 else 1                         # query heads per item
     cdef int calls = group // heads
     cdef int per_kv = b.n_tokens * calls
     cdef float *scratch = NULL
@@ -664,10 +672,10 @@ cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b
             rem = item % per_kv
             t = rem // calls
             h = kvh * group + (rem % calls) * heads
-            if heads == 4:
-                attend_four(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
-                            ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
-                            ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch)
+            if G > 0:
+                attend_group(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
+                             ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
+                             ws.xb + <size_t>t * d.q_dim + h * d.head_dim, scratch, G)
             else:
                 attend_one(d, kv, layer, b.blocks + <size_t>b.seq[t] * b.max_blocks, b.pos[t],
                            ws.q + <size_t>t * d.q_dim + h * d.head_dim, kvh,
@@ -1022,7 +1030,7 @@ cdef class Decoder:
         ws.xpad = <float *>self.buffers.alloc(T * (max_cols + XPAD) * F)
         ws.acc_per_thread = max(<size_t>T * XLLM_ROW_GROUP * 8, <size_t>T * XLLM_KQ_ROW_GROUP) + 16
         ws.acc = <float *>self.buffers.alloc(threads * ws.acc_per_thread * F)
-        ws.att_per_thread = config.head_dim + 4 * block_size + 16
+        ws.att_per_thread = config.head_dim + max(4 * block_size, XLLM_GROUP_SCRATCH) + 16
         ws.att = <float *>self.buffers.alloc(threads * ws.att_per_thread * F)
         ws.rope = <const float *><uintptr_t>rope_table.__array_interface__["data"][0]
         ws.op_seconds = NULL
@@ -1486,7 +1494,7 @@ def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int thr
     buffers = _Buffers()
     cdef Workspace *ws = &buffers.ws
     ws.n_threads = threads
-    ws.att_per_thread = head_dim + 4 * block_size + 16
+    ws.att_per_thread = head_dim + max(4 * block_size, XLLM_GROUP_SCRATCH) + 16
     ws.att = <float *>buffers.alloc(threads * ws.att_per_thread * sizeof(float))
     ws.q = <float *><uintptr_t>q.__array_interface__["data"][0]
     ws.xb = <float *><uintptr_t>out.__array_interface__["data"][0]

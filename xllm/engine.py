@@ -305,13 +305,26 @@ class Engine:
     @classmethod
     def load(cls, path=None, tokenizer=None, threads: Optional[int] = None, max_seqs: int = 16,
              max_batch_tokens: int = 256, kv_blocks: Optional[int] = None, block_size: int = 16,
-             prefix_cache: bool = True, kv_type: str = "auto") -> "Engine":
+             prefix_cache: bool = True, kv_type: str = "auto",
+             tensor_parallel: Optional[int] = None) -> "Engine":
         """Open a checkpoint (GGUF, llama2.c .bin, HF directory; None: the shipped model);
-        prefix_cache=False computes every prompt in full."""
-        ckpt = open_model_checkpoint(path)
-        tok = load_tokenizer_for(ckpt, tokenizer)
+        prefix_cache=False computes every prompt in full.  tensor_parallel: ranks of the MPI
+        job to spread the model over (None: the job's size, 1 outside mpirun); every rank calls
+        this, and only rank 0 returns (parallel.load: the others follow its steps, then exit)."""
         if isinstance(max_seqs, bool) or not isinstance(max_seqs, int) or max_seqs < 1:
             raise ValueError(f"max_seqs = {max_seqs!r}, expected a positive integer")
+        if tensor_parallel is None:
+            from .parallel import launched_world_size
+            tensor_parallel = launched_world_size()
+        if tensor_parallel != 1:
+            from . import parallel
+            model = parallel.load(path if path is not None else DEFAULT_MODEL, tensor_parallel,
+                                  threads=threads, max_batch_tokens=max_batch_tokens, kv_blocks=kv_blocks,
+                                  block_size=block_size, max_seqs=max_seqs, prefix_cache=prefix_cache,
+                                  kv_type=kv_type)
+            return cls(model, load_tokenizer_for(model.checkpoint, tokenizer), max_seqs, max_batch_tokens)
+        ckpt = open_model_checkpoint(path)
+        tok = load_tokenizer_for(ckpt, tokenizer)
         model = Model(ckpt, threads=threads, max_batch_tokens=max_batch_tokens,
                       kv_blocks=kv_blocks, block_size=block_size, max_seqs=max_seqs, prefix_cache=prefix_cache,
                       kv_type=kv_type)

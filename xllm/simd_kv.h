@@ -16,7 +16,8 @@
  * values a float64 reference dequantizes.  F32 keeps simd.h's xllm_attend_block, bit for bit.
  * Each path sums in a fixed order that depends only on head_dim and the block's positions,
  * never on the batch: incremental == recompute and alone == batch hold for every type.
- * AVX512 runs the AVX2 kernels (as simd.h's F32 attention does).
+ * These per-head kernels run at the scalar level and for AVX2 head sizes off a multiple of
+ * 8; elsewhere simd_attend_group.h serves the query heads of a group together.
  */
 #ifndef XLLM_SIMD_KV_H
 #define XLLM_SIMD_KV_H
@@ -200,137 +201,7 @@ XLLM_AVX2_FN static void xllm_attend_block_q8_0_avx2(const float *q, const char 
     xllm_attend_block_kv_avx2_t(XLLM_Q8_0, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
 }
 
-/* ------------------------------------------------------------------ AVX2, 4 query heads at once
- *
- * With GQA the query heads of a group read the same keys and values; this kernel serves 4 of
- * them per pass, so each stored value is widened once for 4 FMAs (the per-head kernel above
- * widens it for 1).  scores[4 * j + g] holds query g's score of position j. */
-
-/* out[g][c0 + 8 * u], u < NC: corr_g * out + sum_j e_gj * v_j, positions in order */
-XLLM_AVX2_FN static inline __attribute__((always_inline)) void
-xllm_kv_accumulate4_avx2(const int type, const int NC, const char *vb, size_t stride, int n_pos, int hd,
-                         int c0, const float *corr, const float *scores, float *out) {
-    __m256 o[4][2];
-    for (int g = 0; g < 4; g++)
-        for (int u = 0; u < NC; u++)
-            o[g][u] = _mm256_mul_ps(_mm256_loadu_ps(out + g * hd + c0 + 8 * u), _mm256_set1_ps(corr[g]));
-    for (int j = 0; j < n_pos; j++) {
-        const char *v = vb + j * stride;
-        __m256 x[2];
-        for (int u = 0; u < NC; u++) x[u] = xllm_kv_load8_avx2(type, v, c0 + 8 * u);
-        for (int g = 0; g < 4; g++) {
-            __m256 e = _mm256_broadcast_ss(scores + 4 * j + g);
-            for (int u = 0; u < NC; u++) o[g][u] = _mm256_fmadd_ps(e, x[u], o[g][u]);
-        }
-    }
-    for (int g = 0; g < 4; g++)
-        for (int u = 0; u < NC; u++) _mm256_storeu_ps(out + g * hd + c0 + 8 * u, o[g][u]);
-}
-
-XLLM_AVX2_FN static inline __attribute__((always_inline)) void
-xllm_attend_block4_kv_avx2_t(const int type, const float *q, const char *kb, const char *vb, size_t stride,
-                             int n_pos, int hd, float scale, float *m, float *l, float *out, float *scores) {
-    const int hd8 = hd & ~7;
-    for (int j = 0; j < n_pos; j += 2) {          /* two keys at a time: 8 independent FMA chains */
-        const int two = j + 1 < n_pos;
-        const char *k0 = kb + j * stride, *k1 = two ? k0 + stride : k0;
-        __m256 a0[4], a1[4];
-        for (int g = 0; g < 4; g++) a0[g] = a1[g] = _mm256_setzero_ps();
-        for (int c = 0; c < hd8; c += 8) {
-            __m256 x0 = xllm_kv_load8_avx2(type, k0, c), x1 = xllm_kv_load8_avx2(type, k1, c);
-            for (int g = 0; g < 4; g++) {
-                __m256 qg = _mm256_loadu_ps(q + g * hd + c);
-                a0[g] = _mm256_fmadd_ps(qg, x0, a0[g]);
-                a1[g] = _mm256_fmadd_ps(qg, x1, a1[g]);
-            }
-        }
-        /* [k0: g0..g3 | k1: g0..g3]: each lane reduced the same way for one key or two */
-        __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0[0], a0[1]), _mm256_hadd_ps(a0[2], a0[3]));
-        __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a1[0], a1[1]), _mm256_hadd_ps(a1[2], a1[3]));
-        float s[8];
-        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                          _mm256_permute2f128_ps(u0, u1, 0x31)));
-        for (int i = 0; i < 1 + two; i++) {
-            const char *k = i ? k1 : k0;
-            for (int g = 0; g < 4; g++) {
-                float t = s[4 * i + g];
-                for (int c = hd8; c < hd; c++) t += q[g * hd + c] * xllm_kv_value(type, k, c);
-                scores[4 * (j + i) + g] = t * scale;
-            }
-        }
-    }
-    /* online softmax, the 4 queries side by side */
-    __m128 vmax = _mm_loadu_ps(m);
-    for (int j = 0; j < n_pos; j++) vmax = _mm_max_ps(vmax, _mm_loadu_ps(scores + 4 * j));
-    float m_new[4], corr[4];
-    _mm_storeu_ps(m_new, vmax);
-    for (int g = 0; g < 4; g++) corr[g] = expf(m[g] - m_new[g]);
-    const __m256 vm = _mm256_set_m128(vmax, vmax);
-    __m256 vsum = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 2 <= n_pos; j += 2) {
-        __m256 e = xllm_exp_avx2(_mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores + 4 * j), vm),
-                                               _mm256_set1_ps(XLLM_EXP_LO)));
-        vsum = _mm256_add_ps(vsum, e);
-        _mm256_storeu_ps(scores + 4 * j, e);
-    }
-    float lsum[8];
-    _mm256_storeu_ps(lsum, vsum);
-    for (int g = 0; g < 4; g++) {
-        float t = lsum[g] + lsum[4 + g];
-        if (j < n_pos) {
-            scores[4 * j + g] = expf(scores[4 * j + g] - m_new[g]);
-            t += scores[4 * j + g];
-        }
-        l[g] = l[g] * corr[g] + t;
-        m[g] = m_new[g];
-    }
-    int c0 = 0;
-    for (; c0 + 16 <= hd8; c0 += 16) xllm_kv_accumulate4_avx2(type, 2, vb, stride, n_pos, hd, c0, corr, scores, out);
-    if (c0 < hd8) xllm_kv_accumulate4_avx2(type, 1, vb, stride, n_pos, hd, c0, corr, scores, out);
-    for (int g = 0; g < 4; g++)                   /* the tail columns, positions in order */
-        for (int c = hd8; c < hd; c++) {
-            float o = out[g * hd + c] * corr[g];
-            for (j = 0; j < n_pos; j++) o = fmaf(scores[4 * j + g], xllm_kv_value(type, vb + j * stride, c), o);
-            out[g * hd + c] = o;
-        }
-}
-
-#define XLLM_KV_BLOCK4_FN(name, TYPE)                                                                  \
-    XLLM_AVX2_FN static void name(const float *q, const char *kb, const char *vb, size_t stride, int n_pos, \
-                                  int hd, float scale, float *m, float *l, float *out, float *scores) {  \
-        xllm_attend_block4_kv_avx2_t(TYPE, q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);     \
-    }
-XLLM_KV_BLOCK4_FN(xllm_attend_block4_f16_avx2, XLLM_F16)
-XLLM_KV_BLOCK4_FN(xllm_attend_block4_bf16_avx2, XLLM_BF16)
-XLLM_KV_BLOCK4_FN(xllm_attend_block4_q8_0_avx2, XLLM_Q8_0)
 #endif
-
-/* Query heads one call serves: 4 when a group of a multiple of 4 query heads shares each KV
- * head, the type is not F32 (whose attention stays simd.h's, bit for bit) and the CPU has
- * AVX2; else 1.  A property of the model and the level, never of the batch. */
-static inline int xllm_kv_heads_per_call(int type, int group) {
-#if XLLM_X86
-    if (type != XLLM_F32 && group % 4 == 0 && xllm_simd_level >= XLLM_SIMD_AVX2) return 4;
-#endif
-    (void)type; (void)group;
-    return 1;
-}
-
-/* xllm_attend_block_kv for 4 query heads sharing a KV head: q and out are 4 rows hd apart;
- * m, l: (4,); scores: 4 * n_pos + 8 floats.  Only where xllm_kv_heads_per_call says 4. */
-static inline void xllm_attend_block4_kv(int type, const float *q, const char *kb, const char *vb,
-                                         size_t stride, int n_pos, int hd, float scale, float *m,
-                                         float *l, float *out, float *scores) {
-#if XLLM_X86
-    if (type == XLLM_F16) xllm_attend_block4_f16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
-    else if (type == XLLM_BF16) xllm_attend_block4_bf16_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
-    else xllm_attend_block4_q8_0_avx2(q, kb, vb, stride, n_pos, hd, scale, m, l, out, scores);
-#else
-    (void)type; (void)q; (void)kb; (void)vb; (void)stride; (void)n_pos; (void)hd; (void)scale;
-    (void)m; (void)l; (void)out; (void)scores;
-#endif
-}
 
 /* One block of n_pos cached positions into the online softmax (simd.h's xllm_attend_block):
  * kb / vb point at the head's part of the block's first key / value row, rows `stride` bytes

@@ -7,10 +7,10 @@ shard.py: which slice of each weight a rank holds and the checks that refuse a s
 mpi.py: mpi4py, the C allreduce hook, the per-step broadcast and logits gather;
 model.py: ParallelModel (rank 0), the followers' loop and the start-up handshake.
 """
-from .mpi import launched_world_size
+from .mpi import launched_rank, launched_world_size
 from .shard import Shard, check_split, fingerprint, vocab_bounds
 
-__all__ = ["launched_world_size", "Shard", "check_split", "fingerprint", "vocab_bounds", "load"]
+__all__ = ["launched_rank", "launched_world_size", "Shard", "check_split", "fingerprint", "vocab_bounds", "load"]
 
 
 def load(*args, **kwargs):

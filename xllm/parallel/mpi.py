@@ -13,11 +13,20 @@ from typing import Optional
 
 import numpy as np
 
-# environment variables the common launchers set for every rank: the world size
+# environment variables the common launchers set for every rank: the world size, the rank
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 
 STOP, STEP, THREADS = 0, 1, 2          # commands rank 0 broadcasts
 HEADER = 6                              # int64: command, T, n_seqs, max_blocks, n_out, argument
+
+# A follower waiting for rank 0's next command polls a nonblocking broadcast: it spins this
+# long (the gap between two decode steps, rank 0 sampling, is shorter), then sleeps from
+# IDLE_SLEEP_MIN up to IDLE_SLEEP_MAX between polls.  A blocking MPI_Bcast would busy-wait a
+# whole core for as long as a server or an interactive prompt sits idle.
+IDLE_SPIN_SECONDS = 0.002
+IDLE_SLEEP_MIN = 50e-6
+IDLE_SLEEP_MAX = 2e-3
 
 
 def launched_world_size() -> int:
@@ -28,6 +37,31 @@ def launched_world_size() -> int:
         if value and value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+def launched_rank() -> int:
+    """This process's rank in the launcher's job (from its environment, no MPI import); 0
+    outside a launcher."""
+    for var in _RANK_VARS:
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 0
+
+
+def wait_idle(request) -> None:
+    """Complete an MPI request the way an idle rank should: spin briefly, then sleep between
+    polls (doubling up to IDLE_SLEEP_MAX), so a long wait leaves the core to others."""
+    deadline = time.perf_counter() + IDLE_SPIN_SECONDS
+    while not request.Test():
+        if time.perf_counter() >= deadline:
+            break
+    else:
+        return
+    pause = IDLE_SLEEP_MIN
+    while not request.Test():
+        time.sleep(pause)
+        pause = min(2 * pause, IDLE_SLEEP_MAX)
 
 
 class MPIUnavailable(ImportError, ValueError):
@@ -96,17 +130,17 @@ class Comm:
         """Rank 0: the batch every rank runs this step."""
         t0 = time.perf_counter()
         header = np.array([STEP, len(tokens), tables.shape[0], tables.shape[1], len(rows), 0], dtype=np.int64)
-        self.comm.Bcast(header, root=0)
+        self.comm.Ibcast(header, root=0).Wait()      # nonblocking: the followers' wait() matches it
         self.comm.Bcast(np.concatenate([tokens, pos, seq, tables.reshape(-1), rows]), root=0)
         self.bcast_seconds += time.perf_counter() - t0
 
     def send_command(self, command: int, argument: int = 0) -> None:
-        self.comm.Bcast(np.array([command, 0, 0, 0, 0, argument], dtype=np.int64), root=0)
+        self.comm.Ibcast(np.array([command, 0, 0, 0, 0, argument], dtype=np.int64), root=0).Wait()
 
     def receive(self):
         """Followers: (command, argument, step arrays or None)."""
         header = np.empty(HEADER, dtype=np.int64)
-        self.comm.Bcast(header, root=0)
+        wait_idle(self.comm.Ibcast(header, root=0))
         command, T, n_seqs, max_blocks, n_out, argument = (int(v) for v in header)
         if command != STEP:
             return command, argument, None

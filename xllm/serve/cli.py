@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 
@@ -67,30 +68,63 @@ def _listen(host: str, port: int) -> socket.socket:
 @cli_entry("xllm-serve")
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..parallel import launched_world_size
-    if launched_world_size() > 1:
-        raise ValueError(f"xllm-serve does not run tensor-parallel yet ({launched_world_size()} MPI ranks): "
-                         f"its engine runs in a child process, which cannot be an MPI rank")
-    from ..chat import end_of_turn_ids, load_chat_template
-    from ..engine import DEFAULT_MODEL, load_tokenizer_for, open_model_checkpoint
-    from .app import ServerState, create_app
-    from .engine_process import EngineClient
-
+    from ..parallel import launched_rank, launched_world_size
+    from ..engine import DEFAULT_MODEL
     weight = DEFAULT_MODEL if args.weight is None else args.weight
+    world = launched_world_size()
+    options = {"weight": weight, "threads": args.threads, "max_seqs": args.max_seqs,
+               "max_batch_tokens": args.max_batch_tokens, "prefix_cache": args.prefix_cache,
+               "kv_type": args.kv_type, "tensor_parallel": world}
+    if world > 1 and launched_rank() != 0:
+        return _follow(options)
+    from .engine_process import EngineClient
+    client = EngineClient(options)
+    if world > 1:
+        # rank 0: the others wait in the start-up collective, so the model loads first (every
+        # failure is then one message here and ends every rank); the engine is a thread, MPI
+        # is started here, in the thread that also ends it (at exit)
+        from ..parallel.mpi import import_mpi
+        import_mpi()
+        try:
+            client.start()
+            return _serve(args, weight, client)
+        finally:
+            client.shutdown()
     if not os.path.exists(weight):
         raise FileNotFoundError(f"{weight}: no such model file or directory")
+    return _serve(args, weight, client)
+
+
+def _follow(options: dict) -> int:
+    """A rank > 0 of a tensor-parallel server: load its slices and run rank 0's steps until
+    rank 0 stops (parallel.load exits the process).  Ctrl-C and SIGTERM, which the launcher
+    passes to every rank, are rank 0's to handle: it shuts the server down, then stops us."""
+    from ..engine import Engine
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Engine.load(options["weight"], threads=options["threads"], max_seqs=options["max_seqs"],
+                max_batch_tokens=options["max_batch_tokens"], prefix_cache=options["prefix_cache"],
+                kv_type=options["kv_type"], tensor_parallel=options["tensor_parallel"])
+    return 0                                       # not reached: the followers exit in parallel.load
+
+
+def _serve(args, weight, client) -> int:
+    """Load the vocabulary and template, start the engine (unless started), serve until a
+    signal; the engine is shut down on the way out."""
+    from ..chat import end_of_turn_ids, load_chat_template
+    from ..engine import load_tokenizer_for, open_model_checkpoint
+    from .app import ServerState, create_app
+
     ckpt = open_model_checkpoint(weight)          # the vocabulary and template; pages shared with the engine
     tokenizer = load_tokenizer_for(ckpt)
     template = load_chat_template(weight, args.chat_template, tokenizer)
     end_of_turn = end_of_turn_ids(template, tokenizer) if template is not None else []
     name = args.model_name or os.path.basename(os.path.normpath(weight))
     sock = _listen(args.host, args.port)
-    client = EngineClient({"weight": weight, "threads": args.threads, "max_seqs": args.max_seqs,
-                           "max_batch_tokens": args.max_batch_tokens, "prefix_cache": args.prefix_cache,
-                           "kv_type": args.kv_type})
     stats_logger = None
     try:
-        client.start()
+        if client.process is None:
+            client.start()
         if args.stats_log is not None:
             from ..procstats import StatsLogger
             stats_logger = StatsLogger(client.pid, args.stats_log)
@@ -99,17 +133,52 @@ def _main(argv=None) -> int:
         app = create_app(state)
         import uvicorn
         host, port = sock.getsockname()[:2]
+        engine = (f"engine pid {client.pid}" if client.kind == "process" else
+                  f"engine thread, tensor-parallel over {client.options['tensor_parallel']} MPI ranks")
         print(f"xllm-serve: serving {name!r} on http://{host}:{port} (front end pid {os.getpid()}, "
-              f"engine pid {client.pid})", file=sys.stderr, flush=True)
+              f"{engine})", file=sys.stderr, flush=True)
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3,
                                 access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = _server_class()(config)
+        server.run(sockets=[sock])
     finally:
         if stats_logger is not None:
             stats_logger.stop()
         client.shutdown()
         sock.close()
-    return 0
+    if signal.SIGINT in server.captured:
+        raise KeyboardInterrupt           # reported as "interrupted", exit 130, like every xllm CLI
+    return 0                              # SIGTERM: a requested shutdown, done
+
+
+def _server_class():
+    """uvicorn.Server that keeps the signal which stopped it instead of raising it again on
+    the way out (uvicorn re-raises it, which would kill this process before the engine, and
+    under mpirun the other ranks, are stopped)."""
+    import contextlib
+    import threading
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        captured: list = []
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            self.captured = []
+
+            def handle(sig, frame):
+                self.captured.append(sig)
+                self.handle_exit(sig, frame)
+            original = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+    return Server
 
 
 def main(argv=None) -> int:

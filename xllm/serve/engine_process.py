@@ -1,4 +1,5 @@
-"""The engine in its own process, and the front end's handle on it.
+"""The engine in its own process (in a thread of rank 0 under mpirun), and the front end's
+handle on it.
 
 Two one-way pipes join the processes.  Front end -> engine: ("add", request_id, prompt_ids,
 params, prompt_text), ("abort", request_id), ("shutdown",).  Engine -> front end: ("ready",
@@ -39,13 +40,15 @@ def _stats(engine) -> EngineStats:
 
 def engine_main(inbox, outbox, options: dict) -> None:
     """Entry point of the engine process: load the model, then serve the step loop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the front end's to handle
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the front end's to handle
     try:
         from ..engine import Engine
         engine = Engine.load(options["weight"], threads=options.get("threads"),
                              max_seqs=options["max_seqs"], max_batch_tokens=options["max_batch_tokens"],
                              prefix_cache=options.get("prefix_cache", True),
-                             kv_type=options.get("kv_type", "auto"))
+                             kv_type=options.get("kv_type", "auto"),
+                             tensor_parallel=options.get("tensor_parallel", 1))
     except Exception as exc:                         # reported by the front end, one line
         outbox.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, OSError))
                      else str(exc)))
@@ -58,6 +61,38 @@ def engine_main(inbox, outbox, options: dict) -> None:
     except Exception as exc:
         outbox.send(("fatal", f"engine step failed: {type(exc).__name__}: {exc}"))
         raise
+    finally:
+        stop = getattr(engine.model, "stop", None)   # tensor-parallel: release the other ranks
+        if stop is not None:
+            stop()
+
+
+class EngineThread(threading.Thread):
+    """The engine in a thread of this process, for an engine that must be this very process:
+    rank 0 of a tensor-parallel MPI job (a child could not be an MPI rank).  It answers the
+    part of multiprocessing.Process that EngineClient uses; the step loop releases the GIL in
+    its kernels and MPI calls, so the front end's event loop keeps running beside it."""
+
+    def __init__(self, inbox, outbox, options: dict):
+        super().__init__(name="xllm-engine", daemon=True)
+        self.inbox, self.outbox, self.options = inbox, outbox, options
+        self.exitcode: Optional[int] = None
+
+    def run(self) -> None:
+        self.exitcode = 1
+        try:
+            engine_main(self.inbox, self.outbox, self.options)
+            self.exitcode = 0
+        finally:                                      # the front end's reader sees EOF
+            self.outbox.close()
+            self.inbox.close()
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def kill(self) -> None:
+        """A thread cannot be killed: it ends with the process (a daemon thread)."""
 
 
 def _loop(engine, inbox, outbox) -> None:
@@ -108,23 +143,28 @@ class EngineClient:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 600.0) -> None:
-        """Spawn the engine process and wait for its model to load (ValueError on failure)."""
+        """Start the engine and wait for its model to load (ValueError on failure): a spawned
+        process, or with options["tensor_parallel"] > 1 a thread of this process (rank 0)."""
         ctx = mp.get_context("spawn")                # a clean process: no threads or loop copied
         to_engine_r, self._to_engine = ctx.Pipe(duplex=False)
         self._from_engine, from_engine_w = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=engine_main, args=(to_engine_r, from_engine_w, self.options),
-                                   name="xllm-engine", daemon=True)
-        self.process.start()
-        to_engine_r.close()                          # the child's ends: EOF here when it dies
-        from_engine_w.close()
+        if self.options.get("tensor_parallel", 1) > 1:
+            self.process = EngineThread(to_engine_r, from_engine_w, self.options)
+            self.process.start()
+        else:
+            self.process = ctx.Process(target=engine_main, args=(to_engine_r, from_engine_w, self.options),
+                                       name="xllm-engine", daemon=True)
+            self.process.start()
+            to_engine_r.close()                      # the child's ends: EOF here when it dies
+            from_engine_w.close()
         if not self._from_engine.poll(timeout):
             self.process.kill()
-            raise ValueError(f"the engine process did not load the model within {timeout:.0f} s")
+            raise ValueError(f"the engine {self.kind} did not load the model within {timeout:.0f} s")
         try:
             msg = self._from_engine.recv()
         except EOFError:
             self.process.join(5)
-            raise ValueError(f"the engine process exited while loading the model "
+            raise ValueError(f"the engine {self.kind} exited while loading the model "
                              f"(exit code {self.process.exitcode})") from None
         if msg[0] == "fatal":
             self.process.join(5)
@@ -135,6 +175,10 @@ class EngineClient:
     @property
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
+
+    @property
+    def kind(self) -> str:
+        return "thread" if isinstance(self.process, EngineThread) else "process"
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start delivering engine messages to coroutines running on `loop`."""
@@ -162,13 +206,20 @@ class EngineClient:
                 msg = self._from_engine.recv()
             except (EOFError, OSError):
                 break
-            self._loop.call_soon_threadsafe(self._dispatch, msg)
-            if msg[0] == "fatal":
+            if not self._deliver(msg) or msg[0] == "fatal":
                 break
         self.process.join(5)
         code = self.process.exitcode
-        self._loop.call_soon_threadsafe(self._dispatch, ("dead", f"the engine process (pid {self.pid}) "
-                                                                 f"exited with code {code}"))
+        self._deliver(("dead", f"the engine {self.kind} (pid {self.pid}) exited with code {code}"))
+
+    def _deliver(self, msg) -> bool:
+        """Hand a message to the event loop; False once the loop is closed (the server is
+        shutting down and the engine's end of the pipe closed after it)."""
+        try:
+            self._loop.call_soon_threadsafe(self._dispatch, msg)
+        except RuntimeError:
+            return False
+        return True
 
     def _dispatch(self, msg) -> None:
         kind = msg[0]
