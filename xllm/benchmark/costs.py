@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ..formats.types import block_layout, is_block_quantized
-from .limits import GB, kernel_peak
+from .limits import GB, attention_peak, kernel_peak
 
 
 MATMUL_OPS = ("qkv_proj", "attn_out_proj", "ffn_gate_up", "ffn_down", "classifier")
@@ -100,8 +100,11 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
         if secs <= 0 and nbytes == 0 and flops == 0:
             continue
         quant = op in MATMUL_OPS and op in types and is_block_quantized(types[op])
-        peak_g, peak_name = kernel_peak(limits, types[op] if op in MATMUL_OPS and op in types else None,
-                                        tokens if op != "classifier" else 1)
+        if op == "attention":
+            peak_g, peak_name = attention_peak(limits)
+        else:
+            peak_g, peak_name = kernel_peak(limits, types[op] if op in MATMUL_OPS and op in types else None,
+                                            tokens if op != "classifier" else 1)
         peak = peak_g * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None

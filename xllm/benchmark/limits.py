@@ -111,6 +111,15 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
     }
 
 
+def attention_peak(limits: dict):
+    """(peak in GFLOP/s, name) of the attention kernels at the level of `limits`: the group
+    kernels run 512-bit FMAs at avx512 and amx (simd_attend_group.h), 256-bit at avx2."""
+    level = limits["simd"]
+    if level in ("avx512", "amx") and limits.get("fma512_gflops"):
+        return limits["fma512_gflops"], "512-bit FMA"
+    return limits["fma256_gflops"], "scalar FMA" if level == "scalar" else "256-bit FMA"
+
+
 def kernel_peak(limits: dict, ggml_type: Optional[int], tokens: int = 1):
     """(peak in G op/s, name) of the instruction a matmul of `ggml_type` weights over `tokens`
     tokens runs at the SIMD level of `limits` (None: a non-matmul operator, 256-bit FMA), so
