@@ -76,8 +76,10 @@ def sampling_params(args, max_tokens: int):
                           top_k=args.top_k, seed=args.seed)
 
 
-def stream_reply(llm, ids, params, out=sys.stdout) -> str:
-    """Print the continuation of `ids` as it comes, then a stats line on stderr; return it."""
+def stream_reply(llm, ids, params, out=None) -> str:
+    """Print the continuation of `ids` as it comes (to `out`, default the sys.stdout of the
+    call, not of the import), then a stats line on stderr; return it."""
+    out = sys.stdout if out is None else out
     start = time.perf_counter()
     pieces = []
     for piece in llm.stream(ids, params):
@@ -94,7 +96,8 @@ def stream_reply(llm, ids, params, out=sys.stdout) -> str:
     return "".join(pieces)
 
 
-def run_prompt(llm, prompt: str, args, out=sys.stdout) -> None:
+def run_prompt(llm, prompt: str, args, out=None) -> None:
+    out = sys.stdout if out is None else out
     ids = llm.tokenizer.encode(prompt, bos=True)
     max_tokens = steps_to_max_tokens(256 if args.steps is None else args.steps, len(ids),
                                      llm.config.max_seq_len, args.steps is not None)
@@ -196,7 +199,7 @@ def chat_params(llm, n_prompt: int, stops, args):
     return params
 
 
-def chat_turn(llm, template, messages, stops, args, out=sys.stdout) -> str:
+def chat_turn(llm, template, messages, stops, args, out=None) -> str:
     """Render the conversation, stream the assistant's reply, return its text."""
     from .chat import encode_rendered
     ids = encode_rendered(llm.tokenizer, template.render(messages, add_generation_prompt=True))

@@ -136,9 +136,9 @@ def bench_batch(path, prompts_file, batch: int = 16, max_tokens: int = 128, thre
     """Continuous batching of every prompt in `prompts_file` with at most `batch` sequences
     at once, greedy, `max_tokens` each; then (baseline) the same prompts one at a time.
     Each run starts from an empty prefix cache (prefix_cache=False: none at all)."""
-    from .engine import LLM
-    from .model import resolve_threads
-    from .sampling import SamplingParams
+    from ..engine import LLM
+    from ..model import resolve_threads
+    from ..sampling import SamplingParams
     for name, v in (("batch", batch), ("max_tokens", max_tokens), ("max_batch_tokens", max_batch_tokens)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} = {v!r}, expected a positive integer")

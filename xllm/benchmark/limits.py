@@ -67,7 +67,7 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
     simd               the kernels' SIMD level (xllm._kernels.simd_level())
     kernel_peak() picks the roof of each matmul by weight type and token count.
     """
-    from . import _kernels, _probe
+    from .. import _kernels, _probe
     if threads < 1:
         raise ValueError(f"threads = {threads}, expected >= 1")
     level = _kernels.simd_level()

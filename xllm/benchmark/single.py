@@ -58,9 +58,9 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
     `limits` (from measure_limits) are measured here when not given.  The prefix cache is
     off: every run prefills the same prompt, and that is what is measured.  Decode at a long
     context: a long prompt (e.g. prompt_tokens=2000), with the KV cache's `kv_type`."""
-    from .engine import LLM
-    from .model import resolve_threads
-    from .sampling import SamplingParams
+    from ..engine import LLM
+    from ..model import resolve_threads
+    from ..sampling import SamplingParams
     for name, v in (("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens), ("repeats", repeats)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} = {v!r}, expected a positive integer")
@@ -88,7 +88,7 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
         return start, stamps, req
 
     runs = []
-    from . import _probe
+    from .. import _probe
     bw_bytes = (limits_kwargs or {}).get("bandwidth_bytes", 1 << 30)
 
     def probe_bandwidth():
