@@ -352,7 +352,7 @@ def test_rank_that_cannot_load_ends_the_job(model_file, tmp_path):
     missing = tmp_path / "missing.gguf"
     r = launch((1, cli("--weight", a, "--prompt", "x")), (1, cli("--weight", missing, "--prompt", "x")),
                timeout=90)
-    assert_fails_with(r, f"rank 1")
+    assert_fails_with(r, "rank 1")
     assert "failed to load" in r.stderr and "missing.gguf" in r.stderr
 
 
