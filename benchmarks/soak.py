@@ -195,11 +195,10 @@ class Soak:
                     self._take(out)
         wall = time.monotonic() - start
         kv = self.engine.model.kv
-        lo, hi = self.rss.get(max(1, self.n // 10)), self.rss.get(self.n)
         return {"requests": self.n, "wall_s": round(wall, 2), "steps": self.engine.steps,
                 "preemptions": self.engine.scheduler.preemptions,
                 "rss_at": {str(k): v for k, v in sorted(self.rss.items())},
-                "rss_growth_pct": round(100.0 * (hi - lo) / lo, 3) if lo and hi else None,
+                "rss_growth_pct": rss_growth_pct(self.rss, self.n),
                 "kv_blocks_free": kv.n_free, "kv_blocks": kv.n_blocks, "kv_tables_left": len(kv.tables),
                 "unfinished": self.engine.has_unfinished(), **self.counts, "first_error": self.first_error}
 
@@ -273,8 +272,6 @@ def main(argv=None) -> int:
         "no_unexpected_errors": report["unexpected_errors"] == 0,
         "probes_consistent": report["probe_mismatches"] == 0 and report["probes"] > 0,
     }
-    report["checks"] = checks
-    report["ok"] = all(checks.values())
     mib = {k: round(v / 2**20, 2) for k, v in report["rss_at"].items()}
     print(f"soak: {report['requests']:,} requests in {report['wall_s']:.1f} s "
           f"({report['steps']:,} steps, {report['tokens']:,} tokens, {report['preemptions']:,} preemptions)")
@@ -283,12 +280,25 @@ def main(argv=None) -> int:
     print(f"  RSS MiB at request {', '.join(f'{k}: {v}' for k, v in mib.items())}  growth "
           f"{report['rss_growth_pct']}% (limit {args.max_growth}%)")
     print(f"  KV blocks free at the end {report['kv_blocks_free']}/{report['kv_blocks']}")
+    return conclude(report, checks, args.json)
+
+
+def rss_growth_pct(rss: dict, n: int):
+    """Percent growth of resident memory from the n/10-th request to the n-th (None if unread)."""
+    lo, hi = rss.get(max(1, n // 10)), rss.get(n)
+    return round(100.0 * (hi - lo) / lo, 3) if lo and hi else None
+
+
+def conclude(report: dict, checks: dict, json_path) -> int:
+    """Print the checks and the first error, write the report (with them) to json_path if
+    given; the exit status: 0 when every check holds."""
+    report["checks"], report["ok"] = checks, all(checks.values())
     for name, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     if report["first_error"]:
         print(f"  first error: {report['first_error']}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(report, f, indent=1)
     return 0 if report["ok"] else 1
 

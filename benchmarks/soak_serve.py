@@ -16,7 +16,6 @@ idle (must be 0), wall time, counts.  Exit status 1 if a check fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import signal
@@ -32,6 +31,8 @@ import openai
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROMPTS = os.path.join(HERE, "prompts.txt")
+sys.path.insert(0, HERE)
+from soak import conclude, rss_growth_pct  # noqa: E402  (the in-process soak's report helpers)
 
 
 def start_server(args) -> tuple:
@@ -162,10 +163,9 @@ class ServeSoak:
         while metrics(self.url).get("xllm_kv_blocks_used", 1) != 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         m = metrics(self.url)
-        lo, hi = self.rss.get(max(1, self.n // 10)), self.rss.get(self.n)
         return {"requests": self.n, "wall_s": round(wall, 2), **self.counts, "first_error": self.first_error,
                 "rss_at": {str(k): v for k, v in sorted(self.rss.items())},
-                "rss_growth_pct": round(100.0 * (hi - lo) / lo, 3) if lo and hi else None,
+                "rss_growth_pct": rss_growth_pct(self.rss, self.n),
                 "kv_blocks_used": int(m.get("xllm_kv_blocks_used", -1)),
                 "kv_blocks_total": int(m.get("xllm_kv_blocks_total", -1))}
 
@@ -194,21 +194,13 @@ def main(argv=None) -> int:
     checks = {"rss_growth": report["rss_growth_pct"] is not None and report["rss_growth_pct"] < args.max_growth,
               "kv_all_free": report["kv_blocks_used"] == 0,
               "no_unexpected_errors": report["unexpected_errors"] == 0}
-    report["checks"], report["ok"] = checks, all(checks.values())
     mib = {k: round(v / 2**20, 2) for k, v in report["rss_at"].items()}
     print(f"soak_serve: {report['requests']:,} requests in {report['wall_s']:.1f} s: finished {report['finished']:,}, "
           f"dropped {report['dropped']:,}, refused {report['refused']:,}, unexpected errors {report['unexpected_errors']}")
     print(f"  server RSS MiB at request {', '.join(f'{k}: {v}' for k, v in mib.items())}  growth "
           f"{report['rss_growth_pct']}% (limit {args.max_growth}%)")
     print(f"  KV blocks used when idle {report['kv_blocks_used']}/{report['kv_blocks_total']}")
-    for name, ok in checks.items():
-        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
-    if report["first_error"]:
-        print(f"  first error: {report['first_error']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0 if report["ok"] else 1
+    return conclude(report, checks, args.json)
 
 
 if __name__ == "__main__":
