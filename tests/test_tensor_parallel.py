@@ -533,9 +533,19 @@ def test_serve_under_mpirun_matches_one_process(sig):
     assert ("xllm-serve: interrupted" in err) == (sig == signal.SIGINT), err
 
 
+def ended(proc):
+    """The job's process once it has ended; a job still serving (the refusal failed) is killed
+    first, so no rank outlives the test."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc
+
+
 @needs_mpi
 def test_serve_under_mpirun_refuses_a_split_that_does_not_divide():
     proc, url = serve_job(3, "--threads", 1)
+    ended(proc)
     err = "".join(proc.stderr_lines)
     assert url is None and proc.returncode != 0, err
     assert "3 ranks do not divide the 4 key/value heads (n_kv_heads)" in err
@@ -548,6 +558,7 @@ def test_serve_under_mpirun_bad_template_ends_every_rank(tmp_path):
     bad = tmp_path / "broken.jinja"
     bad.write_text("{% for %}")
     proc, url = serve_job(2, "--threads", 1, "--chat-template", bad)
+    ended(proc)
     err = "".join(proc.stderr_lines)
     assert url is None and proc.returncode != 0, err
     assert "broken.jinja" in err and "Traceback" not in err, err
