@@ -243,6 +243,34 @@ def test_quantized_paths_same_bits(qtype):
 
 
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
+@pytest.mark.parametrize("rows,cols", [(1, 32), (31, 96), (32, 64), (61, 288), (200, 160)])
+def test_gemv_panels_same_bits(simd, qtype, rows, cols):
+    """A one-token matmul gives the same bits whether it streams one panel at a time or four
+    side by side (the Intel decode path), on any thread count, and equals the float64 dot."""
+    rng = np.random.default_rng(rows * cols)
+    w = quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    ref = dequantize(quantize(x, GT.Q8_0), GT.Q8_0).astype(np.float64) @ \
+        dequantize(w, qtype).astype(np.float64).T
+    before = K.gemv_panels()
+    try:
+        out = {}
+        for n in (1, 4):
+            assert K.set_gemv_panels(n) == n
+            out[n] = [K.matmul(w, int(qtype), x, threads) for threads in (1, 2)]
+    finally:
+        K.set_gemv_panels(before)
+    for y in out[1] + out[4]:
+        assert np.array_equal(y, out[1][0])
+    assert rel_err(out[4][0], ref) < 1e-6
+
+
+def test_set_gemv_panels_rejects_other_counts():
+    with pytest.raises(ValueError, match="GEMV panels 3"):
+        K.set_gemv_panels(3)
+
+
+@pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
 @pytest.mark.parametrize("rows", [1, 8, 13, 24])
 def test_pack_quantized_layout(qtype, rows):
     """Panels of 8 rows, block by block: 8 fp16 scales, then 4-byte groups of the 8 rows side

@@ -148,6 +148,22 @@ def simd_level():
     return {v: k for k, v in SIMD_LEVELS.items()}[xllm_simd_level_now()]
 
 
+def gemv_panels():
+    """Panels (8 rows each) a one-token Q8_0/Q4_0 matmul streams side by side at the avx512
+    level: 4 on Intel CPUs, 1 elsewhere, or XLLM_GEMV_PANELS from the environment."""
+    xllm_gemv_panels(TYPE_Q8_0)
+    return xllm_gemv_streams
+
+
+def set_gemv_panels(int n):
+    """Choose 1 or 4 panels per one-token tile (tests run both; the results are the same bits)."""
+    if n not in (1, 4):
+        raise ValueError(f"GEMV panels {n}: expected 1 or 4")
+    global xllm_gemv_streams
+    xllm_gemv_streams = n
+    return n
+
+
 def set_simd_level(str level):
     """Select 'amx', 'avx512', 'avx2' or 'scalar' (tests run each); the CPU's best level at
     or below the one asked for is used.  Returns the level in force."""
@@ -280,8 +296,8 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     """y[t, r0:r0+nr] for all T tokens of repacked Q8_0/Q4_0 weights (r0 a multiple of 8).
 
     Tiles of 2 panels (16 rows) x 4 tokens; acc holds one float per (token, row).  One
-    token streams its panels once, one at a time (a single stream per thread measured
-    faster than two: 31-34 vs 24-30 GB/s); several tokens walk the blocks in chunks that
+    token streams its panels once, one at a time or four side by side (xllm_gemv_panels:
+    the CPU decides which streams faster); several tokens walk the blocks in chunks that
     stay in cache.
     """
     cdef int nb = w.cols // XLLM_QK
@@ -291,6 +307,7 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     cdef size_t pstride = xllm_panel_bytes(w.row_bytes)
     cdef const char *panels = w.data + <size_t>(r0 // XLLM_PANEL) * pstride
     cdef int k0, k1, t0, nt, p, npp, t, r
+    cdef int gemv_panels = xllm_gemv_panels(w.type)
     memset(acc, 0, <size_t>T * ld * sizeof(float))
     k0 = 0
     if xllm_amx_applies(w.type, T):         # AMX int8 tiles: the same bits (simd_amx.h)
@@ -300,7 +317,8 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
         k1 = min(k0 + kc, nb)
         p = 0
         while p < n_panels:
-            npp = min(XLLM_QTILE_PANELS if T > 1 else 1, n_panels - p)
+            npp = XLLM_QTILE_PANELS if T > 1 else gemv_panels
+            npp = min(npp, n_panels - p) if T > 1 else (npp if n_panels - p >= npp else 1)
             t0 = 0
             while t0 < T:
                 nt = min(XLLM_QTILE_TOKENS, T - t0)

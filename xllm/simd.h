@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>    /* getenv */
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -881,14 +882,18 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
  * directly (15 * 127 * 2 cannot saturate); Q8_0's w + 128 would, so the AVX2 path turns the
  * weights back to signed and uses |w| and sign(x, w) (the ggml sign trick). */
 /* Several tokens: prefetch each panel's stream 4 KB ahead (the next k-chunk, while the
- * current one is reused from L1): 16 tokens 320-345 -> 390-415 GOP/s.  One token: none, the
- * hardware prefetcher streams a single panel faster alone (one thread 25-28 -> 28-30 GB/s). */
+ * current one is reused from L1): 16 tokens 320-345 -> 390-415 GOP/s.  One token, one panel:
+ * none, the hardware prefetcher streams a single panel faster alone (Zen 4, one thread 25-28
+ * -> 28-30 GB/s).  One token, four panels (the Intel decode path, see xllm_gemv_panels): 2 KB
+ * ahead in each of the four streams. */
 #define XLLM_PREFETCH_DISTANCE 4096
-#define XLLM_PREFETCH_BLOCK(blk)                                                                       \
+#define XLLM_GEMV_PREFETCH_DISTANCE 2048
+#define XLLM_PREFETCH_BLOCK(blk, dist)                                                                 \
     for (int o = 0; o < (int)sizeof(*(blk)); o += 64)                                                  \
-        _mm_prefetch((const char *)(blk) + o + XLLM_PREFETCH_DISTANCE, _MM_HINT_T0)
+        _mm_prefetch((const char *)(blk) + o + (dist), _MM_HINT_T0)
 
 #define XLLM_QTILE_BODY(NP, NT, DOT_Q8, DOT_Q4, Q8_BIAS)                                                 \
+    const int pf = (NT) > 1 ? XLLM_PREFETCH_DISTANCE : (NP) > 2 ? XLLM_GEMV_PREFETCH_DISTANCE : 0;      \
     __m256 facc[NP][NT];                                                                               \
     for (int p = 0; p < NP; p++)                                                                       \
         for (int t = 0; t < NT; t++) facc[p][t] = _mm256_loadu_ps(acc + (size_t)t * ldacc + 8 * p);   \
@@ -903,7 +908,7 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
             const xllm_block_q8_0x8 *wb[NP];                                                           \
             for (int p = 0; p < NP; p++) {                                                             \
                 wb[p] = (const xllm_block_q8_0x8 *)(w + p * pstride) + b;                               \
-                if (NT > 1) XLLM_PREFETCH_BLOCK(wb[p]);                                                \
+                if (pf) XLLM_PREFETCH_BLOCK(wb[p], pf);                                            \
             }                                                                                          \
             for (int j = 0; j < 8; j++) {                                                              \
                 __m256i wv[NP];                                                                        \
@@ -918,7 +923,7 @@ static inline int32_t xllm_load_i32(const void *p) { int32_t v; memcpy(&v, p, 4)
             const xllm_block_q4_0x8 *wb[NP];                                                           \
             for (int p = 0; p < NP; p++) {                                                             \
                 wb[p] = (const xllm_block_q4_0x8 *)(w + p * pstride) + b;                               \
-                if (NT > 1) XLLM_PREFETCH_BLOCK(wb[p]);                                                \
+                if (pf) XLLM_PREFETCH_BLOCK(wb[p], pf);                                            \
             }                                                                                          \
             for (int c = 0; c < 4; c++) {                                                              \
                 __m256i lo[NP], hi[NP];                                                                \
@@ -980,11 +985,38 @@ XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 2, 4, XLLM_DPBUSD, XLLM_DPBUSD, 128)
 XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 2, XLLM_DPBUSD, XLLM_DPBUSD, 128)
 XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 3, XLLM_DPBUSD, XLLM_DPBUSD, 128)
 XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 1, 4, XLLM_DPBUSD, XLLM_DPBUSD, 128)
+XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 4, 1, XLLM_DPBUSD, XLLM_DPBUSD, 128)   /* one token, four streams */
 #endif
 
 typedef void (*xllm_qtile_fn)(int, const char *, size_t, const xllm_block_q8_act *, size_t, int, int, float *, int);
 
-/* Accumulate one quantized tile: np (1..XLLM_QTILE_PANELS) panels x nt (1..XLLM_QTILE_TOKENS) tokens. */
+/* Panels one decode tile (one token) covers: XLLM_GEMV_PANELS for Q8_0/Q4_0 at the avx512
+ * level where the CPU streams faster that way, else 1.  On the Intel Xeon (Sapphire Rapids
+ * class) one thread's Q8_0 GEMV read 8.3-9.6 GB/s from one panel stream and 11-13 GB/s from
+ * four prefetched streams (two threads 15-17 -> 22-26 GB/s); on Zen 4 one stream was measured
+ * faster than two (31-34 vs 24-30 GB/s), so AMD CPUs keep one.  XLLM_GEMV_PANELS=1 or 4 in
+ * the environment overrides the choice (read once, with the CPU's vendor). */
+#define XLLM_GEMV_PANELS 4
+static int xllm_gemv_streams = -1;          /* -1: not chosen yet */
+
+static int xllm_gemv_choose_streams(void) {
+    const char *env = getenv("XLLM_GEMV_PANELS");
+    if (env && (env[0] == '1' || env[0] == '4') && env[1] == 0) return env[0] - '0';
+#if XLLM_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") ? XLLM_GEMV_PANELS : 1;
+#else
+    return 1;
+#endif
+}
+
+static inline int xllm_gemv_panels(int type) {
+    if (xllm_gemv_streams < 0) xllm_gemv_streams = xllm_gemv_choose_streams();
+    return xllm_simd_level == XLLM_SIMD_AVX512 && (type == XLLM_Q8_0 || type == XLLM_Q4_0) ? xllm_gemv_streams : 1;
+}
+
+/* Accumulate one quantized tile: np (1..XLLM_QTILE_PANELS) panels x nt (1..XLLM_QTILE_TOKENS)
+ * tokens, or np = XLLM_GEMV_PANELS panels x 1 token where xllm_gemv_panels says so. */
 static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
                               size_t ldx, int nt, int b0, int b1, float *acc, int ldacc) {
     if (xllm_is_legacy_quant(type)) { xllm_legacy_qtile(type, w, pstride, np, x, ldx, nt, b0, b1, acc, ldacc); return; }
@@ -993,7 +1025,10 @@ static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, c
         static const xllm_qtile_fn vnni[2][4] = {
             {xllm_qtile_vnni_1x1, xllm_qtile_vnni_1x2, xllm_qtile_vnni_1x3, xllm_qtile_vnni_1x4},
             {xllm_qtile_vnni_2x1, xllm_qtile_vnni_2x2, xllm_qtile_vnni_2x3, xllm_qtile_vnni_2x4}};
-        vnni[np - 1][nt - 1](type, w, pstride, x, ldx, b0, b1, acc, ldacc);
+        if (np == XLLM_GEMV_PANELS && nt == 1 && (type == XLLM_Q8_0 || type == XLLM_Q4_0))
+            xllm_qtile_vnni_4x1(type, w, pstride, x, ldx, b0, b1, acc, ldacc);
+        else
+            vnni[np - 1][nt - 1](type, w, pstride, x, ldx, b0, b1, acc, ldacc);
         return;
     }
     if (xllm_simd_level == XLLM_SIMD_AVX2) {
