@@ -104,6 +104,26 @@ XLLM_PROBE_AVX2_FN static float xllm_probe_sum_avx2(const float *p, size_t n) {
     for (; i < n; i++) s += p[i];
     return s;
 }
+
+/* The same sum over 4 streams side by side (the quarters of [0, n), each prefetched 2 KB
+ * ahead), as the 4-panel decode kernels read their weights: on the Intel Xeon one thread
+ * read 7 GB/s from one stream and 12-14 GB/s from four.  n a multiple of 256, p 32-byte aligned. */
+XLLM_PROBE_AVX2_FN static float xllm_probe_sum4_avx2(const float *p, size_t n) {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+    const size_t q = n / 4;
+    for (size_t i = 0; i < q; i += 16)
+        for (int s = 0; s < 4; s++) {
+            const float *r = p + s * q + i;
+            _mm_prefetch((const char *)r + 2048, _MM_HINT_T0);
+            a[2 * s] = _mm256_add_ps(a[2 * s], _mm256_load_ps(r));
+            a[2 * s + 1] = _mm256_add_ps(a[2 * s + 1], _mm256_load_ps(r + 8));
+        }
+    for (int j = 1; j < 8; j++) a[0] = _mm256_add_ps(a[0], a[j]);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, a[0]);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
 #endif
 
 /* This OpenMP thread's slice of [0, n): equal parts (multiples of 64), the last takes the rest. */
@@ -120,7 +140,7 @@ static void xllm_probe_slice(size_t n, size_t *start, size_t *len) {
 
 /* One pass over buf[0, n) split evenly across `threads`; returns seconds, *sum the total
  * (so the loads cannot be dropped).  n should be a multiple of 64 * threads. */
-static double xllm_probe_read(const float *buf, size_t n, int threads, int use_avx2, double *sum) {
+static double xllm_probe_read(const float *buf, size_t n, int threads, int use_avx2, int streams, double *sum) {
     double total = 0.0;
     double t0 = xllm_probe_now();
     #pragma omp parallel num_threads(threads) reduction(+:total)
@@ -128,7 +148,9 @@ static double xllm_probe_read(const float *buf, size_t n, int threads, int use_a
         size_t start, len;
         xllm_probe_slice(n, &start, &len);
 #if XLLM_PROBE_X86
-        if (use_avx2)
+        if (use_avx2 && streams == 4 && len % 256 == 0)
+            total += xllm_probe_sum4_avx2(buf + start, len);
+        else if (use_avx2)
             total += xllm_probe_sum_avx2(buf + start, len);
         else
 #endif
