@@ -158,13 +158,20 @@ def test_kernel_matches_float64_dot(ggml_type, rows, cols):
     expected = xq @ w64.T
     bound = sum(np.abs(xq) @ p.T for p in parts) * U * (cols // 256 + 4) * 2
     first = at_level("scalar", lambda: _kernels.matmul(data, ggml_type, x))
-    for level in levels():
-        for T in (1, 2, 3, 5, 17):
-            for threads in (1, 2):
-                y = at_level(level, lambda: _kernels.matmul(data, ggml_type, x[:T], threads=threads))
-                err = np.abs(y.astype(np.float64) - expected[:T])
-                assert (err <= bound[:T]).all(), (level, T, float((err - bound[:T]).max()))
-                assert np.array_equal(y, first[:T]), (level, T, threads)
+    before = _kernels.gemv_panels()
+    try:
+        for level in levels():
+            for T in (1, 2, 3, 5, 17):
+                for threads in (1, 2):
+                    # one token: also the decode path that streams the panels side by side
+                    for panels in ((1, 4) if T == 1 else (before,)):
+                        _kernels.set_gemv_panels(panels)
+                        y = at_level(level, lambda: _kernels.matmul(data, ggml_type, x[:T], threads=threads))
+                        err = np.abs(y.astype(np.float64) - expected[:T])
+                        assert (err <= bound[:T]).all(), (level, T, float((err - bound[:T]).max()))
+                        assert np.array_equal(y, first[:T]), (level, T, threads, panels)
+    finally:
+        _kernels.set_gemv_panels(before)
 
 
 def test_kernel_rejects_bad_rows():

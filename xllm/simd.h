@@ -107,6 +107,31 @@ static int xllm_set_simd_level(int level) {
 /* The level in force, as xllm_set_simd_level returns it. */
 static inline int xllm_simd_level_now(void) { return xllm_amx ? XLLM_SIMD_AMX : xllm_simd_level; }
 
+/* One-token matmuls (decode) stream their weights faster from several prefetched streams
+ * per thread on some CPUs and from one on others.  On the Intel Xeon (Sapphire Rapids class)
+ * one thread's Q8_0 GEMV read 8.3-9.6 GB/s from one panel stream and 11-13 GB/s from four
+ * prefetched ones (two threads 15-17 -> 22-26 GB/s); on Zen 4 one stream was measured faster
+ * than two (31-34 vs 24-30 GB/s), so AMD CPUs keep one.  xllm_gemv_streams: 4 (several
+ * streams) or 1, chosen once from the CPU's vendor; XLLM_GEMV_PANELS=1 or 4 in the
+ * environment overrides it, and the tests set it (the results are the same bits). */
+static int xllm_gemv_streams = -1;          /* -1: not chosen yet */
+
+static int xllm_gemv_choose_streams(void) {
+    const char *env = getenv("XLLM_GEMV_PANELS");
+    if (env && (env[0] == '1' || env[0] == '4') && env[1] == 0) return env[0] - '0';
+#if XLLM_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") ? 4 : 1;
+#else
+    return 1;
+#endif
+}
+
+static inline int xllm_gemv_multi_stream(void) {
+    if (xllm_gemv_streams < 0) xllm_gemv_streams = xllm_gemv_choose_streams();
+    return xllm_gemv_streams > 1;
+}
+
 /* ------------------------------------------------------------------ fp16 */
 
 static inline float xllm_fp16_to_fp32(uint16_t h) {
@@ -991,28 +1016,11 @@ XLLM_QTILE_FN(vnni, XLLM_AVX512_FN, 4, 1, XLLM_DPBUSD, XLLM_DPBUSD, 128)   /* on
 typedef void (*xllm_qtile_fn)(int, const char *, size_t, const xllm_block_q8_act *, size_t, int, int, float *, int);
 
 /* Panels one decode tile (one token) covers: XLLM_GEMV_PANELS for Q8_0/Q4_0 at the avx512
- * level where the CPU streams faster that way, else 1.  On the Intel Xeon (Sapphire Rapids
- * class) one thread's Q8_0 GEMV read 8.3-9.6 GB/s from one panel stream and 11-13 GB/s from
- * four prefetched streams (two threads 15-17 -> 22-26 GB/s); on Zen 4 one stream was measured
- * faster than two (31-34 vs 24-30 GB/s), so AMD CPUs keep one.  XLLM_GEMV_PANELS=1 or 4 in
- * the environment overrides the choice (read once, with the CPU's vendor). */
+ * level where the CPU streams faster that way (xllm_gemv_multi_stream), else 1. */
 #define XLLM_GEMV_PANELS 4
-static int xllm_gemv_streams = -1;          /* -1: not chosen yet */
-
-static int xllm_gemv_choose_streams(void) {
-    const char *env = getenv("XLLM_GEMV_PANELS");
-    if (env && (env[0] == '1' || env[0] == '4') && env[1] == 0) return env[0] - '0';
-#if XLLM_X86 && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") ? XLLM_GEMV_PANELS : 1;
-#else
-    return 1;
-#endif
-}
-
 static inline int xllm_gemv_panels(int type) {
-    if (xllm_gemv_streams < 0) xllm_gemv_streams = xllm_gemv_choose_streams();
-    return xllm_simd_level == XLLM_SIMD_AVX512 && (type == XLLM_Q8_0 || type == XLLM_Q4_0) ? xllm_gemv_streams : 1;
+    return xllm_simd_level == XLLM_SIMD_AVX512 && (type == XLLM_Q8_0 || type == XLLM_Q4_0) && xllm_gemv_multi_stream()
+        ? XLLM_GEMV_PANELS : 1;
 }
 
 /* Accumulate one quantized tile: np (1..XLLM_QTILE_PANELS) panels x nt (1..XLLM_QTILE_TOKENS)

@@ -226,10 +226,13 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
     const xllm_kp_region *rg = xllm_kp_regions[(TYPE) - XLLM_Q2_K];                                     \
     const size_t pblock = (size_t)XLLM_KP * xllm_kq_block_bytes(TYPE);                                  \
     const int off = xllm_kq_offset(TYPE);                                                               \
+    const int pf_next = (NT) == 1 && xllm_gemv_multi_stream();   /* decode: fetch the next block */     \
     for (int b = b0; b < b1; b++) {                                                                     \
         const uint8_t *pb = (const uint8_t *)w + (size_t)b * pblock;                                    \
         const uint8_t *sp = pb + rg[1].poff;                                                            \
         __m512i s[4], isum[NT], msum[NT];                                                               \
+        if (pf_next)                                                                                    \
+            for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + pblock + o, _MM_HINT_T0); \
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = msum[t] = _mm512_setzero_si512(); \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
@@ -472,6 +475,15 @@ static void xllm_kq_rows(int type, const char *w, size_t pstride, int nr, int nb
     const int np = (nr + XLLM_KP - 1) / XLLM_KP, ld = np * XLLM_KP;
     const int kc = nt == 1 ? nb : XLLM_KQ_CHUNK, tile = xllm_kq_tile_tokens();
     memset(acc, 0, (size_t)nt * ld * sizeof(float));
+    if (nt == 1 && np > 1 && xllm_gemv_multi_stream()) {
+        /* decode on a CPU that streams faster from several streams: the panels side by side,
+         * a block of each in turn (each row still adds its blocks in order: the same bits) */
+        for (int b = 0; b < nb; b++)
+            for (int p = 0; p < np; p++)
+                xllm_kq_tile(type, w + (size_t)p * pstride, x, ldx, 1, b, b + 1, acc + p * XLLM_KP, ld);
+        memcpy(y, acc, nr * sizeof(float));
+        return;
+    }
     for (int b0 = 0; b0 < nb; b0 += kc) {
         const int b1 = b0 + kc < nb ? b0 + kc : nb;
         for (int p = 0; p < np; p++)
