@@ -439,7 +439,10 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
             for i in prange(n_prep, schedule='static'):
                 prepare_input(i, x, T, cols, ldx, n_q8, nb, nbk, any_quantized or any_kquant, xp, ldp, ws)
         acc = ws.acc + threadid() * ws.acc_per_thread
-        for g in prange(total, schedule='static'):
+        # row groups handed out one at a time: a thread the hypervisor (or a busy neighbour)
+        # delays leaves the rest to the others instead of holding everyone at the barrier;
+        # each output row is computed whole by one thread, so any hand-out gives the same bits
+        for g in prange(total, schedule='dynamic', chunksize=1):
             m = 0
             while g >= first[m + 1]:
                 m = m + 1
