@@ -1,6 +1,6 @@
 /* probe.h: micro-kernels that measure this machine's limits for the benchmarks.
  *
- *   xllm_probe_read      stream-sum a buffer with 256-bit loads (read bandwidth)
+ *   xllm_probe_read      stream-sum a buffer with 256-bit loads, one stream or four per thread (read bandwidth)
  *   xllm_probe_fma       independent chains of fp32 FMAs on 256-bit or 512-bit vectors
  *   xllm_probe_int8      independent chains of maddubs + madd + add (the Q8_0 dot product's
  *                        integer core: 32 int8 multiply-adds per 256-bit maddubs), of VNNI
