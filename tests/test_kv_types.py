@@ -52,7 +52,7 @@ def special_values():
     x = np.concatenate([rng.standard_normal(200) * 10.0 ** rng.integers(-9, 6, 200),
                         [0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65519.99, 65520.0, 1e-8, 6e-8, -3e-5,
                          3.3895314e38, -3.39e38, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -11]])
-    return x.astype(np.float32)[:192].reshape(6, 32)
+    return np.concatenate([x[-32:], x[:160]]).astype(np.float32).reshape(6, 32)   # the specials, then random values
 
 
 def test_f16_write_is_ieee_round_to_nearest_even():
@@ -63,6 +63,31 @@ def test_f16_write_is_ieee_round_to_nearest_even():
         want = x.astype(np.float16)
     assert np.array_equal(got.view(np.uint16)[~np.isnan(x)], want.view(np.uint16)[~np.isnan(x)])
     assert np.isnan(got[np.isnan(x)]).all()
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "bf16"])
+def test_half_writes_same_bits_on_every_level(kv_type):
+    """The AVX2/F16C writes (8 values at a time, a scalar tail) give the scalar bits, NaN
+    payloads and ties included, at a row length off a multiple of 8."""
+    specials = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 65504.0, 65519.99, 65520.0, 1e-8, 6e-8,
+                -3e-5, 3.3895314e38, -3.39e38, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, 1.0 + 2 ** -11, 1e-45]
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(3 * 77) * 10.0 ** rng.integers(-9, 6, 3 * 77)).astype(np.float32)
+    x[5:5 + len(specials)] = specials
+    x[100:108] = np.float32(np.nan)                     # a whole vector of NaN
+    x = x.reshape(3, 77)
+    x.view(np.uint32)[2, 3] = 0x7fa00001                # a signalling NaN with a payload
+    before = K.simd_level()
+    try:
+        out = {}
+        for level in ("scalar", "avx2", "avx512"):
+            if K.set_simd_level(level) == level:
+                out[level] = K.kv_store_rows(kv_type, x).view(np.uint16)
+    finally:
+        K.set_simd_level(before)
+    assert len(out) > 1 or not K.has_avx2()
+    for level, got in out.items():
+        assert np.array_equal(got, out["scalar"]), level
 
 
 def test_bf16_write_is_round_to_nearest_even():
