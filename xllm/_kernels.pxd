@@ -59,6 +59,7 @@ cdef extern from "simd.h" nogil:
     bint xllm_amx_applies(int type, int T)
     int xllm_gemv_streams
     int xllm_gemv_panels(int type)
+    int xllm_gemv_multi_stream()
     void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
                          int nb, int T, float *acc, int ldacc)
     size_t xllm_pair_stride(int n)

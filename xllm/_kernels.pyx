@@ -60,6 +60,7 @@ QUANTIZED_TYPES = tuple(t for t in SUPPORTED_TYPES if BLOCK_LAYOUT[t][0] == 32)
 PACKED_TYPES = QUANTIZED_TYPES + KQUANT_TYPES
 
 xllm_set_simd_level(XLLM_SIMD_AMX)   # the best path this CPU has
+xllm_gemv_multi_stream()             # decode streams chosen now, before any parallel region reads them
 
 # KV cache types (simd_kv.h): name -> (type id, dtype of the stored arrays); a row of kv_dim
 # values is kv_dim elements, or for q8_0 kv_dim / 32 blocks of 34 bytes
@@ -150,8 +151,8 @@ def simd_level():
 
 def gemv_panels():
     """Panels (8 rows each) a one-token Q8_0/Q4_0 matmul streams side by side at the avx512
-    level: 4 on Intel CPUs, 1 elsewhere, or XLLM_GEMV_PANELS from the environment."""
-    xllm_gemv_panels(TYPE_Q8_0)
+    level (K-quants: their row group's two panels block by block when this is 4): 4 on Intel
+    CPUs, 1 elsewhere, or XLLM_GEMV_PANELS from the environment."""
     return xllm_gemv_streams
 
 
@@ -317,8 +318,10 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
         k1 = min(k0 + kc, nb)
         p = 0
         while p < n_panels:
-            npp = XLLM_QTILE_PANELS if T > 1 else gemv_panels
-            npp = min(npp, n_panels - p) if T > 1 else (npp if n_panels - p >= npp else 1)
+            if T > 1:
+                npp = min(XLLM_QTILE_PANELS, n_panels - p)
+            else:                           # the 4-panel tile, or one panel at the matrix's end
+                npp = gemv_panels if n_panels - p >= gemv_panels else 1
             t0 = 0
             while t0 < T:
                 nt = min(XLLM_QTILE_TOKENS, T - t0)
