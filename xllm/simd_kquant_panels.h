@@ -473,17 +473,12 @@ static inline void xllm_kq_tile(int type, const char *w, const xllm_block_q8k *x
 static void xllm_kq_rows(int type, const char *w, size_t pstride, int nr, int nb,
                          const xllm_block_q8k *x, size_t ldx, int nt, float *acc, float *y, size_t ldy) {
     const int np = (nr + XLLM_KP - 1) / XLLM_KP, ld = np * XLLM_KP;
-    const int kc = nt == 1 ? nb : XLLM_KQ_CHUNK, tile = xllm_kq_tile_tokens();
+    /* one token streams each panel whole, or, on a CPU that streams faster from several
+     * streams, the panels side by side a block of each in turn (chunks of one block; each row
+     * still adds its blocks in order: the same bits) */
+    const int kc = nt > 1 ? XLLM_KQ_CHUNK : np > 1 && xllm_gemv_multi_stream() ? 1 : nb;
+    const int tile = xllm_kq_tile_tokens();
     memset(acc, 0, (size_t)nt * ld * sizeof(float));
-    if (nt == 1 && np > 1 && xllm_gemv_multi_stream()) {
-        /* decode on a CPU that streams faster from several streams: the panels side by side,
-         * a block of each in turn (each row still adds its blocks in order: the same bits) */
-        for (int b = 0; b < nb; b++)
-            for (int p = 0; p < np; p++)
-                xllm_kq_tile(type, w + (size_t)p * pstride, x, ldx, 1, b, b + 1, acc + p * XLLM_KP, ld);
-        memcpy(y, acc, nr * sizeof(float));
-        return;
-    }
     for (int b0 = 0; b0 < nb; b0 += kc) {
         const int b1 = b0 + kc < nb ? b0 + kc : nb;
         for (int p = 0; p < np; p++)

@@ -4,8 +4,8 @@
  * values stored in the cache's type; a head's part of the row is row_bytes / n_kv_heads bytes
  * (Q8_0 needs head_dim % 32 == 0, so its 32-value blocks never straddle two heads).
  *
- * Writing rounds each value once, the same on every SIMD level (AVX2/F16C or scalar): F16 round-to-nearest-even like F16C's
- * _cvtss_sh(x, 0) and numpy's astype(float16); BF16 round-to-nearest-even with NaN kept
+ * Writing rounds each value once, the same on every SIMD level (AVX2/F16C or scalar): F16
+ * round-to-nearest-even like F16C's _cvtss_sh(x, 0) and numpy's astype(float16); BF16 round-to-nearest-even with NaN kept
  * quiet, as ggml's GGML_FP32_TO_BF16; Q8_0 ggml's quantize_row_q8_0_ref (d = max|x| / 127
  * stored as F16, q = round-half-away(x / d)).
  *
@@ -71,22 +71,15 @@ XLLM_AVX2_FN static int xllm_kv_store_half_avx2(int type, const float *x, uint16
 
 /* Store n floats as one cache row of `type`. */
 static void xllm_kv_store_row(int type, const float *x, void *dst, int n) {
-    int done = 0;
-#if XLLM_X86
-    if (xllm_simd_level >= XLLM_SIMD_AVX2 && (type == XLLM_F16 || type == XLLM_BF16))
-        done = xllm_kv_store_half_avx2(type, x, (uint16_t *)dst, n);
-#endif
-    x += done;
-    dst = (uint16_t *)dst + (type == XLLM_F16 || type == XLLM_BF16 ? done : 0);
-    n -= done;
     if (type == XLLM_F32) {
         memcpy(dst, x, (size_t)n * sizeof(float));
-    } else if (type == XLLM_F16) {
+    } else if (type == XLLM_F16 || type == XLLM_BF16) {
         uint16_t *h = (uint16_t *)dst;
-        for (int i = 0; i < n; i++) h[i] = xllm_fp32_to_fp16(x[i]);
-    } else if (type == XLLM_BF16) {
-        uint16_t *h = (uint16_t *)dst;
-        for (int i = 0; i < n; i++) h[i] = xllm_fp32_to_bf16(x[i]);
+        int i = 0;
+#if XLLM_X86
+        if (xllm_simd_level >= XLLM_SIMD_AVX2) i = xllm_kv_store_half_avx2(type, x, h, n);
+#endif
+        for (; i < n; i++) h[i] = type == XLLM_F16 ? xllm_fp32_to_fp16(x[i]) : xllm_fp32_to_bf16(x[i]);
     } else {
         xllm_quantize_row_q8_0(x, (xllm_block_q8_0 *)dst, n);
     }
