@@ -217,6 +217,52 @@ def test_simd_switch():
     K.set_simd_level(before)
 
 
+@pytest.mark.parametrize("ggml_type", [0, 1, 30])
+@pytest.mark.parametrize("cols", [203, 256])
+def test_float_paths_same_bits(ggml_type, cols):
+    """F32/F16/BF16: every (row, token) dot product keeps 8 lanes accumulated by FMA in k order
+    and reduced once in a fixed order, so the AVX2 tiles, the 512-bit paired tiles and the
+    vector reduction give the same bits at any batch and thread count (101 rows: two whole
+    row groups and a part, 5 rows past a multiple of 8; 203 columns: a tail of 3).  The scalar
+    loop rounds the product before adding (no FMA), so it matches within rounding
+    (test_matmul_float) and is bit-compared only with itself across threads."""
+    rng = np.random.default_rng(ggml_type + cols)
+    w = rng.standard_normal((101, cols)).astype(np.float32)
+    data = {0: w, 1: w.astype(np.float16), 30: (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)}[ggml_type]
+    x = rng.standard_normal((13, cols)).astype(np.float32)
+    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
+    before = K.simd_level()
+    try:
+        out = {}
+        for level in levels:
+            K.set_simd_level(level)
+            out[level] = [[K.matmul(data, ggml_type, x[:n], threads) for threads in (1, 2)]
+                          for n in (1, 2, 3, 7, 13)]
+    finally:
+        K.set_simd_level(before)
+    for level in levels:
+        for n, (one, two) in zip((1, 2, 3, 7, 13), out[level]):
+            assert np.array_equal(one, two), (level, n)          # 1 thread == 2 threads
+            assert np.array_equal(one[:1], out[level][0][0]), (level, n)   # alone == in a batch
+    for level in levels[2:]:
+        for p, q in zip(out["avx2"], out[level]):
+            assert np.array_equal(p[0], q[0]), level
+
+
+def test_float_lane_reduction_order(simd):
+    """With 8 columns each lane holds one rounded product on every path, so the result is the
+    fixed-order reduction ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) of float32 products, bit for
+    bit: the vector reduction (8 rows at a time) and the scalar one for the rows left over.
+    Magnitudes from 1e-4 to 1e4 make any other order round differently."""
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((101, 8)) * 10.0 ** rng.uniform(-4, 4, (101, 8))).astype(np.float32)
+    x = (rng.standard_normal((13, 8)) * 10.0 ** rng.uniform(-4, 4, (13, 8))).astype(np.float32)
+    l = x[:, None, :] * w[None, :, :]                        # (T, rows, 8) float32 products
+    ref = ((l[..., 0] + l[..., 4]) + (l[..., 2] + l[..., 6])) + ((l[..., 1] + l[..., 5]) + (l[..., 3] + l[..., 7]))
+    for T in (1, 2, 7, 13):
+        assert np.array_equal(K.matmul(w, 0, x[:T], 2), ref[:T]), T
+
+
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
 def test_quantized_paths_same_bits(qtype):
     """Every path computes each block's exact int32 sum, then acc = fma(sum, d_w * d_x, acc):

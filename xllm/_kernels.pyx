@@ -265,8 +265,11 @@ cdef void matmul_rows(const Matrix *w, int r0, int nr, const float *x, size_t ld
     cdef int kc = n_k if T == 1 else XLLM_K_CHUNK
     cdef int k0, k1, t0, nt, rr, nrr
     cdef const char *wrow = w.data + <size_t>r0 * w.row_bytes
-    memset(acc, 0, <size_t>T * XLLM_ROW_GROUP * 8 * sizeof(float))
     k0 = 0
+    if xp == NULL:
+        memset(acc, 0, <size_t>T * XLLM_ROW_GROUP * 8 * sizeof(float))
+    elif T & 1:                             # the pairs' tiles start from zero themselves
+        memset(acc + <size_t>(T - 1) * XLLM_ROW_GROUP * 8, 0, XLLM_ROW_GROUP * 8 * sizeof(float))
     if xp != NULL:                          # the 512-bit tiles walk all of k themselves
         xllm_float_rows_avx512(w.type, wrow, w.row_bytes, nr, xp, ldp, x, ldx, T, n_k, acc, XLLM_ROW_GROUP)
         k0 = n_k

@@ -60,15 +60,17 @@ XLLM_AVX512_FN static inline void xllm_store_pair_acc(float *lo, float *hi, __m5
 }
 
 /* NR rows (row r at w + r*ldw) x NP pairs (pair p at xp + p*ldp) over k in [k0, kv), kv - k0
- * a multiple of 8; token t's accumulators at acc[(t*ldacc + r)*8 ..]. */
+ * a multiple of 8; token t's accumulators at acc[(t*ldacc + r)*8 ..], which the first chunk
+ * (k0 == 0) starts from zero instead of reading (the caller need not clear them). */
 #define XLLM_F512_TILE(NR, NP)                                                                         \
 XLLM_AVX512_FN static void xllm_ftile512_##NR##x##NP(int type, const char *w, size_t ldw, const float *xp, \
                                                      size_t ldp, int k0, int kv, float *acc, int ldacc) { \
     __m512 c[NR][NP];                                                                                  \
     for (int p = 0; p < NP; p++)                                                                       \
         for (int r = 0; r < NR; r++)                                                                   \
-            c[r][p] = xllm_load_pair_acc(acc + ((size_t)(2 * p) * ldacc + r) * 8,                     \
-                                         acc + ((size_t)(2 * p + 1) * ldacc + r) * 8);                \
+            c[r][p] = k0 == 0 ? _mm512_setzero_ps()                                                    \
+                              : xllm_load_pair_acc(acc + ((size_t)(2 * p) * ldacc + r) * 8,           \
+                                                   acc + ((size_t)(2 * p + 1) * ldacc + r) * 8);      \
     for (int k = k0; k < kv; k += 8) {                                                                 \
         __m512 xv[NP];                                                                                 \
         for (int p = 0; p < NP; p++) xv[p] = _mm512_loadu_ps(xp + p * ldp + 2 * (size_t)k);           \
@@ -95,8 +97,9 @@ typedef void (*xllm_ftile512_fn)(int, const char *, size_t, const float *, size_
 
 /* Accumulate rows [0, nr) of W (row r at w + r*ldw) for T >= 2 tokens over all n values:
  * pairs of tokens from the paired input xp (pair p at xp + p*ldp, see xllm_pair_tokens), an
- * odd last token from the unpaired x (token t at x + t*ldx).  acc as for xllm_tile; the
- * caller reduces it with xllm_tile_finish (which adds the n % 8 tail from x). */
+ * odd last token from the unpaired x (token t at x + t*ldx).  acc as for xllm_tile, but only
+ * an odd last token's accumulators need to start cleared (the pairs' tiles start from zero);
+ * the caller reduces it with xllm_tile_finish (which adds the n % 8 tail from x). */
 XLLM_AVX512_FN static void xllm_float_rows_avx512(int type, const char *w, size_t ldw, int nr,
                                                   const float *xp, size_t ldp, const float *x, size_t ldx,
                                                   int T, int n, float *acc, int ldacc) {
