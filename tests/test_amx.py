@@ -38,7 +38,7 @@ def test_amx_switch(restore_level):
     expect = "amx" if K.has_amx() else ("avx512" if K.has_avx512() else ("avx2" if K.has_avx2() else "scalar"))
     assert K.set_simd_level("amx") == expect == K.simd_level()
     assert K.set_simd_level("avx512") == ("avx512" if K.has_avx512() else K.set_simd_level("avx2"))
-    assert K.AMX_MIN_TOKENS >= 1
+    assert set(K.AMX_MIN_TOKENS) == {int(GT.Q8_0), int(GT.Q4_0)} and min(K.AMX_MIN_TOKENS.values()) >= 2
 
 
 def bf16_bytes(w):
@@ -51,11 +51,13 @@ def bf16_bytes(w):
 @needs_amx
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
 @pytest.mark.parametrize("rows,cols", [(1, 32), (13, 96), (16, 64), (37, 352), (100, 2080)])
-@pytest.mark.parametrize("T", [16, 17, 31, 40])
-def test_amx_matmul(restore_level, qtype, rows, cols, T):
-    """AMX tiles (16-token tiles plus a tail, 16-row tiles plus a half, k-chunks of 16 blocks
-    plus a rest at 2080 columns) equal a float64 dot of the dequantized weights with the
-    Q8_0-rounded activations, and every other level, each token alone and 1 thread bit for bit."""
+@pytest.mark.parametrize("extra", [0, 1, 15, 24])
+def test_amx_matmul(restore_level, qtype, rows, cols, extra):
+    """AMX tiles (from the type's AMX_MIN_TOKENS: 16-token tiles plus a tail, 16-row tiles plus
+    a half, k-chunks of 16 blocks plus a rest at 2080 columns) equal a float64 dot of the
+    dequantized weights with the Q8_0-rounded activations, and every other level, each token
+    alone and 1 thread bit for bit."""
+    T = K.AMX_MIN_TOKENS[int(qtype)] + extra
     rng = np.random.default_rng(rows * 7 + cols + T)
     w = quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
     x = rng.standard_normal((T, cols)).astype(np.float32)
@@ -80,7 +82,7 @@ def test_amx_extreme_values(restore_level, qtype):
     """Full-scale weights (Q8_0 -127..127 and -128, Q4_0 -8..7) times full-scale activations:
     the int32 block sums stay exact (no saturation) on the tiles as on every other level."""
     rng = np.random.default_rng(1)
-    rows, cols, T = 24, 160, 20
+    rows, cols, T = 24, 160, max(K.AMX_MIN_TOKENS.values()) + 4     # on the tiles for both types
     w = quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
     blocks = w.reshape(rows, cols // 32, -1)
     if qtype == GT.Q8_0:

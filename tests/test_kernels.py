@@ -266,11 +266,12 @@ def test_float_lane_reduction_order(simd):
 @pytest.mark.parametrize("qtype", [GT.Q8_0, GT.Q4_0])
 def test_quantized_paths_same_bits(qtype):
     """Every path computes each block's exact int32 sum, then acc = fma(sum, d_w * d_x, acc):
-    AMX tiles (17 tokens), vpdpbusd (avx512), maddubs/madd (avx2) and the scalar loop give
-    identical results."""
+    AMX tiles (49 tokens), vpdpbusd on 512-bit two-panel tiles of up to 8 tokens and on 256-bit
+    one-panel tiles (avx512; 37 rows end in one panel), maddubs/madd (avx2) and the scalar loop
+    give identical results."""
     rng = np.random.default_rng(5)
     w = quantize(rng.standard_normal((37, 320)).astype(np.float32), qtype)
-    x = rng.standard_normal((17, 320)).astype(np.float32)
+    x = rng.standard_normal((49, 320)).astype(np.float32)
     levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else []) \
         + (["amx"] if K.has_amx() else [])
     if len(levels) == 1:
@@ -280,7 +281,7 @@ def test_quantized_paths_same_bits(qtype):
         out = {}
         for level in levels:
             K.set_simd_level(level)
-            out[level] = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 9, 17)]
+            out[level] = [K.matmul(w, int(qtype), x[:n], 2) for n in (1, 4, 6, 9, 17, 33, 49)]
     finally:
         K.set_simd_level(before)
     for level in levels[1:]:

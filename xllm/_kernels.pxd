@@ -8,7 +8,6 @@ cdef extern from "simd.h" nogil:
     int XLLM_SIMD_AVX2
     int XLLM_SIMD_AVX512
     int XLLM_SIMD_AMX
-    int XLLM_AMX_MIN_TOKENS
     int XLLM_F32
     int XLLM_F16
     int XLLM_Q4_0
@@ -57,6 +56,8 @@ cdef extern from "simd.h" nogil:
     int xllm_simd_level_now()
     int xllm_cpu_has_amx()
     bint xllm_amx_applies(int type, int T)
+    int xllm_amx_min_tokens(int type)
+    int xllm_qtile_tokens(int type)
     int xllm_gemv_streams
     int xllm_gemv_panels(int type)
     int xllm_gemv_multi_stream()

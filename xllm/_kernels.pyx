@@ -122,7 +122,8 @@ def kv_store_rows(str kv_type, x):
 
 SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512,
                "amx": XLLM_SIMD_AMX}
-AMX_MIN_TOKENS = XLLM_AMX_MIN_TOKENS    # Q8_0/Q4_0 matmuls of this many tokens or more run on AMX tiles
+# Q8_0 (8) / Q4_0 (2) matmuls of this many tokens or more run on AMX tiles (at the amx level)
+AMX_MIN_TOKENS = {XLLM_Q8_0: xllm_amx_min_tokens(XLLM_Q8_0), XLLM_Q4_0: xllm_amx_min_tokens(XLLM_Q4_0)}
 
 
 # ---------------------------------------------------------------------------- SIMD switch
@@ -299,7 +300,8 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
                         float *y, float *acc) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens of repacked Q8_0/Q4_0 weights (r0 a multiple of 8).
 
-    Tiles of 2 panels (16 rows) x 4 tokens; acc holds one float per (token, row).  One
+    Tiles of 2 panels (16 rows) x 8 tokens at avx512 (4 below: xllm_qtile_tokens), or AMX
+    tiles from xllm_amx_min_tokens tokens; acc holds one float per (token, row).  One
     token streams its panels once, one at a time or four side by side (xllm_gemv_panels:
     the CPU decides which streams faster); several tokens walk the blocks in chunks that
     stay in cache.
@@ -312,6 +314,7 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     cdef const char *panels = w.data + <size_t>(r0 // XLLM_PANEL) * pstride
     cdef int k0, k1, t0, nt, p, npp, t, r
     cdef int gemv_panels = xllm_gemv_panels(w.type)
+    cdef int tile_tokens = xllm_qtile_tokens(w.type)
     memset(acc, 0, <size_t>T * ld * sizeof(float))
     k0 = 0
     if xllm_amx_applies(w.type, T):         # AMX int8 tiles: the same bits (simd_amx.h)
@@ -327,10 +330,10 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
                 npp = gemv_panels if n_panels - p >= gemv_panels else 1
             t0 = 0
             while t0 < T:
-                nt = min(XLLM_QTILE_TOKENS, T - t0)
+                nt = min(tile_tokens, T - t0)
                 xllm_qtile(w.type, panels + p * pstride, pstride, npp, xq + <size_t>t0 * nb, nb, nt,
                            k0, k1, acc + <size_t>t0 * ld + p * XLLM_PANEL, ld)
-                t0 += XLLM_QTILE_TOKENS
+                t0 += tile_tokens
             p += npp
         k0 = k1
     for t in range(T):

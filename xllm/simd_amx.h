@@ -34,10 +34,22 @@
 #define XLLM_AMX_CHUNK 16        /* blocks per k-chunk: a chunk of B for a row group (18 KB) and of
                                     A for a token tile (10 KB) stay in L1 */
 #define XLLM_AMX_GROUP_TILES ((XLLM_QROW_GROUP + XLLM_AMX_ROWS - 1) / XLLM_AMX_ROWS)
-#ifndef XLLM_AMX_MIN_TOKENS
-#define XLLM_AMX_MIN_TOKENS 16   /* fewer tokens run the VNNI panel tiles (timed on a Xeon with AMX:
-                                    8 tokens 0.8x VNNI, 16 1.3x, 32 1.8x, 128 2.5-3x per thread) */
+/* Fewer tokens run the 512-bit VNNI two-panel tiles (timed against them on a Xeon with AMX, C
+ * harness, 5632 x 2048 from memory, 2 threads: Q8_0 16 tokens 0.91x, 32 0.89x, 48 1.20x, 64
+ * 1.31x, 128 1.46x; Q4_0 16 0.98x, 32 1.18x, 48 1.34x).  The AMX tile sequence and the vector
+ * float step do not overlap on that CPU (each 16 x 16 x 32 block product ~14 ns of tile loads,
+ * tdpbssd and tilestored, then ~15 ns of conversion and FMAs), which caps AMX here. */
+#ifndef XLLM_AMX_MIN_TOKENS_Q8_0
+#define XLLM_AMX_MIN_TOKENS_Q8_0 48
 #endif
+#ifndef XLLM_AMX_MIN_TOKENS_Q4_0
+#define XLLM_AMX_MIN_TOKENS_Q4_0 32
+#endif
+
+/* The fewest tokens of a `type` matmul that run on AMX tiles (0: never). */
+static inline int xllm_amx_min_tokens(int type) {
+    return type == XLLM_Q8_0 ? XLLM_AMX_MIN_TOKENS_Q8_0 : type == XLLM_Q4_0 ? XLLM_AMX_MIN_TOKENS_Q4_0 : 0;
+}
 
 /* One block of 16 weight rows as tdpbssd's B operand, and the rows' scales. */
 typedef struct {
@@ -50,7 +62,7 @@ _Static_assert(sizeof(xllm_amx_wblock) == 576, "AMX weight block is 512 + 64 byt
 
 /* Whether a matmul of `type` with T tokens runs on AMX tiles. */
 static inline int xllm_amx_applies(int type, int T) {
-    return xllm_amx && T >= XLLM_AMX_MIN_TOKENS && (type == XLLM_Q8_0 || type == XLLM_Q4_0);
+    return xllm_amx && xllm_amx_min_tokens(type) > 0 && T >= xllm_amx_min_tokens(type);
 }
 
 #if XLLM_AMX_CODE

@@ -105,7 +105,8 @@ def _run_requests(llm, requests, max_seqs, rec: StepRecorder, bar=None, limits: 
         ops = {"prefill_steps": op_table(s_pre, c_pre, limits, types, max(1, len(pre_steps)),
                                          int(statistics.median(per_step)) if per_step else 1),
                "decode_steps": op_table(s_dec, c_dec, limits, types, max(1, len(dec_steps)),
-                                        int(statistics.median(dec_batch)) if dec_batch else 1)}
+                                        int(statistics.median(dec_batch)) if dec_batch else 1,
+                                        out_rows=int(statistics.median(dec_batch)) if dec_batch else 1)}
     return {
         "wall_s": wall,
         "requests": len(requests),

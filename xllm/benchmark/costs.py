@@ -87,11 +87,12 @@ class CostModel:
 
 
 def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict, types: Dict[str, int],
-             steps: int = 1, tokens: int = 1) -> List[dict]:
+             steps: int = 1, tokens: int = 1, out_rows: int = 1) -> List[dict]:
     """Rows of the per-operator table: time share, bytes, FLOPs, achieved GB/s and GFLOP/s,
     arithmetic intensity, memory/compute bound by the roofline of `limits`, and the fraction
     of that roofline reached.  Each matmul is held to the peak of the instruction its kernel
-    runs for its weight type at `tokens` tokens per step (kernel_peak)."""
+    runs for its weight type at `tokens` tokens per step (kernel_peak); the classifier at the
+    `out_rows` rows of logits a step computes (1 in a prefill, every token in a decode batch)."""
     total = sum(op_seconds.values()) or float("nan")
     bw = limits["read_gbps"] * GB
     rows = []
@@ -104,7 +105,7 @@ def op_table(op_seconds: Dict[str, float], costs: Dict[str, list], limits: dict,
             peak_g, peak_name = attention_peak(limits)
         else:
             peak_g, peak_name = kernel_peak(limits, types[op] if op in MATMUL_OPS and op in types else None,
-                                            tokens if op != "classifier" else 1)
+                                            tokens if op != "classifier" else out_rows)
         peak = peak_g * GB
         intensity = flops / nbytes if nbytes else float("inf")
         roof = min(peak, intensity * bw) if flops else None

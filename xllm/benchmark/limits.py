@@ -63,7 +63,8 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
     int8_kquant_gops   512-bit maddubs + vpdpwssd (the avx512 K-quant tiles)
     amx_int8_gops      AMX tdpbssd on full tiles;  amx_bf16_gflops: tdpbf16ps
     int8_kernel_gops   the peak of the instruction multi-token Q8_0/Q4_0 matmuls run at this
-                       level (AMX from amx_min_tokens tokens at amx, VNNI at avx512, maddubs)
+                       level (AMX at amx, 512-bit VNNI at avx512, maddubs at avx2; below
+                       amx_min_tokens[type] tokens the amx level runs the 512-bit VNNI tiles)
     simd               the kernels' SIMD level (xllm._kernels.simd_level())
     kernel_peak() picks the roof of each matmul by weight type and token count.
     """
@@ -100,8 +101,9 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
         **med,
         "fma_gflops": med["fma512_gflops"] if wide and med["fma512_gflops"] else med["fma256_gflops"],
         "int8_kernel_gops": (med["amx_int8_gops"] if level == "amx" and med["amx_int8_gops"] else
+                             med["int8_vnni512_gops"] if wide and med["int8_vnni512_gops"] else
                              med["int8_vnni_gops"] if wide and med["int8_vnni_gops"] else med["int8_gops"]),
-        "amx_min_tokens": _kernels.AMX_MIN_TOKENS,
+        "amx_min_tokens": {"Q8_0": _kernels.AMX_MIN_TOKENS[Q8_0], "Q4_0": _kernels.AMX_MIN_TOKENS[Q4_0]},
         "bandwidth_buffer_bytes": int(bandwidth_bytes),
         "other_processes_cpu_pct": mon.summary().get("other_processes_cpu_pct"),
         "steal_pct": mon.summary().get("steal_pct"),
@@ -134,9 +136,12 @@ def kernel_peak(limits: dict, ggml_type: Optional[int], tokens: int = 1):
         if wide and limits.get("int8_vnni512_gops"):   # the 16-row panels run 512-bit vpdpbusd
             return limits["int8_vnni512_gops"], "512-bit VNNI"
         return limits["int8_gops"], "maddubs"
-    if (ggml_type in (Q8_0, Q4_0) and level == "amx" and limits.get("amx_int8_gops")
-            and tokens >= limits.get("amx_min_tokens", 1)):
-        return limits["amx_int8_gops"], "AMX int8"
+    if ggml_type in (Q8_0, Q4_0):
+        min_tokens = limits.get("amx_min_tokens", {}).get("Q8_0" if ggml_type == Q8_0 else "Q4_0", 1)
+        if level == "amx" and limits.get("amx_int8_gops") and tokens >= min_tokens:
+            return limits["amx_int8_gops"], "AMX int8"
+        if wide and tokens > 1 and limits.get("int8_vnni512_gops"):   # the two-panel 512-bit tiles
+            return limits["int8_vnni512_gops"], "512-bit VNNI"
     if wide and limits.get("int8_vnni_gops"):
         return limits["int8_vnni_gops"], "256-bit VNNI"
     return limits["int8_gops"], "maddubs"
