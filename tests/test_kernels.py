@@ -107,14 +107,33 @@ def test_fp16_conversion_all_values():
     assert np.array_equal(K.fp32_to_fp16(f), ref16)
 
 
-@pytest.mark.parametrize("T,dim", [(1, 7), (3, 64), (5, 100)])
-def test_rmsnorm(T, dim):
+@pytest.mark.parametrize("T,dim", [(1, 7), (3, 64), (5, 100), (2, 2051)])
+def test_rmsnorm(simd, T, dim):
     rng = np.random.default_rng(dim)
     x = rng.standard_normal((T, dim)).astype(np.float32)
     w = rng.standard_normal(dim).astype(np.float32)
     x64 = x.astype(np.float64)
     ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
     assert rel_err(K.rmsnorm(x, w, 1e-5), ref) < 1e-6
+
+
+def test_rmsnorm_same_bits_on_every_level():
+    """The squares are summed by FMA in 8 lanes on the scalar and the AVX2 path alike, reduced in
+    one order, the tail after: every level gives the same bits (rows of 2051: a tail of 3)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 2051)) * 10.0 ** rng.uniform(-3, 3, (4, 2051))).astype(np.float32)
+    w = rng.standard_normal(2051).astype(np.float32)
+    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
+    before = K.simd_level()
+    try:
+        out = {}
+        for level in levels:
+            K.set_simd_level(level)
+            out[level] = K.rmsnorm(x, w, 1e-5)
+    finally:
+        K.set_simd_level(before)
+    for level in levels:
+        assert np.array_equal(out[level], out["scalar"]), level
 
 
 @pytest.mark.parametrize("theta", [1e4, 5e5])

@@ -74,6 +74,7 @@ cdef extern from "simd.h" nogil:
     float xllm_dot_f32(const float *a, const float *b, int n)
     void xllm_axpy_f32(float a, const float *x, float *y, int n)
     void xllm_swiglu(float *gate, const float *up, int n)
+    void xllm_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
     void xllm_layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps)
     void xllm_gelu_tanh(float *x, int n)
     void xllm_add_f32(float *x, const float *b, int n)

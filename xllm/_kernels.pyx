@@ -477,14 +477,7 @@ cdef void c_rmsnorm(float *out, const float *x, const float *weight, int T, int 
 
 cdef inline void rmsnorm_row(float *out, const float *x, const float *weight, int dim,
                              float eps) noexcept nogil:
-    cdef int i
-    cdef float ss = 0.0
-    cdef float scale
-    for i in range(dim):
-        ss = ss + x[i] * x[i]
-    scale = 1.0 / sqrtf(ss / dim + eps)
-    for i in range(dim):
-        out[i] = weight[i] * (scale * x[i])
+    xllm_rmsnorm(out, x, weight, dim, eps)      # simd_ops.h: squares summed in 8 lanes
 
 
 cdef void rmsnorm_tokens(float *out, const float *x, const float *weight, int T, int dim,
