@@ -14,6 +14,24 @@ def rel_err(a, ref):
     return float(np.abs(np.asarray(a, np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
+def vector_levels():
+    """The float levels this CPU has: scalar, then avx2 and avx512 where present."""
+    return ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
+
+
+def on_each_level(fn, levels):
+    """{level: fn()} with each level in force in turn; the level before is restored."""
+    before = K.simd_level()
+    try:
+        out = {}
+        for level in levels:
+            K.set_simd_level(level)
+            out[level] = fn()
+        return out
+    finally:
+        K.set_simd_level(before)
+
+
 @pytest.mark.parametrize("rows,cols", SIZES)
 @pytest.mark.parametrize("T", TOKENS)
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
@@ -123,15 +141,8 @@ def test_rmsnorm_same_bits_on_every_level():
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((4, 2051)) * 10.0 ** rng.uniform(-3, 3, (4, 2051))).astype(np.float32)
     w = rng.standard_normal(2051).astype(np.float32)
-    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
-    before = K.simd_level()
-    try:
-        out = {}
-        for level in levels:
-            K.set_simd_level(level)
-            out[level] = K.rmsnorm(x, w, 1e-5)
-    finally:
-        K.set_simd_level(before)
+    levels = vector_levels()
+    out = on_each_level(lambda: K.rmsnorm(x, w, 1e-5), levels)
     for level in levels:
         assert np.array_equal(out[level], out["scalar"]), level
 
@@ -249,16 +260,9 @@ def test_float_paths_same_bits(ggml_type, cols):
     w = rng.standard_normal((101, cols)).astype(np.float32)
     data = {0: w, 1: w.astype(np.float16), 30: (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)}[ggml_type]
     x = rng.standard_normal((13, cols)).astype(np.float32)
-    levels = ["scalar"] + (["avx2"] if K.has_avx2() else []) + (["avx512"] if K.has_avx512() else [])
-    before = K.simd_level()
-    try:
-        out = {}
-        for level in levels:
-            K.set_simd_level(level)
-            out[level] = [[K.matmul(data, ggml_type, x[:n], threads) for threads in (1, 2)]
-                          for n in (1, 2, 3, 7, 13)]
-    finally:
-        K.set_simd_level(before)
+    levels = vector_levels()
+    out = on_each_level(lambda: [[K.matmul(data, ggml_type, x[:n], threads) for threads in (1, 2)]
+                                 for n in (1, 2, 3, 7, 13)], levels)
     for level in levels:
         for n, (one, two) in zip((1, 2, 3, 7, 13), out[level]):
             assert np.array_equal(one, two), (level, n)          # 1 thread == 2 threads
