@@ -5,8 +5,8 @@
  * (Q8_0 needs head_dim % 32 == 0, so its 32-value blocks never straddle two heads).
  *
  * Writing rounds each value once, the same on every SIMD level (AVX2/F16C or scalar): F16
- * round-to-nearest-even like F16C's _cvtss_sh(x, 0) and numpy's astype(float16); BF16 round-to-nearest-even with NaN kept
- * quiet, as ggml's GGML_FP32_TO_BF16; Q8_0 ggml's quantize_row_q8_0_ref (d = max|x| / 127
+ * round-to-nearest-even like F16C's _cvtss_sh(x, 0) and numpy's astype(float16); BF16
+ * round-to-nearest-even with NaN kept quiet, as ggml's GGML_FP32_TO_BF16; Q8_0 ggml's quantize_row_q8_0_ref (d = max|x| / 127
  * stored as F16, q = round-half-away(x / d)).
  *
  * Attention widens the stored values in registers as it reads them (no widened copy of the
