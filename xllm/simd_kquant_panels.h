@@ -180,8 +180,15 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
      (TYPE) == XLLM_Q2_K ? AND32(SRL16(PAIRU(i), 4), 0x000f000f) : PAIRS(i))
 
 /* ---- AVX-512: 16 rows per vector */
+/* A value vector loaded into a register once: without the empty asm the compiler folds the
+ * load into every vpandd that takes it (the two nibbles of Q4_K: twice the loads). */
+XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
+    __m512i v = _mm512_loadu_si512((const void *)p);
+    __asm__("" : "+v"(v));
+    return v;
+}
 #define VEC __m512i
-#define LD(u) _mm512_loadu_si512((const void *)(pb + 64 * (u)))
+#define LD(u) xllm_kp_load512(pb + 64 * (u))
 #define LDS(u) _mm512_loadu_si512((const void *)(sp + 64 * (u)))
 #define PAIRU(i) _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(sp + 32 * (i))))
 #define PAIRS(i) _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(sp + 32 * (i))))
@@ -222,6 +229,36 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
                                             : _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t], sv));  \
     } while (0)
 
+/* The scale vector sub-block (g, h) of a block multiplies by: per-32 types one per group g
+ * (X16: the even groups' low nibbles times 16), per-16 types sub-block 2g + h (DPW's pair
+ * (sc, 0): Q3_K's negative scales masked to 16 bits). */
+#define XLLM_KP_SUBSCALE_512(TYPE, NT, s, g, h)                                                         \
+    (XLLM_KP_X16(TYPE, NT) ? ((g) & 1 ? XLLM_KP_SCALE(TYPE, s, g) : _mm512_slli_epi32(XLLM_KP_SCALE(TYPE, s, g), 4)) : \
+     XLLM_KP_PER32(TYPE) ? XLLM_KP_SCALE(TYPE, s, g) :                                                  \
+     _mm512_and_si512(XLLM_KP_SCALE(TYPE, s, 2 * (g) + (h)), _mm512_set1_epi32((TYPE) == XLLM_Q3_K ? 0xffff : -1)))
+
+/* One or two tokens: the eight groups side by side, chunk by chunk (chunks c0..c1-1 of each
+ * group, sub-block half h), so that eight vpdpbusd chains run at once where one group's
+ * chain of eight would wait on each other's latency; then each chain times its scale. */
+#define XLLM_KP_PASS_512(TYPE, NT, h, c0, c1)                                                           \
+    do {                                                                                                \
+        __m512i a[NT][8];                                                                               \
+        _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                            \
+            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) a[t][g] = _mm512_setzero_si512();       \
+        _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++)                                       \
+            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                       \
+                const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                    \
+                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                    \
+                    a[t][g] = _mm512_dpbusd_epi32(a[t][g], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * g + 4 * c))); \
+            }                                                                                           \
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
+            const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, NT, s, g, h);                                 \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
+                isum[t] = XLLM_KP_DPW(TYPE, NT) ? _mm512_dpwssd_epi32(isum[t], a[t][g], sv)            \
+                                                : _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t][g], sv)); \
+        }                                                                                               \
+    } while (0)
+
 #define XLLM_KP_BODY_512(TYPE, NT)                                                                      \
     const xllm_kp_region *rg = xllm_kp_regions[(TYPE) - XLLM_Q2_K];                                     \
     const size_t pblock = (size_t)XLLM_KP * xllm_kq_block_bytes(TYPE);                                  \
@@ -232,9 +269,15 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
         const uint8_t *sp = pb + rg[1].poff;                                                            \
         __m512i s[4], isum[NT], msum[NT];                                                               \
         if (pf_next)                                                                                    \
-            for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + pblock + o, _MM_HINT_T0); \
+            _Pragma("GCC unroll 64") for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + pblock + o, _MM_HINT_T0); \
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = msum[t] = _mm512_setzero_si512(); \
+        if ((NT) <= 2 && XLLM_KP_PER32(TYPE)) {                                                         \
+            XLLM_KP_PASS_512(TYPE, NT, 0, 0, 8);                                                        \
+        } else if ((NT) <= 2) {                                                                         \
+            XLLM_KP_PASS_512(TYPE, NT, 0, 0, 4);                                                        \
+            XLLM_KP_PASS_512(TYPE, NT, 1, 4, 8);                                                        \
+        } else                                                                                          \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
             if (XLLM_KP_X16(TYPE, NT)) {                                                                \
                 const __m512i sc = XLLM_KP_SCALE(TYPE, s, g);                                           \
@@ -284,6 +327,94 @@ XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_##NT(const char *w, const xllm_
 }
 #define XLLM_KP_FNS_512(NAME, TYPE) \
     XLLM_KP_FN_512(NAME, TYPE, 1) XLLM_KP_FN_512(NAME, TYPE, 2) XLLM_KP_FN_512(NAME, TYPE, 4) XLLM_KP_FN_512(NAME, TYPE, 8)
+
+/* Decode on a CPU that streams faster from several streams (xllm_gemv_multi_stream): two
+ * panels (rows 0..15 at w, 16..31 at w + pstride) and one token, read side by side a vector
+ * of each in turn, the next block of both prefetched; sixteen vpdpbusd chains in flight,
+ * each activation broadcast serving both panels, the row sums in registers across the
+ * blocks.  Each panel's arithmetic is that of the one-token tile: the same bits. */
+#define XLLM_KP_GEMV2_PASS_512(TYPE, h, c0, c1)                                                         \
+    do {                                                                                                \
+        __m512i a0[8], a1[8];                                                                           \
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) a0[g] = a1[g] = _mm512_setzero_si512();     \
+        _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++)                                       \
+            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                       \
+                const __m512i xv = _mm512_set1_epi32(xllm_kp_i32(x[b].qs + 32 * g + 4 * c));           \
+                { const uint8_t *pb = pb0; a0[g] = _mm512_dpbusd_epi32(a0[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xv); } \
+                { const uint8_t *pb = pb1; a1[g] = _mm512_dpbusd_epi32(a1[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xv); } \
+            }                                                                                           \
+        _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
+            { const uint8_t *sp = sp0; const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, 1, s0, g, h);      \
+              (void)sp;                                                                                 \
+              isum0 = XLLM_KP_DPW(TYPE, 1) ? _mm512_dpwssd_epi32(isum0, a0[g], sv)                     \
+                                           : _mm512_add_epi32(isum0, _mm512_mullo_epi32(a0[g], sv)); }  \
+            { const uint8_t *sp = sp1; const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, 1, s1, g, h);      \
+              (void)sp;                                                                                 \
+              isum1 = XLLM_KP_DPW(TYPE, 1) ? _mm512_dpwssd_epi32(isum1, a1[g], sv)                     \
+                                           : _mm512_add_epi32(isum1, _mm512_mullo_epi32(a1[g], sv)); }  \
+        }                                                                                               \
+    } while (0)
+
+/* One panel's min sums and float step of block b (pb, sp, rg, off in scope) into the row
+ * sums f: the sequence of XLLM_KP_BODY_512 for one token. */
+#define XLLM_KP_GEMV_FINISH_512(TYPE, s, isum, f)                                                       \
+    do {                                                                                                \
+        __m512i msum = _mm512_setzero_si512();                                                          \
+        _Pragma("GCC unroll 8") for (int i = 0; i < (XLLM_KP_PER32(TYPE) ? 4 : 8); i++)                 \
+            msum = _mm512_dpwssd_epi32(msum, XLLM_KP_MINPAIR(TYPE, s, i), _mm512_set1_epi32(xllm_kp_i32( \
+                XLLM_KP_PER32(TYPE) ? x[b].bsums32 + 2 * i : x[b].bsums + 2 * i)));                     \
+        const __m512i is = XLLM_KP_X16(TYPE, 1) ? _mm512_srai_epi32(isum, 4) : isum;                    \
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[2].poff)));      \
+        const __m512 dx = _mm512_set1_ps(x[b].d);                                                       \
+        if (off) {                                                                                      \
+            const __m512i io = _mm512_sub_epi32(is, _mm512_slli_epi32(msum, off == 32 ? 5 : 2));        \
+            f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(io), f);                      \
+        } else {                                                                                        \
+            const __m512 ndv = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_set1_epi32((int)0x80000000u), \
+                _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[3].poff)))))); \
+            f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(is), f);                      \
+            f = _mm512_fmadd_ps(_mm512_mul_ps(ndv, dx), _mm512_cvtepi32_ps(msum), f);                   \
+        }                                                                                               \
+    } while (0)
+
+#define XLLM_KP_GEMV2_FN_512(NAME, TYPE)                                                                \
+XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_gemv2(const char *w, size_t pstride, const xllm_block_q8k *x, \
+                                                      int nb, float *acc) {                             \
+    const xllm_kp_region *rg = xllm_kp_regions[(TYPE) - XLLM_Q2_K];                                     \
+    const size_t pblock = (size_t)XLLM_KP * xllm_kq_block_bytes(TYPE);                                  \
+    const int off = xllm_kq_offset(TYPE);                                                               \
+    __m512 f0 = _mm512_loadu_ps(acc), f1 = _mm512_loadu_ps(acc + XLLM_KP);                              \
+    for (int b = 0; b < nb; b++) {                                                                      \
+        const uint8_t *pb0 = (const uint8_t *)w + (size_t)b * pblock, *pb1 = pb0 + pstride;             \
+        const uint8_t *sp0 = pb0 + rg[1].poff, *sp1 = pb1 + rg[1].poff;                                 \
+        __m512i s0[4], s1[4], isum0 = _mm512_setzero_si512(), isum1 = _mm512_setzero_si512();           \
+        if (b + 1 < nb)                                                                                 \
+            _Pragma("GCC unroll 64") for (size_t o = 0; o < pblock; o += 64) {                          \
+                _mm_prefetch((const char *)pb0 + pblock + o, _MM_HINT_T0);                              \
+                _mm_prefetch((const char *)pb1 + pblock + o, _MM_HINT_T0);                              \
+            }                                                                                           \
+        if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) {                                               \
+            { const uint8_t *sp = sp0; XLLM_KP_DECODE_SCALES(TYPE, s0); }                               \
+            { const uint8_t *sp = sp1; XLLM_KP_DECODE_SCALES(TYPE, s1); }                               \
+        }                                                                                               \
+        if (XLLM_KP_PER32(TYPE)) {                                                                      \
+            XLLM_KP_GEMV2_PASS_512(TYPE, 0, 0, 8);                                                      \
+        } else {                                                                                        \
+            XLLM_KP_GEMV2_PASS_512(TYPE, 0, 0, 4);                                                      \
+            XLLM_KP_GEMV2_PASS_512(TYPE, 1, 4, 8);                                                      \
+        }                                                                                               \
+        { const uint8_t *pb = pb0, *sp = sp0; (void)sp; XLLM_KP_GEMV_FINISH_512(TYPE, s0, isum0, f0); } \
+        { const uint8_t *pb = pb1, *sp = sp1; (void)sp; XLLM_KP_GEMV_FINISH_512(TYPE, s1, isum1, f1); } \
+    }                                                                                                   \
+    _mm512_storeu_ps(acc, f0);                                                                          \
+    _mm512_storeu_ps(acc + XLLM_KP, f1);                                                                \
+}
+
+XLLM_KP_GEMV2_FN_512(q2k, XLLM_Q2_K)
+XLLM_KP_GEMV2_FN_512(q3k, XLLM_Q3_K)
+XLLM_KP_GEMV2_FN_512(q4k, XLLM_Q4_K)
+XLLM_KP_GEMV2_FN_512(q5k, XLLM_Q5_K)
+XLLM_KP_GEMV2_FN_512(q6k, XLLM_Q6_K)
 
 XLLM_KP_FNS_512(q2k, XLLM_Q2_K)
 XLLM_KP_FNS_512(q3k, XLLM_Q3_K)
@@ -474,11 +605,24 @@ static void xllm_kq_rows(int type, const char *w, size_t pstride, int nr, int nb
                          const xllm_block_q8k *x, size_t ldx, int nt, float *acc, float *y, size_t ldy) {
     const int np = (nr + XLLM_KP - 1) / XLLM_KP, ld = np * XLLM_KP;
     /* one token streams each panel whole, or, on a CPU that streams faster from several
-     * streams, the panels side by side a block of each in turn (chunks of one block; each row
-     * still adds its blocks in order: the same bits) */
+     * streams, the panels side by side: at avx512 two at a time in one kernel, else a block of
+     * each in turn (chunks of one block; each row still adds its blocks in order: the same
+     * bits) */
     const int kc = nt > 1 ? XLLM_KQ_CHUNK : np > 1 && xllm_gemv_multi_stream() ? 1 : nb;
     const int tile = xllm_kq_tile_tokens();
     memset(acc, 0, (size_t)nt * ld * sizeof(float));
+#if XLLM_X86
+    if (nt == 1 && kc == 1 && xllm_simd_level == XLLM_SIMD_AVX512) {
+        typedef void (*gemv2_fn)(const char *, size_t, const xllm_block_q8k *, int, float *);
+        static const gemv2_fn gemv2[5] = {xllm_kp_vnni_q2k_gemv2, xllm_kp_vnni_q3k_gemv2, xllm_kp_vnni_q4k_gemv2,
+                                          xllm_kp_vnni_q5k_gemv2, xllm_kp_vnni_q6k_gemv2};
+        int p = 0;
+        for (; p + 2 <= np; p += 2) gemv2[type - XLLM_Q2_K](w + (size_t)p * pstride, pstride, x, nb, acc + p * XLLM_KP);
+        if (p < np) xllm_kq_tile(type, w + (size_t)p * pstride, x, ldx, 1, 0, nb, acc + p * XLLM_KP, ld);
+        memcpy(y, acc, nr * sizeof(float));
+        return;
+    }
+#endif
     for (int b0 = 0; b0 < nb; b0 += kc) {
         const int b1 = b0 + kc < nb ? b0 + kc : nb;
         for (int p = 0; p < np; p++)
