@@ -206,11 +206,12 @@ def test_attention_paged(simd, n_heads, n_kv_heads, head_dim, block_size):
     table = rng.permutation(n_blocks)[: -(-T // block_size)].astype(np.int32)  # scattered blocks
     k = rng.standard_normal((T, kv_dim)).astype(np.float32)
     v = rng.standard_normal((T, kv_dim)).astype(np.float32)
-    k_pool = np.full((n_blocks, block_size, kv_dim), np.nan, np.float32)       # unused slots poison
-    v_pool = np.full((n_blocks, block_size, kv_dim), np.nan, np.float32)
+    # (blocks, kv heads, positions, head_dim): each block's positions per KV head
+    k_pool = np.full((n_blocks, n_kv_heads, block_size, head_dim), np.nan, np.float32)   # unused slots poison
+    v_pool = np.full((n_blocks, n_kv_heads, block_size, head_dim), np.nan, np.float32)
     for p in range(T):
-        k_pool[table[p // block_size], p % block_size] = k[p]
-        v_pool[table[p // block_size], p % block_size] = v[p]
+        k_pool[table[p // block_size], :, p % block_size] = k[p].reshape(n_kv_heads, head_dim)
+        v_pool[table[p // block_size], :, p % block_size] = v[p].reshape(n_kv_heads, head_dim)
     q = rng.standard_normal((T, n_heads * head_dim)).astype(np.float32)
     positions = np.arange(T, dtype=np.int32)
     group = n_heads // n_kv_heads
@@ -230,7 +231,7 @@ def test_attention_paged(simd, n_heads, n_kv_heads, head_dim, block_size):
 
 def test_attention_rejects_missing_block():
     q = np.zeros((1, 8), np.float32)
-    pool = np.zeros((2, 4, 8), np.float32)
+    pool = np.zeros((2, 1, 4, 8), np.float32)
     with pytest.raises(ValueError, match="no block"):
         K.attention(q, pool, pool, np.array([0], np.int32), np.array([4], np.int32), 1)
     with pytest.raises(ValueError, match="outside the pool"):

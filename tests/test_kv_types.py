@@ -134,25 +134,27 @@ SHAPES = {
 CASES = [(t, *s) for t, shapes in SHAPES.items() for s in shapes]
 
 
-def paged_pools(kv_type, k, v, block_size, rng, extra=3):
-    """k, v (T, kv_dim) stored in scattered blocks of a pool whose other slots are NaN."""
+def paged_pools(kv_type, k, v, block_size, rng, extra=3, n_kv_heads=1):
+    """k, v (T, kv_dim) stored in scattered blocks of a pool (blocks, kv heads, positions,
+    head row) whose other slots are NaN."""
     T, kv_dim = k.shape
     n_used = -(-T // block_size)
     n_blocks = n_used + extra
     table = rng.permutation(n_blocks)[:n_used].astype(np.int32)
     ks, vs = K.kv_store_rows(kv_type, k), K.kv_store_rows(kv_type, v)
-    width = ks.shape[1]
+    width = ks.shape[1] // n_kv_heads             # one head's stored row (q8_0: whole blocks)
     pools = []
     for rows in (ks, vs):
-        pool = np.zeros((n_blocks, block_size, width), rows.dtype)
+        pool = np.zeros((n_blocks, n_kv_heads, block_size, width), rows.dtype)
         if kv_type in NAN16:
             pool.view(np.uint16)[:] = NAN16[kv_type]
         elif kv_type == "q8_0":
-            pool.reshape(n_blocks, block_size, -1, 34)[..., :2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)
+            pool.reshape(n_blocks, n_kv_heads, block_size, -1, 34)[..., :2] = np.frombuffer(
+                np.float16(np.nan).tobytes(), np.uint8)
         else:
             pool[:] = np.nan
         for p in range(T):
-            pool[table[p // block_size], p % block_size] = rows[p]
+            pool[table[p // block_size], :, p % block_size] = rows[p].reshape(n_kv_heads, width)
         pools.append(pool)
     return pools[0], pools[1], table, ks, vs
 
@@ -182,7 +184,7 @@ def test_attention_equals_float64_over_stored_values(simd, kv_type, n_heads, n_k
     k = (rng.standard_normal((T, kv_dim)) * 2).astype(np.float32)
     v = rng.standard_normal((T, kv_dim)).astype(np.float32)
     q = rng.standard_normal((T, n_heads * head_dim)).astype(np.float32)
-    k_pool, v_pool, table, ks, vs = paged_pools(kv_type, k, v, block_size, rng)
+    k_pool, v_pool, table, ks, vs = paged_pools(kv_type, k, v, block_size, rng, n_kv_heads=n_kv_heads)
     positions = np.arange(T, dtype=np.int32)
     ref = attention64(q, stored_values(kv_type, ks, kv_dim), stored_values(kv_type, vs, kv_dim),
                       n_heads, n_kv_heads, head_dim, positions)
@@ -204,13 +206,13 @@ def test_attention_kernel_reads_the_type_not_a_copy(simd):
     k_pool, v_pool, table, _, _ = paged_pools("q8_0", k, k, 4, rng, extra=0)
     pos = np.array([8], np.int32)
     before = K.attention(q, k_pool, v_pool, table, pos, 1, 1, "q8_0")
-    v_pool[table[1], 0, 5] ^= 0x7F
+    v_pool[table[1], 0, 0, 5] ^= 0x7F
     assert not np.array_equal(K.attention(q, k_pool, v_pool, table, pos, 1, 1, "q8_0"), before)
 
 
 def test_attention_refuses_q8_0_head_sizes():
-    pool = np.zeros((2, 4, 34), np.uint8)                       # kv_dim 32 = 2 heads of 16
-    with pytest.raises(ValueError, match="head_dim a multiple of 32, got 16"):
+    pool = np.zeros((2, 2, 4, 17), np.uint8)                    # 2 heads of 16: half a Q8_0 block each
+    with pytest.raises(ValueError, match="head_dim a multiple of 32: a head row of 17 bytes"):
         K.attention(np.zeros((1, 32), np.float32), pool, pool, np.array([0], np.int32), np.array([0], np.int32),
                     2, 1, "q8_0")
     with pytest.raises(ValueError, match="'int4'"):

@@ -163,7 +163,7 @@ def test_random_operations_never_lose_or_mis_share_a_block(seed):
         for p in range(done, upto):
             block = table[p // bs]
             assert kv.pool.refs[block] == 1, "a sequence writes into a block it shares"
-            kv.k[0, block, p % bs, 0] = mark(tokens, p)
+            kv.k[0, block, 0, p % bs, 0] = mark(tokens, p)
         seqs[sid][1] = upto
         kv.commit(sid, chain_hashes(tokens, bs, [], upto))
 
@@ -198,7 +198,7 @@ def test_random_operations_never_lose_or_mis_share_a_block(seed):
         assert kv.n_free + len({b for t in kv.tables.values() for b in t}) == kv.n_blocks
         for sid, (tokens, done) in seqs.items():
             table = kv.tables[sid]
-            got = [kv.k[0, table[p // bs], p % bs, 0] for p in range(done)]
+            got = [kv.k[0, table[p // bs], 0, p % bs, 0] for p in range(done)]
             assert got == [mark(tokens, p) for p in range(done)], f"sequence {sid} reads another's K"
     assert hits > 100 and kv.pool.evictions > 10
 

@@ -79,25 +79,36 @@ def kv_row_elements(str kv_type, int kv_dim):
 
 cdef _bind_kv_pool(KVPool *kv, str kv_type, k_pool, v_pool, tuple lead, int block_size, int kv_dim,
                    int n_kv_heads):
-    """Point `kv` at the caller's arrays: contiguous (*lead, n_blocks, block_size, row elements)
-    of the type's dtype (lead: (n_layers,) for a Decoder, () for one layer)."""
-    width = kv_row_elements(kv_type, kv_dim)
-    type_id, dtype = KV_TYPES[kv_type]
+    """Point `kv` at the caller's arrays: contiguous (*lead, n_blocks, n_kv_heads, block_size,
+    head row elements) of the type's dtype (lead: (n_layers,) for a Decoder, () for one layer).
+    A block holds each KV head's positions together, so one head's keys (or values) of a
+    block are one contiguous run the attention kernels stream, not a few cache lines in
+    every position's row."""
+    if kv_dim % n_kv_heads:
+        raise ValueError(f"kv_dim {kv_dim} is not a multiple of n_kv_heads {n_kv_heads}")
     if kv_type == "q8_0" and (kv_dim // n_kv_heads) % XLLM_QK:
         raise ValueError(f"KV cache type q8_0 needs head_dim a multiple of {XLLM_QK}, got {kv_dim // n_kv_heads}")
+    width = kv_row_elements(kv_type, kv_dim // n_kv_heads)
+    type_id, dtype = KV_TYPES[kv_type]
     for pool in (k_pool, v_pool):
-        if (pool.dtype != dtype or not pool.flags.c_contiguous or pool.ndim != len(lead) + 3
-                or pool.shape[:len(lead)] != lead or pool.shape[len(lead) + 1:] != (block_size, width)
+        if (pool.dtype != dtype or not pool.flags.c_contiguous or pool.ndim != len(lead) + 4
+                or pool.shape[:len(lead)] != lead or pool.shape[len(lead) + 1:] != (n_kv_heads, block_size, width)
                 or pool.shape[len(lead)] < 1 or pool.shape != k_pool.shape):
             raise ValueError(f"KV pool ({kv_type}): expected two contiguous {np.dtype(dtype).name} arrays "
-                             f"{lead + ('n_blocks', block_size, width)}, found {pool.dtype} {pool.shape}")
+                             f"{lead + ('n_blocks', n_kv_heads, block_size, width)}, found {pool.dtype} {pool.shape}")
     kv.k = <char *><uintptr_t>k_pool.__array_interface__["data"][0]
     kv.v = <char *><uintptr_t>v_pool.__array_interface__["data"][0]
     kv.type = type_id
     kv.row_bytes = xllm_kv_row_bytes(type_id, kv_dim)
-    kv.head_bytes = kv.row_bytes // n_kv_heads
+    kv.head_bytes = xllm_kv_row_bytes(type_id, kv_dim // n_kv_heads)
     kv.n_blocks = k_pool.shape[len(lead)]
     kv.block_size = block_size
+
+
+cdef inline size_t kv_head_run(const KVPool *kv, int layer, int block, int kv_head) noexcept nogil:
+    """Byte offset of kv_head's block_size stored rows (head_bytes apart) in `block` of `layer`."""
+    return ((<size_t>layer * kv.n_blocks + block) * kv.block_size * kv.row_bytes
+            + <size_t>kv_head * kv.block_size * kv.head_bytes)
 
 
 def kv_store_rows(str kv_type, x):
@@ -625,13 +636,12 @@ cdef void attend_one(const Dims *d, const KVPool *kv, int layer, const int32_t *
     cdef float m = -INFINITY
     cdef float l = 0.0
     cdef int bi, n_pos, i
-    cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
     cdef size_t base
     memset(out, 0, hd * sizeof(float))
     for bi in range(p // kv.block_size + 1):
         n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
-        base = (layer_base + <size_t>table[bi] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
-        xllm_attend_block_kv(kv.type, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
+        base = kv_head_run(kv, layer, table[bi], kv_head)
+        xllm_attend_block_kv(kv.type, q, kv.k + base, kv.v + base, kv.head_bytes, n_pos, hd, scale,
                              &m, &l, out, scratch)
     for i in range(hd):
         out[i] = out[i] / l
@@ -646,7 +656,6 @@ cdef void attend_group(const Dims *d, const KVPool *kv, int layer, const int32_t
     cdef float m[8]
     cdef float l[8]
     cdef int bi, n_pos, i, g
-    cdef size_t layer_base = <size_t>layer * kv.n_blocks * kv.block_size
     cdef size_t base, nxt
     for g in range(G):
         m[g] = -INFINITY
@@ -655,14 +664,14 @@ cdef void attend_group(const Dims *d, const KVPool *kv, int layer, const int32_t
     cdef int last = p // kv.block_size
     for bi in range(last + 1):
         n_pos = min(kv.block_size, p + 1 - bi * kv.block_size)
-        base = (layer_base + <size_t>table[bi] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
+        base = kv_head_run(kv, layer, table[bi], kv_head)
         if bi < last:                     # the next block's rows of this head, while this one runs
-            nxt = (layer_base + <size_t>table[bi + 1] * kv.block_size) * kv.row_bytes + kv_head * kv.head_bytes
-            xllm_prefetch_rows(kv.k + nxt, kv.row_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
+            nxt = kv_head_run(kv, layer, table[bi + 1], kv_head)
+            xllm_prefetch_rows(kv.k + nxt, kv.head_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
                                kv.head_bytes)
-            xllm_prefetch_rows(kv.v + nxt, kv.row_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
+            xllm_prefetch_rows(kv.v + nxt, kv.head_bytes, min(kv.block_size, p + 1 - (bi + 1) * kv.block_size),
                                kv.head_bytes)
-        xllm_attend_block_group(kv.type, G, q, kv.k + base, kv.v + base, kv.row_bytes, n_pos, hd, scale,
+        xllm_attend_block_group(kv.type, G, q, kv.k + base, kv.v + base, kv.head_bytes, n_pos, hd, scale,
                                 m, l, out, scratch)
     for g in range(G):
         for i in range(hd):
@@ -707,15 +716,17 @@ cdef void c_attention(const Dims *d, const KVPool *kv, int layer, const Batch *b
 
 cdef void write_kv(const Dims *d, const KVPool *kv, int layer, const Batch *b,
                    const float *k, const float *v) noexcept nogil:
-    """Store each token's key and value, rounded to the cache's type, at its position's slot."""
-    cdef int t, p, block
+    """Store each token's key and value, rounded to the cache's type, at its position's slot
+    of each KV head's run (kv_head_run)."""
+    cdef int t, p, block, h
     cdef size_t slot
     for t in range(b.n_tokens):
         p = b.pos[t]
         block = b.blocks[<size_t>b.seq[t] * b.max_blocks + p // kv.block_size]
-        slot = ((<size_t>layer * kv.n_blocks + block) * kv.block_size + p % kv.block_size) * kv.row_bytes
-        xllm_kv_store_row(kv.type, k + <size_t>t * d.kv_dim, kv.k + slot, d.kv_dim)
-        xllm_kv_store_row(kv.type, v + <size_t>t * d.kv_dim, kv.v + slot, d.kv_dim)
+        for h in range(d.n_kv_heads):
+            slot = kv_head_run(kv, layer, block, h) + <size_t>(p % kv.block_size) * kv.head_bytes
+            xllm_kv_store_row(kv.type, k + <size_t>t * d.kv_dim + h * d.head_dim, kv.k + slot, d.head_dim)
+            xllm_kv_store_row(kv.type, v + <size_t>t * d.kv_dim + h * d.head_dim, kv.v + slot, d.head_dim)
 
 
 # ---------------------------------------------------------------------------- decoder step
@@ -1469,9 +1480,10 @@ def add(x, y):
 def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int threads=1, str kv_type="f32"):
     """Causal attention of T query rows of one sequence over its paged cache (layer 0).
 
-    q: (T, n_heads*head_dim); k_pool/v_pool: (n_blocks, block_size, row) as the cache stores
-    them in `kv_type` (f32: the float32 values; others: kv_store_rows of them);
-    block_table: (max_blocks,) int32; positions: (T,) int32.  Returns (T, n_heads*head_dim).
+    q: (T, n_heads*head_dim); k_pool/v_pool: (n_blocks, n_kv_heads, block_size, head row) as
+    the cache stores them in `kv_type` (f32: the float32 values; others: kv_store_rows of
+    them), each block's positions per KV head; block_table: (max_blocks,) int32; positions:
+    (T,) int32.  Returns (T, n_heads*head_dim).
     """
     if kv_type not in KV_TYPES:
         raise ValueError(f"KV cache type {kv_type!r}, expected one of {', '.join(KV_TYPES)}")
@@ -1482,16 +1494,19 @@ def attention(q, k_pool, v_pool, block_table, positions, int n_kv_heads, int thr
     positions = np.ascontiguousarray(positions, dtype=np.int32)
     if q.ndim != 2 or q.shape[0] != positions.shape[0] or positions.ndim != 1:
         raise ValueError("q (T, n_heads*head_dim) and positions (T,) expected")
-    if k_pool.ndim != 3 or k_pool.shape != v_pool.shape:
-        raise ValueError("k_pool and v_pool: (n_blocks, block_size, row) of one shape expected")
-    n_blocks, block_size = k_pool.shape[0], k_pool.shape[1]
-    if n_kv_heads < 1:
-        raise ValueError(f"n_kv_heads = {n_kv_heads}, expected >= 1")
-    width = k_pool.shape[2]
-    kv_dim = width // sizeof(xllm_block_q8_0) * XLLM_QK if kv_type == "q8_0" else width
-    if kv_dim < 1 or kv_dim % n_kv_heads or kv_row_elements(kv_type, kv_dim) != width:
-        raise ValueError(f"a row of {width} {kv_type} elements is not n_kv_heads = {n_kv_heads} heads")
-    head_dim = kv_dim // n_kv_heads
+    if k_pool.ndim != 4 or k_pool.shape != v_pool.shape:
+        raise ValueError("k_pool and v_pool: (n_blocks, n_kv_heads, block_size, head row) of one shape expected")
+    if n_kv_heads < 1 or k_pool.shape[1] != n_kv_heads:
+        raise ValueError(f"n_kv_heads = {n_kv_heads}, expected the pools' {k_pool.shape[1]}")
+    n_blocks, block_size = k_pool.shape[0], k_pool.shape[2]
+    width = k_pool.shape[3]
+    if kv_type == "q8_0" and width % sizeof(xllm_block_q8_0):
+        raise ValueError(f"KV cache type q8_0 needs head_dim a multiple of {XLLM_QK}: a head row of {width} "
+                         f"bytes is not whole {sizeof(xllm_block_q8_0)}-byte blocks")
+    head_dim = width // sizeof(xllm_block_q8_0) * XLLM_QK if kv_type == "q8_0" else width
+    if head_dim < 1 or kv_row_elements(kv_type, head_dim) != width:
+        raise ValueError(f"a head row of {width} {kv_type} elements holds no whole head")
+    kv_dim = head_dim * n_kv_heads
     T = q.shape[0]
     if q.shape[1] % head_dim:
         raise ValueError(f"q width {q.shape[1]} is not a multiple of head_dim {head_dim}")

@@ -1,8 +1,8 @@
 """Paged KV cache: a pool of fixed-size blocks, a block table per sequence, a prefix cache.
 
-Keys and values of all layers live in two arrays (n_layers, n_blocks, block_size, row) of
-the cache's type (kv_types.py: f32, f16, bf16 or q8_0; a row holds one position's kv_dim
-values).  A sequence holds a list of block ids (its block table) covering its positions;
+Keys and values of all layers live in two arrays (n_layers, n_blocks, n_kv_heads,
+block_size, head row) of the cache's type (kv_types.py: f32, f16, bf16 or q8_0; a head row
+holds one position's head_dim values of one KV head).  A sequence holds a list of block ids (its block table) covering its positions;
 the table grows one block at a time as the sequence grows ("dynamic KV cache") and its
 blocks go back to the pool when it ends.  The arrays come from calloc, so memory pages are
 only touched when a block is first written.
@@ -38,10 +38,13 @@ class KVCache:
         self.block_size = block_size                      # positions per block
         self.n_blocks = n_blocks                          # blocks in the pool
         self.kv_type = kv_type                            # kv_types.KV_TYPES
-        shape = (config.n_layers, n_blocks, block_size, kv_types.row_elements(kv_type, config.kv_dim))
+        # a block keeps each KV head's positions together: one head's keys of a block are one
+        # contiguous run for the attention kernels to stream
+        shape = (config.n_layers, n_blocks, config.n_kv_heads, block_size,
+                 kv_types.row_elements(kv_type, config.head_dim))
         dtype = kv_types.storage_dtype(kv_type)
-        self.k = np.zeros(shape, dtype=dtype)             # keys   (layers, blocks, block_size, row)
-        self.v = np.zeros(shape, dtype=dtype)             # values (layers, blocks, block_size, row)
+        self.k = np.zeros(shape, dtype=dtype)             # keys   (layers, blocks, kv heads, block_size, head row)
+        self.v = np.zeros(shape, dtype=dtype)             # values (layers, blocks, kv heads, block_size, head row)
         self.pool = BlockPool(n_blocks)
         self.prefix_cache = bool(prefix_cache)
         self.tables: Dict[int, List[int]] = {}            # sequence id -> its block ids, in order
