@@ -158,6 +158,28 @@ def test_rope(theta, n_heads, head_dim):
     assert rel_err(K.rope(x.copy(), pos, n_heads, head_dim, theta), ref) < 1e-5
 
 
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("head_dim", [2, 10, 34, 64, 128])
+def test_rope_exact_float32_on_every_level(neox, head_dim):
+    """Each pair is (x0 c - x1 s, x0 s + x1 c) with every product rounded to float32 before
+    the sum (numpy's float32 arithmetic, no FMA), bit for bit on every level; head sizes off
+    a multiple of 8 (16 for the halves) take the scalar tail."""
+    rng = np.random.default_rng(head_dim + neox)
+    n_heads, pos = 3, np.array([0, 1, 5, 77, 300], dtype=np.int32)
+    x = (rng.standard_normal((5, n_heads * head_dim)) * 10.0 ** rng.uniform(-2, 2, (5, n_heads * head_dim))
+         ).astype(np.float32)
+    table = K.rope_table(301, head_dim, 1e4)[pos]                      # (T, half, 2)
+    c, s = table[:, None, :, 0], table[:, None, :, 1]
+    h = x.reshape(5, n_heads, head_dim)
+    x0, x1 = (h[..., :head_dim // 2], h[..., head_dim // 2:]) if neox else (h[..., 0::2], h[..., 1::2])
+    r0, r1 = x0 * c - x1 * s, x0 * s + x1 * c                          # float32 throughout
+    want = np.concatenate([r0, r1], -1) if neox else np.stack([r0, r1], -1)
+    want = want.reshape(5, -1)
+    out = on_each_level(lambda: K.rope(x.copy(), pos, n_heads, head_dim, 1e4, neox), vector_levels())
+    for level, got in out.items():
+        assert np.array_equal(got, want), level
+
+
 @pytest.mark.parametrize("n", [1, 7, 33, 100])
 def test_softmax_swiglu_add(simd, n):
     rng = np.random.default_rng(n)

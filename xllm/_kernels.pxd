@@ -76,6 +76,7 @@ cdef extern from "simd.h" nogil:
     void xllm_swiglu(float *gate, const float *up, int n)
     void xllm_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
     void xllm_layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps)
+    void xllm_rope(float *v, const float *cs, int half, int neox)
     void xllm_gelu_tanh(float *x, int n)
     void xllm_add_f32(float *x, const float *b, int n)
     void xllm_attend_block(const float *q, const float *kb, const float *vb, size_t stride, int n_pos,

@@ -507,25 +507,13 @@ cdef void c_rope(float *vec, const int32_t *pos, int T, int n_heads, int head_di
                  const float *table, bint neox) noexcept nogil:
     """Rotate the pairs of every head by pos * freq_i (the table's cos/sin, freq_i scaled as
     the config says): adjacent pairs (x[2i], x[2i+1]), or with `neox` the halves
-    (x[i], x[i + head_dim/2]) as qwen2 (llama.cpp's NEOX) and HF rotate_half do."""
-    cdef int t, h, i
-    cdef float x0, x1, c, s
-    cdef float *v
-    cdef const float *cs
+    (x[i], x[i + head_dim/2]) as qwen2 (llama.cpp's NEOX) and HF rotate_half do
+    (simd_ops.h: xllm_rope, the same bits on every level)."""
+    cdef int t, h
     cdef int half = head_dim // 2
-    cdef int step = 1 if neox else 2          # distance of pair i's first element to pair i+1's
-    cdef int other = half if neox else 1      # distance of a pair's second element to its first
     for t in range(T):
-        cs = table + <size_t>pos[t] * half * 2
         for h in range(n_heads):
-            v = vec + (<size_t>t * n_heads + h) * head_dim
-            for i in range(half):
-                c = cs[2 * i]
-                s = cs[2 * i + 1]
-                x0 = v[step * i]
-                x1 = v[step * i + other]
-                v[step * i] = x0 * c - x1 * s
-                v[step * i + other] = x0 * s + x1 * c
+            xllm_rope(vec + (<size_t>t * n_heads + h) * head_dim, table + <size_t>pos[t] * half * 2, half, neox)
 
 
 cdef void c_layernorm(float *out, const float *x, const float *weight, const float *bias, int T, int dim,

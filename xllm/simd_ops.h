@@ -194,4 +194,54 @@ static inline void xllm_add_f32(float *x, const float *b, int n) {
     for (int i = 0; i < n; i++) x[i] += b[i];
 }
 
+/* ------------------------------------------------------------------ RoPE
+ *
+ * Pair i of a head, (x0, x1) -> (x0 c - x1 s, x0 s + x1 c) with c, s = cs[2i], cs[2i + 1]:
+ * adjacent pairs (x[2i], x[2i + 1]), or with neox the halves (x[i], x[i + half]).  Each
+ * product is rounded before the sum (no FMA contraction) on every level: the same bits. */
+
+__attribute__((optimize("fp-contract=off")))
+static void xllm_rope_pairs_scalar(float *v, const float *cs, int i0, int half, int neox) {
+    const int step = neox ? 1 : 2, other = neox ? half : 1;
+    for (int i = i0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[step * i], x1 = v[step * i + other];
+        const float x0c = x0 * c, x1s = x1 * s, x0s = x0 * s, x1c = x1 * c;
+        v[step * i] = x0c - x1s;
+        v[step * i + other] = x0s + x1c;
+    }
+}
+
+#if XLLM_X86
+__attribute__((optimize("fp-contract=off")))
+XLLM_AVX2_FN static void xllm_rope_avx2(float *v, const float *cs, int half, int neox) {
+    int i = 0;
+    if (!neox) {
+        for (; i + 4 <= half; i += 4) {                     /* 4 pairs: x0 x1 x0' x1' ... */
+            const __m256 x = _mm256_loadu_ps(v + 2 * i), t = _mm256_loadu_ps(cs + 2 * i);
+            const __m256 xc = _mm256_mul_ps(x, _mm256_moveldup_ps(t));                        /* x0 c, x1 c */
+            const __m256 xs = _mm256_mul_ps(_mm256_permute_ps(x, 0xB1), _mm256_movehdup_ps(t)); /* x1 s, x0 s */
+            _mm256_storeu_ps(v + 2 * i, _mm256_addsub_ps(xc, xs));                             /* -, + */
+        }
+    } else {
+        for (; i + 8 <= half; i += 8) {                     /* 8 pairs: the table de-interleaved */
+            const __m256 t0 = _mm256_loadu_ps(cs + 2 * i), t1 = _mm256_loadu_ps(cs + 2 * i + 8);
+            const __m256 c = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(t0, t1, 0x88)), 0xD8));
+            const __m256 s = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(t0, t1, 0xDD)), 0xD8));
+            const __m256 x0 = _mm256_loadu_ps(v + i), x1 = _mm256_loadu_ps(v + i + half);
+            _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s)));
+            _mm256_storeu_ps(v + i + half, _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c)));
+        }
+    }
+    xllm_rope_pairs_scalar(v, cs, i, half, neox);
+}
+#endif
+
+/* Rotate one head of 2 * half values at v by the position's table row cs (half (cos, sin)). */
+static inline void xllm_rope(float *v, const float *cs, int half, int neox) {
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX2) { xllm_rope_avx2(v, cs, half, neox); return; }
+#endif
+    xllm_rope_pairs_scalar(v, cs, 0, half, neox);
+}
+
 #endif /* XLLM_SIMD_OPS_H */
