@@ -2,10 +2,10 @@
 
 Keys and values of all layers live in two arrays (n_layers, n_blocks, n_kv_heads,
 block_size, head row) of the cache's type (kv_types.py: f32, f16, bf16 or q8_0; a head row
-holds one position's head_dim values of one KV head).  A sequence holds a list of block ids (its block table) covering its positions;
-the table grows one block at a time as the sequence grows ("dynamic KV cache") and its
-blocks go back to the pool when it ends.  The arrays come from calloc, so memory pages are
-only touched when a block is first written.
+holds one position's head_dim values of one KV head).  A sequence holds a list of block ids
+(its block table) covering its positions; the table grows one block at a time as the
+sequence grows ("dynamic KV cache") and its blocks go back to the pool when it ends.  The
+arrays come from calloc, so memory pages are only touched when a block is first written.
 
 Prefix caching (on unless `prefix_cache=False`): once every position of a block is
 computed, the block is registered under the hash of its tokens and all tokens before it

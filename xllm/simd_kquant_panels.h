@@ -208,10 +208,25 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
 #define PAIRV(k) _mm512_broadcast_i32x4(_mm_setr_epi32(XLLM_KP_PAIR(0, k), XLLM_KP_PAIR(1, k), XLLM_KP_PAIR(2, k), XLLM_KP_PAIR(3, k)))
 #define XB(t) (x + (size_t)(t) * ldx + b)
 
-/* One group g (32 values) of a block for NT tokens: its 8 value vectors extracted once,
- * then per token vpdpbusd chains over its sub-blocks (one of 32 values: Q5_K, and Q4_K in
- * X16; two of 16 otherwise), each multiplied by its scale into isum[t] (vpdpwssd or vpmulld,
- * see XLLM_KP_DPW).  sc0, sc1: the scales of the two halves (the same for per-32 types). */
+/* isum += a * sv, the sub-block sums a times their scale sv: vpdpwssd with the pair (sc, 0)
+ * or vpmulld + vpaddd (see XLLM_KP_DPW). */
+#define XLLM_KP_ADD_SCALED_512(TYPE, NT, isum, a, sv)                                                  \
+    ((isum) = XLLM_KP_DPW(TYPE, NT) ? _mm512_dpwssd_epi32((isum), (a), (sv))                            \
+                                    : _mm512_add_epi32((isum), _mm512_mullo_epi32((a), (sv))))
+
+/* The fixed float sequence of one block for 16 rows and one token (xllm_kq_accumulate in 16
+ * lanes): dv, ndv the rows' d and -dmin, dx the token's scale. */
+#define XLLM_KP_FLOAT_STEP_512(f, off, dv, ndv, dx, isum, msum)                                         \
+    do {                                                                                                \
+        if (off) {                                                                                      \
+            const __m512i io = _mm512_sub_epi32((isum), _mm512_slli_epi32((msum), (off) == 32 ? 5 : 2)); \
+            (f) = _mm512_fmadd_ps(_mm512_mul_ps((dv), (dx)), _mm512_cvtepi32_ps(io), (f));              \
+        } else {                                                                                        \
+            (f) = _mm512_fmadd_ps(_mm512_mul_ps((dv), (dx)), _mm512_cvtepi32_ps((isum)), (f));            \
+            (f) = _mm512_fmadd_ps(_mm512_mul_ps((ndv), (dx)), _mm512_cvtepi32_ps((msum)), (f));         \
+        }                                                                                               \
+    } while (0)
+
 /* One sub-block (chunks c0..c1-1 of group g) for NT tokens: vpdpbusd into a[t], then
  * isum[t] += a[t] * scale (vpdpwssd or vpmulld, see XLLM_KP_DPW). */
 #define XLLM_KP_SUB_512(TYPE, NT, g, c0, c1, scale)                                                     \
@@ -225,8 +240,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         }                                                                                               \
         const __m512i sv = (scale);                                                                     \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                            \
-            isum[t] = XLLM_KP_DPW(TYPE, NT) ? _mm512_dpwssd_epi32(isum[t], a[t], sv)                   \
-                                            : _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t], sv));  \
+            XLLM_KP_ADD_SCALED_512(TYPE, NT, isum[t], a[t], sv);                                        \
     } while (0)
 
 /* The scale vector sub-block (g, h) of a block multiplies by: per-32 types one per group g
@@ -254,8 +268,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
             const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, NT, s, g, h);                                 \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
-                isum[t] = XLLM_KP_DPW(TYPE, NT) ? _mm512_dpwssd_epi32(isum[t], a[t][g], sv)            \
-                                                : _mm512_add_epi32(isum[t], _mm512_mullo_epi32(a[t][g], sv)); \
+                XLLM_KP_ADD_SCALED_512(TYPE, NT, isum[t], a[t][g], sv);                                 \
         }                                                                                               \
     } while (0)
 
@@ -309,13 +322,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) {                                          \
             const __m512 dx = _mm512_set1_ps(XB(t)->d);                                                 \
             __m512 f = _mm512_loadu_ps(acc + (size_t)t * ldacc);                                        \
-            if (off) {                                                                                  \
-                const __m512i is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(msum[t], off == 32 ? 5 : 2)); \
-                f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(is), f);                  \
-            } else {                                                                                    \
-                f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(isum[t]), f);             \
-                f = _mm512_fmadd_ps(_mm512_mul_ps(ndv, dx), _mm512_cvtepi32_ps(msum[t]), f);            \
-            }                                                                                           \
+            XLLM_KP_FLOAT_STEP_512(f, off, dv, ndv, dx, isum[t], msum[t]);                              \
             _mm512_storeu_ps(acc + (size_t)t * ldacc, f);                                               \
         }                                                                                               \
     }
@@ -344,14 +351,10 @@ XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_##NT(const char *w, const xllm_
                 { const uint8_t *pb = pb1; a1[g] = _mm512_dpbusd_epi32(a1[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xv); } \
             }                                                                                           \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
-            { const uint8_t *sp = sp0; const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, 1, s0, g, h);      \
-              (void)sp;                                                                                 \
-              isum0 = XLLM_KP_DPW(TYPE, 1) ? _mm512_dpwssd_epi32(isum0, a0[g], sv)                     \
-                                           : _mm512_add_epi32(isum0, _mm512_mullo_epi32(a0[g], sv)); }  \
-            { const uint8_t *sp = sp1; const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, 1, s1, g, h);      \
-              (void)sp;                                                                                 \
-              isum1 = XLLM_KP_DPW(TYPE, 1) ? _mm512_dpwssd_epi32(isum1, a1[g], sv)                     \
-                                           : _mm512_add_epi32(isum1, _mm512_mullo_epi32(a1[g], sv)); }  \
+            { const uint8_t *sp = sp0; (void)sp;                                                        \
+              XLLM_KP_ADD_SCALED_512(TYPE, 1, isum0, a0[g], XLLM_KP_SUBSCALE_512(TYPE, 1, s0, g, h)); }  \
+            { const uint8_t *sp = sp1; (void)sp;                                                        \
+              XLLM_KP_ADD_SCALED_512(TYPE, 1, isum1, a1[g], XLLM_KP_SUBSCALE_512(TYPE, 1, s1, g, h)); }  \
         }                                                                                               \
     } while (0)
 
@@ -365,16 +368,9 @@ XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_##NT(const char *w, const xllm_
                 XLLM_KP_PER32(TYPE) ? x[b].bsums32 + 2 * i : x[b].bsums + 2 * i)));                     \
         const __m512i is = XLLM_KP_X16(TYPE, 1) ? _mm512_srai_epi32(isum, 4) : isum;                    \
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[2].poff)));      \
-        const __m512 dx = _mm512_set1_ps(x[b].d);                                                       \
-        if (off) {                                                                                      \
-            const __m512i io = _mm512_sub_epi32(is, _mm512_slli_epi32(msum, off == 32 ? 5 : 2));        \
-            f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(io), f);                      \
-        } else {                                                                                        \
-            const __m512 ndv = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_set1_epi32((int)0x80000000u), \
-                _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[3].poff)))))); \
-            f = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(is), f);                      \
-            f = _mm512_fmadd_ps(_mm512_mul_ps(ndv, dx), _mm512_cvtepi32_ps(msum), f);                   \
-        }                                                                                               \
+        const __m512 ndv = off ? dv : _mm512_castsi512_ps(_mm512_xor_si512(_mm512_set1_epi32((int)0x80000000u), \
+            _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[3].poff))))));  \
+        XLLM_KP_FLOAT_STEP_512(f, off, dv, ndv, _mm512_set1_ps(x[b].d), is, msum);                      \
     } while (0)
 
 #define XLLM_KP_GEMV2_FN_512(NAME, TYPE)                                                                \
