@@ -66,6 +66,20 @@ def test_matmul_quantized(simd, qtype, rows, cols, T):
         assert rel_err(y, ref) < 1e-6
 
 
+def test_matmul_q4_0_largest_nibbles_and_activations(simd):
+    """Q4_0 nibbles all 15 times activations of one sign at |127|: the int16 sums of a block's
+    maddubs outputs the AVX2 tile keeps are at their bound; the result is the float64 dot."""
+    rows, cols = 13, 96
+    d = np.full((rows, cols // 32, 1), 0.01, np.float16).view(np.uint8)
+    wq = np.concatenate([d, np.full((rows, cols // 32, 16), 0xFF, np.uint8)], axis=2).reshape(rows, -1)
+    w64 = dequantize(wq, GT.Q4_0).astype(np.float64)
+    x = np.stack([np.ones(cols), -np.ones(cols), np.r_[np.ones(48), -np.ones(48)]]).astype(np.float32)
+    x64 = dequantize(quantize(x, GT.Q8_0), GT.Q8_0).astype(np.float64)
+    assert np.abs(np.rint(x64 * 127)).min() == 127
+    for T in (1, 3):
+        y = K.matmul(wq, int(GT.Q4_0), x[:T], 1)
+        assert rel_err(y, x64[:T] @ w64.T) < 1e-6
+
 @pytest.mark.parametrize("qtype", [0, 1, 8, 2])
 def test_matmul_batch_equals_alone_bitwise(simd, qtype):
     """Each token's output row is the same bits alone, inside a batch, on any thread count."""

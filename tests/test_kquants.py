@@ -144,6 +144,35 @@ def split_parts(data, ggml_type, rows, cols):
     return parts
 
 
+# the value bytes of each type's block (qs; with qh / hmask): all bits set is the largest value
+VALUE_BYTES = {10: (16, 80), 11: (0, 96), 12: (16, 144), 13: (16, 176), 14: (0, 192)}
+
+
+@pytest.mark.parametrize("ggml_type", list(K_TYPES.values()))
+def test_kernel_largest_values_and_activations(ggml_type):
+    """Every value at its largest (all value bits set) times activations of one sign at
+    |127|: the int16 partial sums the AVX2 kernels keep (XLLM_KP_RUN16) at their bound.
+    Every level gives the scalar path's bits and the float64 dot within its rounding."""
+    rows, cols = 19, 1024
+    data = random_kquant(ggml_type, rows, cols, seed=ggml_type).reshape(rows, cols // 256, -1)
+    lo, hi = VALUE_BYTES[ggml_type]
+    data[:, :, lo:hi] = 0xFF
+    data = data.reshape(rows, -1)
+    w64 = gguf_dequantize(data, GGMLQuantizationType(ggml_type)).reshape(rows, cols).astype(np.float64)
+    parts = split_parts(data, ggml_type, rows, cols)
+    x = np.stack([np.ones(cols), -np.ones(cols), np.r_[np.ones(cols // 2), -np.ones(cols // 2)]]).astype(np.float32)
+    qs, _, _ = _kernels.quantize_q8k(x)
+    assert np.abs(qs.astype(np.int32)).min() == 127
+    xq = dequantized_activations(x)
+    expected = xq @ w64.T
+    bound = sum(np.abs(xq) @ p.T for p in parts) * U * (cols // 256 + 4) * 2
+    first = at_level("scalar", lambda: _kernels.matmul(data, ggml_type, x))
+    for level in levels():
+        for T in (1, 3):
+            y = at_level(level, lambda: _kernels.matmul(data, ggml_type, x[:T]))
+            assert (np.abs(y.astype(np.float64) - expected[:T]) <= bound[:T]).all(), (level, T)
+            assert np.array_equal(y, first[:T]), (level, T)
+
 @pytest.mark.parametrize("ggml_type", list(K_TYPES.values()))
 @pytest.mark.parametrize("rows,cols", [(1, 256), (7, 768), (37, 512), (5, 2560)])   # 2560: k-chunks of 8 blocks
 def test_kernel_matches_float64_dot(ggml_type, rows, cols):

@@ -438,9 +438,10 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
 #undef PICKV
 #undef PAIRV
 
-/* ---- AVX2: 8 rows per vector, each panel as two halves (rows 8h..8h+7: +32h bytes in the
- * 4-byte-unit regions, +16h in the 2-byte ones).  maddubs pairs (<= 2 * 63 * 128) times the
- * sub-block's scale as int16 pairs (madd) go straight into the int32 block sum. */
+/* ---- AVX2: 8 rows per vector, each panel block as two halves (rows 8h..8h+7: +32h bytes in
+ * the 4-byte-unit regions, +16h in the 2-byte ones).  maddubs pairs, summed in int16 over up
+ * to XLLM_KP_RUN16 chunks, times the sub-block's scale as int16 pairs (madd) go into the int32
+ * block sum. */
 #define VEC __m256i
 #define LD(u) _mm256_loadu_si256((const __m256i *)(pb + 32 * h + 64 * (u)))
 #define LDS(u) _mm256_loadu_si256((const __m256i *)(sp + 32 * h + 64 * (u)))
@@ -465,15 +466,28 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
 #define DUPV _mm256_setr_epi32(XLLM_KP_DUP(0), XLLM_KP_DUP(1), XLLM_KP_DUP(2), XLLM_KP_DUP(3), \
                                XLLM_KP_DUP(0), XLLM_KP_DUP(1), XLLM_KP_DUP(2), XLLM_KP_DUP(3))
 
+/* maddubs outputs of one type that add in int16 without overflow: each is at most
+ * 2 * qmax * 128 (Q2_K 768, Q3_K 1792, Q4_K 3840, Q5_K 7936, Q6_K 16128; the activations are
+ * int8, the values unsigned), so 8, 8, 8, 4, 2 of them stay below 2^15.  Summing them in int16
+ * before the one madd by the scale halves the multiplies (the multiply pipe bounds AVX2). */
+#define XLLM_KP_RUN16(TYPE) ((TYPE) == XLLM_Q6_K ? 2 : (TYPE) == XLLM_Q5_K ? 4 : 8)
+
 #define XLLM_KP_SUB_256(TYPE, NT, g, c0, c1, scale)                                                     \
     do {                                                                                                \
         const __m256i sp16 = SHUF((scale), DUPV);                                                       \
-        _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++) {                                     \
-            const __m256i q = XLLM_KP_VALUES(TYPE, 0, g, c);                                               \
-            _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                      \
-                const __m256i xv = _mm256_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * (g) + 4 * c));        \
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), sp16)); \
+        enum { RUN = XLLM_KP_RUN16(TYPE) < (c1) - (c0) ? XLLM_KP_RUN16(TYPE) : (c1) - (c0) };          \
+        _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c += RUN) {                                \
+            __m256i p16[NT];                                                                            \
+            _Pragma("GCC unroll 8") for (int k = 0; k < RUN; k++) {                                     \
+                const __m256i q = XLLM_KP_VALUES(TYPE, 0, g, c + k);                                    \
+                _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                  \
+                    const __m256i pr = _mm256_maddubs_epi16(q, _mm256_set1_epi32(                       \
+                        xllm_kp_i32(XB(t)->qs + 32 * (g) + 4 * (c + k))));                              \
+                    p16[t] = k == 0 ? pr : _mm256_add_epi16(p16[t], pr);                                \
+                }                                                                                       \
             }                                                                                           \
+            _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                        \
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p16[t], sp16));                   \
         }                                                                                               \
     } while (0)
 
@@ -481,9 +495,12 @@ XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
     const xllm_kp_region *rg = xllm_kp_regions[(TYPE) - XLLM_Q2_K];                                     \
     const size_t pblock = (size_t)XLLM_KP * xllm_kq_block_bytes(TYPE);                                  \
     const int off = xllm_kq_offset(TYPE);                                                               \
-    for (int h = 0; h < 2; h++)                                                                         \
-    for (int b = b0; b < b1; b++) {                                                                     \
+    for (int b = b0; b < b1; b++)      /* both halves of a block while it is in L1 */                   \
+    for (int h = 0; h < 2; h++) {                                                                       \
         const uint8_t *pb = (const uint8_t *)w + (size_t)b * pblock;                                    \
+        if ((NT) == 1 && h == 0)                                                                        \
+            for (size_t o = 0; o < pblock; o += 64)                                                     \
+                _mm_prefetch((const char *)pb + XLLM_GEMV_PREFETCH_AVX2 + o, _MM_HINT_T0);           \
         const uint8_t *sp = pb + rg[1].poff;                                                            \
         __m256i s[4], isum[NT], msum[NT];                                                               \
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
