@@ -251,20 +251,23 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
      XLLM_KP_PER32(TYPE) ? XLLM_KP_SCALE(TYPE, s, g) :                                                  \
      _mm512_and_si512(XLLM_KP_SCALE(TYPE, s, 2 * (g) + (h)), _mm512_set1_epi32((TYPE) == XLLM_Q3_K ? 0xffff : -1)))
 
-/* One or two tokens: the eight groups side by side, chunk by chunk (chunks c0..c1-1 of each
- * group, sub-block half h), so that eight vpdpbusd chains run at once where one group's
- * chain of eight would wait on each other's latency; then each chain times its scale. */
+/* One or two tokens: eight vpdpbusd chains, one per group (chunks c0..c1-1 of each group,
+ * sub-block half h), then each chain times its scale.  Two tokens (weights reused from L1)
+ * issue the groups side by side chunk by chunk, so that the eight chains advance at once;
+ * one token (weights from memory) walks group after group, so that the value loads go up the
+ * block nearly line by line (see XLLM_KP_BODY_512).  The sums are exact: the same bits. */
 #define XLLM_KP_PASS_512(TYPE, NT, h, c0, c1)                                                           \
     do {                                                                                                \
         __m512i a[NT][8];                                                                               \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                            \
             _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) a[t][g] = _mm512_setzero_si512();       \
-        _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++)                                       \
-            _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                       \
-                const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                    \
-                _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                    \
-                    a[t][g] = _mm512_dpbusd_epi32(a[t][g], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * g + 4 * c))); \
-            }                                                                                           \
+        _Pragma("GCC unroll 64") for (int k = 0; k < 8 * ((c1) - (c0)); k++) {                          \
+            const int g = (NT) == 1 ? k / ((c1) - (c0)) : k % 8;                                        \
+            const int c = (c0) + ((NT) == 1 ? k % ((c1) - (c0)) : k / 8);                               \
+            const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                        \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
+                a[t][g] = _mm512_dpbusd_epi32(a[t][g], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * g + 4 * c))); \
+        }                                                                                               \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
             const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, NT, s, g, h);                                 \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
@@ -283,6 +286,8 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         __m512i s[4], isum[NT], msum[NT];                                                               \
         if (pf_next)                                                                                    \
             _Pragma("GCC unroll 64") for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + pblock + o, _MM_HINT_T0); \
+        else if ((NT) == 1)   /* the block's own lines, in order, before its strided loads */          \
+            for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + o, _MM_HINT_T0);   \
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = msum[t] = _mm512_setzero_si512(); \
         if ((NT) <= 2 && XLLM_KP_PER32(TYPE)) {                                                         \
