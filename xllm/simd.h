@@ -770,8 +770,8 @@ XLLM_AVX2_FN static void xllm_tile_float_avx2(int type, const char *w, size_t ld
          * at a time, the same FMAs per row in the same order.  Zen 4, C harness, 2 threads
          * from memory, medians of 5: 32000 x 768 24.9 -> 33.8 GB/s, 16384 x 2048 29.5 -> 34.9.
          * F16/BF16 (half the bytes per FMA) keep three chains. */
-        if (type != XLLM_F32 || xllm_gemv_multi_stream())
-        for (; r + 3 <= nr; r += 3) {
+        const int threes = type != XLLM_F32 || xllm_gemv_multi_stream();
+        for (; threes && r + 3 <= nr; r += 3) {
             const char *w0 = w + r * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw;
             float *a = acc + (size_t)r * 8;
             __m256 c0 = _mm256_loadu_ps(a), c1 = _mm256_loadu_ps(a + 8), c2 = _mm256_loadu_ps(a + 16);
