@@ -433,13 +433,18 @@ PANEL_REGIONS = {10: [(16, 64, 4, 0), (0, 16, 2, 1024), (80, 2, 2, 1280), (82, 2
                  12: [(16, 128, 4, 0), (4, 12, 4, 2048), (0, 2, 2, 2240), (2, 2, 2, 2272)],
                  13: [(16, 160, 4, 0), (4, 12, 4, 2560), (0, 2, 2, 2752), (2, 2, 2, 2784)],
                  14: [(0, 192, 4, 0), (192, 16, 2, 3072), (208, 2, 2, 3328)]}
+# Q6_K's value units in the order its one-token kernel first reads them (ql units 0-31, qh
+# 32-47): the panel holds unit VALUE_ORDER[14][i] in slot i.  The other types keep file order.
+VALUE_ORDER = {14: [0, 32, 1, 33, 2, 34, 3, 35, 8, 9, 10, 11, 16, 40, 17, 41, 18, 42, 19, 43, 24, 25, 26, 27,
+                    4, 36, 5, 37, 6, 38, 7, 39, 12, 13, 14, 15, 20, 44, 21, 45, 22, 46, 23, 47, 28, 29, 30, 31]}
 
 
 @pytest.mark.parametrize("ggml_type", list(K_TYPES.values()))
 @pytest.mark.parametrize("rows", [1, 16, 21])
 def test_pack_kquant_panel_layout(ggml_type, rows):
     """16-row panels, block by block: each field of the 16 file blocks interleaved across the
-    rows in its unit (4 or 2 bytes), the file's bytes exactly; missing rows are zero."""
+    rows in its unit (4 or 2 bytes; Q6_K's value units in VALUE_ORDER), the file's bytes
+    exactly; missing rows are zero."""
     cols, bb = 512, BLOCK_BYTES[ggml_type]
     nb, n_panels = cols // 256, -(-rows // 16)
     data = random_kquant(ggml_type, rows, cols, seed=rows)
@@ -449,7 +454,11 @@ def test_pack_kquant_panel_layout(ggml_type, rows):
     blocks[:rows] = data.reshape(rows, nb, bb)
     panel = blocks.reshape(n_panels, 16, nb, bb).transpose(0, 2, 1, 3)        # (panel, block, row, bytes)
     expected = np.zeros((n_panels, nb, 16 * bb), np.uint8)
-    for foff, length, unit, poff in PANEL_REGIONS[ggml_type]:
+    for k, (foff, length, unit, poff) in enumerate(PANEL_REGIONS[ggml_type]):
         field = panel[..., foff:foff + length].reshape(n_panels, nb, 16, length // unit, unit)
-        expected[..., poff:poff + 16 * length] = field.transpose(0, 1, 3, 2, 4).reshape(n_panels, nb, -1)
+        units = field.transpose(0, 1, 3, 2, 4)                               # (panel, block, unit, row, bytes)
+        if k == 0 and ggml_type in VALUE_ORDER:
+            assert sorted(VALUE_ORDER[ggml_type]) == list(range(length // unit))
+            units = units[:, :, VALUE_ORDER[ggml_type]]
+        expected[..., poff:poff + 16 * length] = units.reshape(n_panels, nb, -1)
     assert np.array_equal(packed, expected.reshape(-1))

@@ -6,7 +6,8 @@
  * 16 x 210 bytes: a matmul streams no more than the file holds), each field of the file block
  * ("region") interleaved across the 16 rows in units of 4 or 2 bytes:
  *
- *     byte o of region k of row r  ->  poff_k + 16 * unit_k * (o / unit_k) + unit_k * r + o % unit_k
+ *     byte o of region k of row r  ->  poff_k + 16 * unit_k * u + unit_k * r + o % unit_k,
+ *     u = o / unit_k, except in the values region: u = xllm_kp_slot[type][o / unit_k]
  *
  * The value bytes (qs, qh, hmask) use 4-byte units, so one 64-byte load is the same 4 file
  * bytes of all 16 rows: with a shift and a mask, 4 values of 16 rows, one int32 lane per row,
@@ -51,8 +52,26 @@ static const xllm_kp_region xllm_kp_regions[5][4] = {
     {{0, 192, 4, 0}, {192, 16, 2, 3072}, {208, 2, 2, 3328}, {0, 0, 2, 0}},        /* Q6_K  3360 */
 };
 
-static inline size_t xllm_kp_offset(const xllm_kp_region *g, int r, int o) {
-    return (size_t)g->poff + (size_t)XLLM_KP * g->unit * (o / g->unit) + (size_t)g->unit * r + o % g->unit;
+/* Where value unit u (4 file bytes of each row: 64 panel bytes) sits in the values region:
+ * slot[u].  Q6_K's units go in the order the one-token pass (XLLM_KP_PASS_512, NT = 1) first
+ * touches them: its natural order (ql units 0-3, qh 32-35, ql 8-11, 16-19, qh 40-43, ...)
+ * left Zen 4's hardware prefetcher behind (2 threads from memory, 5632 x 2048: 16 GB/s, 26
+ * with the block prefetched in software; in this order 30 without, the pure read's 30).
+ * The other types' natural order already ascends, or measured no better permuted
+ * (benchmarks/README.md). */
+#define XLLM_KP_SLOTS_IN_ORDER {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, \
+                                24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47}
+static const uint8_t xllm_kp_slot[5][48] = {
+    XLLM_KP_SLOTS_IN_ORDER, XLLM_KP_SLOTS_IN_ORDER, XLLM_KP_SLOTS_IN_ORDER, XLLM_KP_SLOTS_IN_ORDER,   /* Q2_K..Q5_K */
+    {0, 2, 4, 6, 24, 26, 28, 30, 8, 9, 10, 11, 32, 33, 34, 35, 12, 14, 16, 18, 36, 38, 40, 42,       /* Q6_K */
+     20, 21, 22, 23, 44, 45, 46, 47, 1, 3, 5, 7, 25, 27, 29, 31, 13, 15, 17, 19, 37, 39, 41, 43},
+};
+
+/* Panel offset of byte o of region k of row r (the values region through xllm_kp_slot). */
+static inline size_t xllm_kp_offset(int type, int k, int r, int o) {
+    const xllm_kp_region *g = &xllm_kp_regions[type - XLLM_Q2_K][k];
+    const int u = k == 0 ? xllm_kp_slot[type - XLLM_Q2_K][o / g->unit] : o / g->unit;
+    return (size_t)g->poff + (size_t)XLLM_KP * g->unit * u + (size_t)g->unit * r + o % g->unit;
 }
 
 /* Repack rows [0, nr) (nr <= 16) of a K-quant matrix (row r at src + r * row_bytes, nb
@@ -66,7 +85,7 @@ static void xllm_kp_pack_panel(int type, const char *src, size_t row_bytes, int 
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = (const uint8_t *)src + (size_t)r * row_bytes + (size_t)b * bytes;
             for (int k = 0; k < 4; k++)
-                for (int o = 0; o < regions[k].len; o++) pb[xllm_kp_offset(&regions[k], r, o)] = blk[regions[k].foff + o];
+                for (int o = 0; o < regions[k].len; o++) pb[xllm_kp_offset(type, k, r, o)] = blk[regions[k].foff + o];
         }
     }
 }
@@ -75,7 +94,7 @@ static void xllm_kp_pack_panel(int type, const char *src, size_t row_bytes, int 
 static inline void xllm_kp_unpack_block(int type, const uint8_t *pb, int r, uint8_t *blk) {
     const xllm_kp_region *regions = xllm_kp_regions[type - XLLM_Q2_K];
     for (int k = 0; k < 4; k++)
-        for (int o = 0; o < regions[k].len; o++) blk[regions[k].foff + o] = pb[xllm_kp_offset(&regions[k], r, o)];
+        for (int o = 0; o < regions[k].len; o++) blk[regions[k].foff + o] = pb[xllm_kp_offset(type, k, r, o)];
 }
 
 /* ------------------------------------------------------------------ scalar */
@@ -121,23 +140,24 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
 #define XLLM_KP_DUP(m) (int)(((uint32_t)(4 * (m) + 1) << 24) | ((uint32_t)(4 * (m)) << 16) | ((uint32_t)(4 * (m) + 1) << 8) | (uint32_t)(4 * (m)))
 
 /* The value vector of chunk c (values 4c..4c+3) of group g (values 32g..32g+31) of a panel
- * block: llama.cpp's shifts and masks on one 4-byte unit of the 16 (or 8) rows; LD(u) loads
- * unit u of the values region.  The high bits are shifted straight to their place
+ * block: llama.cpp's shifts and masks on one 4-byte unit of the 16 (or 8) rows; LDV(TYPE, u)
+ * loads unit u of the values region (from its slot).  The high bits are shifted straight to their place
  * (HSHIFT) and inserted under a mask (INSERT: one vpternlogd on AVX-512).  X16 (Q4_K):
  * the high nibbles stay in place (16 q, one mask fewer); the caller scales the other
  * groups by 16 and divides the block sum by 16 (exact). */
 #define XLLM_KP_SRL(v, n) ((n) != 0 ? SRL16((v), (n)) : (v))
 #define XLLM_KP_HSHIFT(v, n) ((n) > 0 ? SLL16((v), (n) > 0 ? (n) : 0) : (n) < 0 ? SRL16((v), (n) < 0 ? -(n) : 0) : (v))
+#define LDV(TYPE, u) LD(xllm_kp_slot[(TYPE) - XLLM_Q2_K][(u)])   /* logical value unit u */
 #define XLLM_KP_VALUES(TYPE, X16, g, c)                                                                 \
-    ((TYPE) == XLLM_Q2_K ? AND8(XLLM_KP_SRL(LD(8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :              \
-     (TYPE) == XLLM_Q3_K ? INSERT(AND8(XLLM_KP_SRL(LD(8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3),     \
-                                  XLLM_KP_HSHIFT(LD(c), 2 - (g)), 0x04) :                               \
-     (TYPE) == XLLM_Q4_K ? ((X16) && ((g) & 1) ? AND8(LD(8 * ((g) >> 1) + (c)), (char)0xf0)              \
-                                               : AND8(XLLM_KP_SRL(LD(8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f)) : \
-     (TYPE) == XLLM_Q5_K ? INSERT(AND8(XLLM_KP_SRL(LD(8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f),  \
-                                  XLLM_KP_HSHIFT(LD(c), 4 - (g)), 0x10) :                               \
-     INSERT(AND8(XLLM_KP_SRL(LD(16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f),     \
-            XLLM_KP_HSHIFT(LD(32 + 8 * ((g) >> 2) + (c)), 4 - 2 * ((g) & 3)), 0x30))
+    ((TYPE) == XLLM_Q2_K ? AND8(XLLM_KP_SRL(LDV(TYPE, 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :              \
+     (TYPE) == XLLM_Q3_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3),     \
+                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 2 - (g)), 0x04) :                               \
+     (TYPE) == XLLM_Q4_K ? ((X16) && ((g) & 1) ? AND8(LDV(TYPE, 8 * ((g) >> 1) + (c)), (char)0xf0)              \
+                                               : AND8(XLLM_KP_SRL(LDV(TYPE, 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f)) : \
+     (TYPE) == XLLM_Q5_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f),  \
+                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 4 - (g)), 0x10) :                               \
+     INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f),     \
+            XLLM_KP_HSHIFT(LDV(TYPE, 32 + 8 * ((g) >> 2) + (c)), 4 - 2 * ((g) & 3)), 0x30))
 
 /* The exact int32 multiply of a sub-block's sums by its scales.  DPW: the types whose
  * 16-value sums fit in int16 (Q2_K, Q3_K, Q4_K: 16 * 15 * 127 < 2^15) take them through
@@ -277,6 +297,12 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         }                                                                                               \
     } while (0)
 
+/* One token from one stream: Q2_K, Q3_K and Q5_K prefetch each block's own lines in order
+ * before their out-of-order loads (Zen 4, 2 threads from memory, 5632 x 2048: Q3_K 13 -> 27
+ * GB/s, Q5_K 23 -> 29); Q4_K and Q6_K (xllm_kp_slot) load in address order and leave it to
+ * the hardware prefetcher, which the software prefetches only slowed (Q4_K 27-37 -> 29-42). */
+#define XLLM_KP_PREFETCH_OWN(TYPE) ((TYPE) == XLLM_Q2_K || (TYPE) == XLLM_Q3_K || (TYPE) == XLLM_Q5_K)
+
 #define XLLM_KP_BODY_512(TYPE, NT)                                                                      \
     const xllm_kp_region *rg = xllm_kp_regions[(TYPE) - XLLM_Q2_K];                                     \
     const size_t pblock = (size_t)XLLM_KP * xllm_kq_block_bytes(TYPE);                                  \
@@ -288,7 +314,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         __m512i s[4], isum[NT], msum[NT];                                                               \
         if (pf_next)                                                                                    \
             _Pragma("GCC unroll 64") for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + pblock + o, _MM_HINT_T0); \
-        else if ((NT) == 1)   /* the block's own lines, in order, before its strided loads */          \
+        else if ((NT) == 1 && XLLM_KP_PREFETCH_OWN(TYPE))                                               \
             for (size_t o = 0; o < pblock; o += 64) _mm_prefetch((const char *)pb + o, _MM_HINT_T0);   \
         if ((TYPE) != XLLM_Q2_K && (TYPE) != XLLM_Q6_K) XLLM_KP_DECODE_SCALES(TYPE, s);                 \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++) isum[t] = msum[t] = _mm512_setzero_si512(); \
