@@ -141,22 +141,22 @@ static inline int32_t xllm_kp_i32(const void *p) { int32_t v; memcpy(&v, p, 4); 
 
 /* The value vector of chunk c (values 4c..4c+3) of group g (values 32g..32g+31) of a panel
  * block: llama.cpp's shifts and masks on one 4-byte unit of the 16 (or 8) rows; LDV(TYPE, u)
- * loads unit u of the values region (from its slot).  The high bits are shifted straight to their place
- * (HSHIFT) and inserted under a mask (INSERT: one vpternlogd on AVX-512).  X16 (Q4_K):
+ * loads unit u of the values region (from its slot).  The high bits are shifted straight to
+ * their place (HSHIFT) and inserted under a mask (INSERT: one vpternlogd on AVX-512).  X16 (Q4_K):
  * the high nibbles stay in place (16 q, one mask fewer); the caller scales the other
  * groups by 16 and divides the block sum by 16 (exact). */
 #define XLLM_KP_SRL(v, n) ((n) != 0 ? SRL16((v), (n)) : (v))
 #define XLLM_KP_HSHIFT(v, n) ((n) > 0 ? SLL16((v), (n) > 0 ? (n) : 0) : (n) < 0 ? SRL16((v), (n) < 0 ? -(n) : 0) : (v))
 #define LDV(TYPE, u) LD(xllm_kp_slot[(TYPE) - XLLM_Q2_K][(u)])   /* logical value unit u */
 #define XLLM_KP_VALUES(TYPE, X16, g, c)                                                                 \
-    ((TYPE) == XLLM_Q2_K ? AND8(XLLM_KP_SRL(LDV(TYPE, 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :              \
-     (TYPE) == XLLM_Q3_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3),     \
-                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 2 - (g)), 0x04) :                               \
-     (TYPE) == XLLM_Q4_K ? ((X16) && ((g) & 1) ? AND8(LDV(TYPE, 8 * ((g) >> 1) + (c)), (char)0xf0)              \
+    ((TYPE) == XLLM_Q2_K ? AND8(XLLM_KP_SRL(LDV(TYPE, 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3) :       \
+     (TYPE) == XLLM_Q3_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 2) + (c)), 2 * ((g) & 3)), 3), \
+                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 2 - (g)), 0x04) :                        \
+     (TYPE) == XLLM_Q4_K ? ((X16) && ((g) & 1) ? AND8(LDV(TYPE, 8 * ((g) >> 1) + (c)), (char)0xf0)      \
                                                : AND8(XLLM_KP_SRL(LDV(TYPE, 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f)) : \
-     (TYPE) == XLLM_Q5_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f),  \
-                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 4 - (g)), 0x10) :                               \
-     INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f),     \
+     (TYPE) == XLLM_Q5_K ? INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 8 + 8 * ((g) >> 1) + (c)), 4 * ((g) & 1)), 0x0f), \
+                                  XLLM_KP_HSHIFT(LDV(TYPE, c), 4 - (g)), 0x10) :                        \
+     INSERT(AND8(XLLM_KP_SRL(LDV(TYPE, 16 * ((g) >> 2) + 8 * ((g) & 1) + (c)), 4 * (((g) >> 1) & 1)), 0x0f), \
             XLLM_KP_HSHIFT(LDV(TYPE, 32 + 8 * ((g) >> 2) + (c)), 4 - 2 * ((g) & 3)), 0x30))
 
 /* The exact int32 multiply of a sub-block's sums by its scales.  DPW: the types whose
