@@ -151,21 +151,23 @@ XLLM_AVX512_FN static void xllm_amx_pack(int type, const char *w, size_t pstride
                                        _mm512_mul_ps(dw_, _mm512_set1_ps((xcol)[t * ldx].d)), a[t]);   \
     } while (0)
 
-/* One block's tile product into ring slot `slot`: C = A (tokens) . B (16 rows), stored. */
-#define XLLM_AMX_BLOCK(A, B, C, xa, wq, slot)                                                          \
+/* One block's tile product: C = A (tokens) . B (16 rows), left in tile C. */
+#define XLLM_AMX_BLOCK(A, B, C, xa, wq)                                                                \
     do {                                                                                               \
         XLLM_TILE_LOAD(A, xa, stride);                                                                 \
         XLLM_TILE_LOAD(B, wq, 64);                                                                     \
         XLLM_TILE_ZERO(C);                                                                             \
         XLLM_TILE_DPBSSD(C, A, B);                                                                     \
-        XLLM_TILE_STORE(C, slot, 64);                                                                  \
     } while (0)
 
 /* One tile of 16 rows x nt tokens over the chunk's nblk blocks: packed weights wb, token t's
  * block b at x[t*ldx + b]; accumulators acc[t*ldacc + n] for n < ncols (<= 16).  Software
- * pipelined: block b's tile product is stored to a ring of int32 tiles two blocks before its
- * float step reads it back, so the tile unit and the vector units overlap (two tile sets
- * alternate), and the loads never wait for a tile store in flight. */
+ * pipelined over two tile sets: block b's product is issued, then block b-1's (the other
+ * set) stored to a ring of int32 tiles, then block b-3's float step reads its slot back, so
+ * a tile store does not wait behind the product just issued, the tile unit and the vector
+ * units overlap, and the loads never wait for a tile store in flight (Xeon with AMX, 480 MB
+ * L3, C harness, Q8_0 5632 x 2048, 128 tokens, 2 threads: 1.31 -> 1.46 TOP/s, against the
+ * store right after its product). */
 XLLM_AVX512_FN static void xllm_amx_tile(const xllm_amx_wblock *wb, int nblk, const xllm_block_q8_act *x,
                                          size_t ldx, int nt, float *acc, int ldacc, int ncols) {
     int32_t ring[4][XLLM_AMX_TOKENS * 16] __attribute__((aligned(64)));
@@ -175,12 +177,16 @@ XLLM_AVX512_FN static void xllm_amx_tile(const xllm_amx_wblock *wb, int nblk, co
     _Pragma("GCC unroll 16")
     for (int t = 0; t < XLLM_AMX_TOKENS; t++)
         a[t] = t < nt ? _mm512_maskz_loadu_ps(m, acc + (size_t)t * ldacc) : _mm512_setzero_ps();
-    for (int b = 0; b < nblk + 2; b++) {
+    for (int b = 0; b < nblk + 3; b++) {
         if (b < nblk) {
-            if (b & 1) XLLM_AMX_BLOCK(3, 4, 5, x[b].qs, wb[b].qs, ring[b & 3]);
-            else XLLM_AMX_BLOCK(0, 1, 2, x[b].qs, wb[b].qs, ring[b & 3]);
+            if (b & 1) XLLM_AMX_BLOCK(3, 4, 5, x[b].qs, wb[b].qs);
+            else XLLM_AMX_BLOCK(0, 1, 2, x[b].qs, wb[b].qs);
         }
-        if (b >= 2) XLLM_AMX_SCALE(ring[(b - 2) & 3], wb + b - 2, x + b - 2);
+        if (b >= 1 && b <= nblk) {
+            if ((b - 1) & 1) XLLM_TILE_STORE(5, ring[(b - 1) & 3], 64);
+            else XLLM_TILE_STORE(2, ring[(b - 1) & 3], 64);
+        }
+        if (b >= 3) XLLM_AMX_SCALE(ring[(b - 3) & 3], wb + b - 3, x + b - 3);
     }
     _Pragma("GCC unroll 16")
     for (int t = 0; t < XLLM_AMX_TOKENS; t++)
