@@ -228,6 +228,8 @@ def test_bench_single_json_fields(tiny, capsys):
     assert r["prefill"]["fraction_of_int8_peak"] == r["prefill"]["fraction_of_peak"]
     for key in ("read_gbps", "fma_gflops", "int8_gops"):
         assert r["machine"]["limits"][key] > 0
+    # weights far smaller than the probe's buffer: also held to a read of their own size
+    assert r["machine"]["limits"]["read_gbps_working_set_bytes"] == int(r["decode"]["weight_bytes_per_token"])
     ops = {row["op"] for row in r["ops"]["decode"]}
     assert {"qkv_proj", "attention", "ffn_gate_up", "ffn_down", "classifier"} <= ops
     for row in r["ops"]["prefill"] + r["ops"]["decode"]:

@@ -50,6 +50,9 @@ def _fmt_count(x) -> str:
 def _limits_text(lim: dict) -> str:
     ba = (f"; around the runs {min(lim['read_gbps_probes']):.1f}-{max(lim['read_gbps_probes']):.1f}"
           if lim.get("read_gbps_probes") else "")
+    if lim.get("read_gbps_working_set_bytes"):
+        ba += (f"; the faster of a {_fmt_bytes(lim.get('bandwidth_buffer_bytes'))} buffer and one of the"
+               f" weights' {_fmt_bytes(lim['read_gbps_working_set_bytes'])}")
     peaks = [("fp32 FMA 256-bit", lim.get("fma256_gflops", lim.get("fma_gflops")), "GFLOP/s"),
              ("512-bit", lim.get("fma512_gflops"), "GFLOP/s"),
              ("int8 maddubs", lim.get("int8_gops"), "GOP/s"), ("VNNI 256-bit", lim.get("int8_vnni_gops"), "GOP/s"),
