@@ -62,7 +62,7 @@ cdef extern from "simd.h" nogil:
     int xllm_gemv_panels(int type)
     int xllm_gemv_multi_stream()
     void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
-                         int nb, int T, float *acc, int ldacc)
+                         int nb, int T, float *y, size_t ldy, int ny)
     size_t xllm_pair_stride(int n)
     void xllm_pair_tokens(const float *x0, const float *x1, int n, float *dst)
     void xllm_float_rows_avx512(int type, const char *w, size_t ldw, int nr, const float *xp, size_t ldp,

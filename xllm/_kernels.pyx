@@ -312,8 +312,9 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
                         float *y, float *acc) noexcept nogil:
     """y[t, r0:r0+nr] for all T tokens of repacked Q8_0/Q4_0 weights (r0 a multiple of 8).
 
-    Tiles of 2 panels (16 rows) x 8 tokens at avx512 (4 below: xllm_qtile_tokens), or AMX
-    tiles from xllm_amx_min_tokens tokens; acc holds one float per (token, row).  One
+    Tiles of 2 panels (16 rows) x 8 tokens at avx512 (4 below: xllm_qtile_tokens), acc
+    holding one float per (token, row); or AMX tiles from xllm_amx_min_tokens tokens, which
+    write y themselves.  One
     token streams its panels once, one at a time or four side by side (xllm_gemv_panels:
     the CPU decides which streams faster); several tokens walk the blocks in chunks that
     stay in cache.
@@ -327,11 +328,11 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
     cdef int k0, k1, t0, nt, p, npp, t, r
     cdef int gemv_panels = xllm_gemv_panels(w.type)
     cdef int tile_tokens = xllm_qtile_tokens(w.type)
+    if xllm_amx_applies(w.type, T):         # AMX int8 tiles, straight into y: the same bits (simd_amx.h)
+        xllm_amx_panels(w.type, panels, pstride, n_panels, xq, nb, T, y + r0, w.rows, nr)
+        return
     memset(acc, 0, <size_t>T * ld * sizeof(float))
     k0 = 0
-    if xllm_amx_applies(w.type, T):         # AMX int8 tiles: the same bits (simd_amx.h)
-        xllm_amx_panels(w.type, panels, pstride, n_panels, xq, nb, T, acc, ld)
-        k0 = nb
     while k0 < nb:
         k1 = min(k0 + kc, nb)
         p = 0

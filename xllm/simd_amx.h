@@ -161,7 +161,8 @@ XLLM_AVX512_FN static void xllm_amx_pack(int type, const char *w, size_t pstride
     } while (0)
 
 /* One tile of 16 rows x nt tokens over the chunk's nblk blocks: packed weights wb, token t's
- * block b at x[t*ldx + b]; accumulators acc[t*ldacc + n] for n < ncols (<= 16).  Software
+ * block b at x[t*ldx + b]; accumulators acc[t*ldacc + n] for n < ncols (<= 16), read back
+ * unless this is the first chunk (`first`: they start at zero, nothing is read).  Software
  * pipelined over two tile sets: block b's product is issued, then block b-1's (the other
  * set) stored to a ring of int32 tiles, then block b-3's float step reads its slot back, so
  * a tile store does not wait behind the product just issued, the tile unit and the vector
@@ -169,14 +170,14 @@ XLLM_AVX512_FN static void xllm_amx_pack(int type, const char *w, size_t pstride
  * L3, C harness, Q8_0 5632 x 2048, 128 tokens, 2 threads: 1.31 -> 1.46 TOP/s, against the
  * store right after its product). */
 XLLM_AVX512_FN static void xllm_amx_tile(const xllm_amx_wblock *wb, int nblk, const xllm_block_q8_act *x,
-                                         size_t ldx, int nt, float *acc, int ldacc, int ncols) {
+                                         size_t ldx, int nt, float *acc, size_t ldacc, int ncols, int first) {
     int32_t ring[4][XLLM_AMX_TOKENS * 16] __attribute__((aligned(64)));
     const __mmask16 m = ncols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << ncols) - 1);
     const long stride = (long)(ldx * sizeof(xllm_block_q8_act));
     __m512 a[XLLM_AMX_TOKENS];
     _Pragma("GCC unroll 16")
     for (int t = 0; t < XLLM_AMX_TOKENS; t++)
-        a[t] = t < nt ? _mm512_maskz_loadu_ps(m, acc + (size_t)t * ldacc) : _mm512_setzero_ps();
+        a[t] = t < nt && !first ? _mm512_maskz_loadu_ps(m, acc + (size_t)t * ldacc) : _mm512_setzero_ps();
     for (int b = 0; b < nblk + 3; b++) {
         if (b < nblk) {
             if (b & 1) XLLM_AMX_BLOCK(3, 4, 5, x[b].qs, wb[b].qs);
@@ -193,12 +194,15 @@ XLLM_AVX512_FN static void xllm_amx_tile(const xllm_amx_wblock *wb, int nblk, co
         if (t < nt) _mm512_mask_storeu_ps(acc + (size_t)t * ldacc, m, a[t]);
 }
 
-/* Accumulate np (<= XLLM_QROW_GROUP / 8) panels (panel p at w + p*pstride) x T tokens (token
- * t's nb activation blocks at x + t*nb) over all blocks into acc[t*ldacc + 8p + r], ldacc
- * = 8 * np.  Called on an OpenMP thread; loads its own tile configuration and releases the
- * tiles at the end. */
+/* y[t*ldy + n] for the ny (<= 8 * np) rows of np (<= XLLM_QROW_GROUP / 8) panels (panel p at
+ * w + p*pstride) and T tokens (token t's nb activation blocks at x + t*nb), over all blocks.
+ * Written straight into the output (no accumulator buffer to clear and copy out: for 128
+ * tokens of a 2304 x 768 matrix, that copy was a fifth of the matmul), only rows n < ny.
+ * Called on an OpenMP thread; loads its own tile configuration and releases the tiles at
+ * the end. */
 XLLM_AVX512_FN static void xllm_amx_panels(int type, const char *w, size_t pstride, int np,
-                                           const xllm_block_q8_act *x, int nb, int T, float *acc, int ldacc) {
+                                           const xllm_block_q8_act *x, int nb, int T, float *y, size_t ldy,
+                                           int ny) {
     xllm_amx_wblock wb[XLLM_AMX_GROUP_TILES][XLLM_AMX_CHUNK] __attribute__((aligned(64)));
     const int ng = (np + 1) / 2;
     int config_rows = 0;
@@ -213,9 +217,9 @@ XLLM_AVX512_FN static void xllm_amx_panels(int type, const char *w, size_t pstri
                 config_rows = nt;
             }
             for (int g = 0; g < ng; g++) {
-                const int ncols = ldacc - 16 * g < 16 ? ldacc - 16 * g : 16;
-                xllm_amx_tile(wb[g], nblk, x + (size_t)t0 * nb + k0, nb, nt, acc + (size_t)t0 * ldacc + 16 * g,
-                              ldacc, ncols);
+                const int ncols = ny - 16 * g < 16 ? ny - 16 * g : 16;
+                xllm_amx_tile(wb[g], nblk, x + (size_t)t0 * nb + k0, nb, nt, y + (size_t)t0 * ldy + 16 * g,
+                              ldy, ncols, k0 == 0);
             }
         }
     }
@@ -225,8 +229,8 @@ XLLM_AVX512_FN static void xllm_amx_panels(int type, const char *w, size_t pstri
 /* Without the tile code (not x86-64 Linux with GCC/clang) xllm_amx stays 0 and
  * xllm_amx_applies is false, so this is never reached; it only gives the call a target. */
 static void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
-                            int nb, int T, float *acc, int ldacc) {
-    (void)type; (void)w; (void)pstride; (void)np; (void)x; (void)nb; (void)T; (void)acc; (void)ldacc;
+                            int nb, int T, float *y, size_t ldy, int ny) {
+    (void)type; (void)w; (void)pstride; (void)np; (void)x; (void)nb; (void)T; (void)y; (void)ldy; (void)ny;
 }
 #endif
 
