@@ -130,11 +130,14 @@ def test_float512_matmul(restore_level, wtype, rows, cols, T):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_activation_quantizer_every_level(restore_level, seed):
-    """The matmuls' activation blocks (AVX2 from the avx2 level up, scalar below) have
-    gguf.quants' Q8_0 bytes, the exact sum of their values, and the same bytes on every level,
-    also for exact halves (d = 1), zero, subnormal, infinite and NaN inputs."""
+    """The matmuls' activation blocks (AVX-512 runs of up to 16 blocks at avx512
+    and amx, AVX2 at avx2, scalar below) have gguf.quants' Q8_0 bytes, the exact sum of their
+    values, and the same bytes on every level, also for exact halves (d = 1), zero,
+    subnormal, infinite and NaN inputs; rows of 37 blocks: two full runs and a short one."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((9, 320)) * rng.choice([1e-3, 1, 50], (9, 1))).astype(np.float32)
+    x = (rng.standard_normal((9, 37 * 32)) * rng.choice([1e-3, 1, 50], (9, 1))).astype(np.float32)
+    x[5, 21 * 32:22 * 32] = 1e-38                    # subnormal d (fp16 0), infinite 1/d, in the second run
+    x[6, 700], x[7, 1100] = -np.inf, np.nan          # in the second run and in the tail
     x[0, :32] = np.arange(32) - 15.5                 # exact halves once scaled: d = 127 / 127
     x[0, 0] = 127
     x[1, :32] = 0
@@ -148,6 +151,7 @@ def test_activation_quantizer_every_level(restore_level, seed):
         assert np.array_equal(d2.view(np.uint32), d.view(np.uint32)) and np.array_equal(s2, sums), lv
         assert np.array_equal(q2, qs), lv
     assert np.array_equal(sums, qs.reshape(9, -1, 32).sum(-1, dtype=np.int32))
+    assert d[5, 21] == 0 and not qs[5, 21 * 32:22 * 32].any() and d[6, 700 // 32] == np.inf
     ref = quantize(finite, GT.Q8_0).reshape(2, -1, 34)
     assert np.array_equal(qs[:2].reshape(2, -1, 32).view(np.uint8), ref[:, :, 2:])
     assert np.array_equal(d[:2], ref[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32))

@@ -39,6 +39,7 @@ cdef extern from "simd.h" nogil:
         int32_t sum
         int8_t qs[32]
     void xllm_quantize_row_q8_act(const float *x, xllm_block_q8_act *y, int n)
+    int XLLM_Q8_ACT_RUN
     ctypedef struct xllm_block_q8k:
         int8_t qs[256]
         int16_t bsums[16]

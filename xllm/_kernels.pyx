@@ -397,11 +397,16 @@ cdef inline int work_rows(int type, int T) noexcept nogil:
 
 cdef inline void prepare_input(int i, const float *x, int T, int cols, size_t ldx, int n_q8, int nb, int nbk,
                                bint quantized, float *xp, size_t ldp, Workspace *ws) noexcept nogil:
-    """Item i of a matmul's input preparation: a Q8_0 block (i < n_q8), else a Q8_K block,
-    or, for float weights, token pair i (512-bit tiles, xp != NULL) or padded row i."""
+    """Item i of a matmul's input preparation: a run of up to XLLM_Q8_ACT_RUN Q8_0 blocks of
+    one token (i < n_q8), else a Q8_K block, or, for float weights, token pair i (512-bit
+    tiles, xp != NULL) or padded row i."""
+    cdef int runs = (nb + XLLM_Q8_ACT_RUN - 1) // XLLM_Q8_ACT_RUN
+    cdef int b0
     if i < n_q8:
-        xllm_quantize_row_q8_act(x + <size_t>(i // nb) * cols + (i % nb) * XLLM_QK,
-                                 <xllm_block_q8_act *>ws.xq + i, XLLM_QK)
+        b0 = (i % runs) * XLLM_Q8_ACT_RUN
+        xllm_quantize_row_q8_act(x + <size_t>(i // runs) * cols + b0 * XLLM_QK,
+                                 <xllm_block_q8_act *>ws.xq + <size_t>(i // runs) * nb + b0,
+                                 min(XLLM_Q8_ACT_RUN, nb - b0) * XLLM_QK)
     elif quantized:
         xllm_quantize_row_q8k(x + <size_t>((i - n_q8) // nbk) * cols + ((i - n_q8) % nbk) * XLLM_QK_K,
                               <xllm_block_q8k *>ws.xk + (i - n_q8), XLLM_QK_K)
@@ -447,7 +452,7 @@ cdef void c_matmul_multi(const Matrix **w, float **y, int n, const float *x, int
     nb = cols // XLLM_QK
     nbk = cols // XLLM_QK_K
     n_prep = 0                             # input preparation items: quantized blocks or padded rows
-    n_q8 = T * nb if any_quantized else 0
+    n_q8 = T * ((nb + XLLM_Q8_ACT_RUN - 1) // XLLM_Q8_ACT_RUN) if any_quantized else 0
     if any_quantized or any_kquant:
         n_prep = n_q8 + (T * nbk if any_kquant else 0)
     elif any_float and T > 1 and xllm_simd_level == XLLM_SIMD_AVX512:
