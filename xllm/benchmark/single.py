@@ -116,6 +116,9 @@ def bench_single(path, threads: Optional[int] = None, prompt_tokens: int = 128, 
         kv_peak = 0
         for _ in range(repeats):
             bw_probes.append(probe_bandwidth())
+            # the probe's buffers evicted the weights from the caches (all of a 110M model fits
+            # in a large L3): a short warm-up brings them back, as llama-bench's runs find them
+            run(min(2, gen_tokens))
             rec.clear()
             reset_peak_rss()
             start, stamps, req = run(gen_tokens)
