@@ -137,7 +137,7 @@ def test_activation_quantizer_every_level(restore_level, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((9, 37 * 32)) * rng.choice([1e-3, 1, 50], (9, 1))).astype(np.float32)
     x[5, 21 * 32:22 * 32] = 1e-38                    # subnormal d (fp16 0), infinite 1/d, in the second run
-    x[6, 700], x[7, 1100] = -np.inf, np.nan          # in the second run and in the tail
+    x[6, 700], x[7, 1100] = -np.inf, np.nan          # in the second run and in the short one
     x[0, :32] = np.arange(32) - 15.5                 # exact halves once scaled: d = 127 / 127
     x[0, 0] = 127
     x[1, :32] = 0

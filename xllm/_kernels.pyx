@@ -314,10 +314,9 @@ cdef void matmul_panels(const Matrix *w, int r0, int nr, const xllm_block_q8_act
 
     Tiles of 2 panels (16 rows) x 8 tokens at avx512 (4 below: xllm_qtile_tokens), acc
     holding one float per (token, row); or AMX tiles from xllm_amx_min_tokens tokens, which
-    write y themselves.  One
-    token streams its panels once, one at a time or four side by side (xllm_gemv_panels:
-    the CPU decides which streams faster); several tokens walk the blocks in chunks that
-    stay in cache.
+    write y themselves.  One token streams its panels once, one at a time or four side by
+    side (xllm_gemv_panels: the CPU decides which streams faster); several tokens walk the
+    blocks in chunks that stay in cache.
     """
     cdef int nb = w.cols // XLLM_QK
     cdef int kc = nb if T == 1 else XLLM_QK_CHUNK

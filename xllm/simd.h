@@ -293,7 +293,7 @@ XLLM_AVX2_FN static void xllm_quantize_row_q8_act_avx2(const float *x, xllm_bloc
 
 /* The same bytes again, 16 blocks at a time on AVX-512: each block's max of |x| reduced on
  * its own, then the 16 scales divided, inverted and rounded to fp16 in one vector each (the
- * scalar divisions and fp16 rounding were the AVX2 loop's latency: 25 ns a block, ~6 here),
+ * scalar divisions and fp16 rounding were the AVX2 loop's latency: 25 ns a block, 9.5 here),
  * then per block the AVX2 steps on 16 lanes; the bytes are vpmovdb's low byte of each int32,
  * as the scalar cast. */
 XLLM_AVX512_FN static void xllm_quantize_row_q8_act_avx512(const float *x, xllm_block_q8_act *y, int n) {

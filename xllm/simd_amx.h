@@ -196,8 +196,8 @@ XLLM_AVX512_FN static void xllm_amx_tile(const xllm_amx_wblock *wb, int nblk, co
 
 /* y[t*ldy + n] for the ny (<= 8 * np) rows of np (<= XLLM_QROW_GROUP / 8) panels (panel p at
  * w + p*pstride) and T tokens (token t's nb activation blocks at x + t*nb), over all blocks.
- * Written straight into the output (no accumulator buffer to clear and copy out: for 128
- * tokens of a 2304 x 768 matrix, that copy was a fifth of the matmul), only rows n < ny.
+ * Written straight into the output (no accumulator buffer to clear and copy out), only rows
+ * n < ny.
  * Called on an OpenMP thread; loads its own tile configuration and releases the tiles at
  * the end. */
 XLLM_AVX512_FN static void xllm_amx_panels(int type, const char *w, size_t pstride, int np,
