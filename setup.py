@@ -49,7 +49,9 @@ EXTENSIONS = [
     ("xllm._kernels", ["xllm/_kernels.pyx"]),
     ("xllm._probe", ["xllm/_probe.pyx"]),      # machine-limit probes for the benchmarks
     ("xllm.parallel._allreduce", ["xllm/parallel/_allreduce.pyx"]),   # MPI hook, no MPI at build time
+    ("xllm._spin", ["xllm/_spin.pyx"]),        # spin timing read before OpenMP loads: no OpenMP
 ]
+WITHOUT_OPENMP = {"xllm._spin"}
 
 
 def openmp_works() -> bool:
@@ -72,13 +74,14 @@ def extensions():
         print("xllm: OpenMP not available; building single-threaded kernels", file=sys.stderr)
     exts = []
     for name, sources in EXTENSIONS:
+        openmp = use_openmp and name not in WITHOUT_OPENMP
         exts.append(Extension(
             name, sources,
             include_dirs=["xllm", numpy.get_include()],
             depends=sorted(glob.glob("xllm/*.h")) + ["xllm/_kernels.pxd"],   # rebuild when a header changes
             define_macros=DEFINE_MACROS,
-            extra_compile_args=COMPILE_ARGS + (OPENMP_COMPILE_ARGS if use_openmp else []),
-            extra_link_args=LINK_ARGS + (OPENMP_LINK_ARGS if use_openmp else []),
+            extra_compile_args=COMPILE_ARGS + (OPENMP_COMPILE_ARGS if openmp else []),
+            extra_link_args=LINK_ARGS + (OPENMP_LINK_ARGS if openmp else []),
         ))
     return cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
 

@@ -145,20 +145,36 @@ def test_work_per_thread_setting(monkeypatch):
 
 def test_openmp_spin_default():
     """xllm bounds OpenMP's spinning before the runtime loads (libgomp itself reports the
-    value it uses), and leaves the user's own choice alone."""
+    value it uses): OPENMP_SPIN_US of this CPU's measured spins, at least the floor; and it
+    leaves the user's own choice alone."""
     import os
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    code = "import xllm._kernels"
+    code = "import xllm, xllm._kernels; print(xllm.OPENMP_SPINCOUNT)"
 
     def runtime_settings(extra):
         res = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_DISPLAY_ENV": "verbose", **extra},
                              capture_output=True, text=True, check=True)
-        return res.stderr
-    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" in runtime_settings({})
-    assert "GOMP_SPINCOUNT = '7'" in runtime_settings({"GOMP_SPINCOUNT": "7"})
-    assert f"GOMP_SPINCOUNT = '{xllm.OPENMP_SPINCOUNT}'" not in runtime_settings({"OMP_WAIT_POLICY": "active"})
+        return res.stdout.strip(), res.stderr
+    chosen, shown = runtime_settings({})
+    assert f"GOMP_SPINCOUNT = '{chosen}'" in shown
+    from xllm._spin import spin_ns
+    assert int(chosen) >= xllm.OPENMP_MIN_SPINCOUNT
+    # the child's own measurement: within 2x of this process's (both take the fastest run)
+    expected = xllm.OPENMP_SPIN_US * 1000 / spin_ns()
+    assert int(chosen) == xllm.OPENMP_MIN_SPINCOUNT or expected / 2 <= int(chosen) <= expected * 2
+    chosen, shown = runtime_settings({"GOMP_SPINCOUNT": "7"})
+    assert chosen == "7" and "GOMP_SPINCOUNT = '7'" in shown
+    chosen, shown = runtime_settings({"OMP_WAIT_POLICY": "active"})
+    assert chosen == "None" and "OMP_WAIT_POLICY = 'ACTIVE'" in shown
+
+
+def test_spin_ns_rejects_bad_counts():
+    from xllm._spin import spin_ns
+    assert spin_ns(100, 1) > 0
+    with pytest.raises(ValueError, match="n=0"):
+        spin_ns(0, 1)
 
 
 def greedy(n):
