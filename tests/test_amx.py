@@ -1,5 +1,5 @@
-"""The wide kernels of the avx512 and amx levels: AMX int8 tiles for multi-token Q8_0/Q4_0
-matmuls and 512-bit float tiles on token pairs.  Each against numpy at odd sizes, and bit for
+"""The wide kernels of the avx512 and amx levels: AMX int8 tiles for multi-token Q8_0/Q4_0 and
+K-quant matmuls and 512-bit float tiles on token pairs.  Each against numpy at odd sizes, and bit for
 bit against every other level, each token alone, and one thread (the AMX tests need a CPU
 with AMX and are skipped elsewhere; the float ones need AVX-512)."""
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize, quantize
 
+from test_kquants import K_TYPES, VALUE_BYTES, U, dequantized_activations, random_kquant, split_parts
 from xllm import _kernels as K
 
 needs_amx = pytest.mark.skipif(not K.has_amx(), reason="this CPU (or kernel) gives no AMX int8 tiles")
@@ -38,7 +39,8 @@ def test_amx_switch(restore_level):
     expect = "amx" if K.has_amx() else ("avx512" if K.has_avx512() else ("avx2" if K.has_avx2() else "scalar"))
     assert K.set_simd_level("amx") == expect == K.simd_level()
     assert K.set_simd_level("avx512") == ("avx512" if K.has_avx512() else K.set_simd_level("avx2"))
-    assert set(K.AMX_MIN_TOKENS) == {int(GT.Q8_0), int(GT.Q4_0)} and min(K.AMX_MIN_TOKENS.values()) >= 2
+    assert set(K.AMX_MIN_TOKENS) == {int(GT.Q8_0), int(GT.Q4_0)} | set(K_TYPES.values())
+    assert min(K.AMX_MIN_TOKENS.values()) >= 2
 
 
 def bf16_bytes(w):
@@ -96,6 +98,55 @@ def test_amx_extreme_values(restore_level, qtype):
     assert np.abs(out["amx"] - ref).max() <= 1e-6 * np.abs(ref).max()
     for lv, y in out.items():
         assert np.array_equal(y, out["amx"]), lv
+
+
+@needs_amx
+@pytest.mark.parametrize("name", list(K_TYPES))
+@pytest.mark.parametrize("rows,cols", [(1, 256), (13, 768), (16, 1280), (37, 2560)])   # k-chunks of 4 + rest
+@pytest.mark.parametrize("extra", [0, 1, 17])
+def test_amx_kquant_matmul(restore_level, name, rows, cols, extra):
+    """K-quant AMX tiles (two int8 digits of sc * (q - off) per value, simd_amx_kquants.h) from
+    the type's AMX_MIN_TOKENS: within the float32 rounding of the block sums of the float64
+    dot of gguf's dequantized weights with the Q8_K-rounded activations, and every other
+    level, each token alone and 1 thread bit for bit."""
+    qtype = K_TYPES[name]
+    T = K.AMX_MIN_TOKENS[qtype] + extra
+    data = random_kquant(qtype, rows, cols, seed=rows * 11 + cols + T)
+    w64 = dequantize(data, GT(qtype)).reshape(rows, cols).astype(np.float64)
+    x = np.random.default_rng(rows + T).standard_normal((T, cols)).astype(np.float32)
+    x[3] *= 1e-30                                 # tiny and zero activation blocks
+    x[5, :256] = 0
+    xq = dequantized_activations(x)
+    bound = sum(np.abs(xq) @ p.T for p in split_parts(data, qtype, rows, cols)) * U * (cols // 256 + 4) * 2
+    lvs = levels()
+    out = on_levels(lambda: K.matmul(data, qtype, x, 2), lvs)
+    y = out["amx"]
+    assert (np.abs(y.astype(np.float64) - xq @ w64.T) <= bound).all()
+    for lv in lvs:
+        assert np.array_equal(out[lv], y), lv
+    K.set_simd_level("amx")
+    assert np.array_equal(K.matmul(data, qtype, x, 1), y)
+    alone = np.concatenate([K.matmul(data, qtype, x[t:t + 1], 1) for t in range(T)])
+    assert np.array_equal(alone, y)
+
+
+@needs_amx
+@pytest.mark.parametrize("name", list(K_TYPES))
+def test_amx_kquant_extreme_values(restore_level, name):
+    """Every value at its largest and random scales (the widest sc * (q - off), both digits
+    at their bounds) times full-scale activations of one sign: the int32 sums stay exact on
+    the tiles as on every other level."""
+    qtype = K_TYPES[name]
+    rows, cols, T = 19, 1024, max(K.AMX_MIN_TOKENS.values()) + 3
+    data = random_kquant(qtype, rows, cols, seed=qtype).reshape(rows, cols // 256, -1)
+    lo, hi = VALUE_BYTES[qtype]
+    data[:, :, lo:hi] = 0xFF
+    data = data.reshape(rows, -1)
+    x = np.where(np.random.default_rng(2).random((T, 1)) < 0.5, -1.0, 1.0) * np.ones((T, cols))
+    x = x.astype(np.float32)
+    out = on_levels(lambda: K.matmul(data, qtype, x, 2), levels())
+    for lv, y in out.items():
+        assert np.array_equal(y, out["scalar"]), lv
 
 
 @needs_avx512

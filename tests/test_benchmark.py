@@ -72,21 +72,28 @@ def test_measure_limits_fields():
 
 def test_kernel_peak_follows_the_instruction():
     """Each matmul is held to the peak of the instruction its kernel runs: by level, weight
-    type and token count (AMX only for Q8_0/Q4_0 from AMX_MIN_TOKENS[type] tokens; fewer
-    tokens on the 512-bit two-panel VNNI tiles, one token on 256-bit VNNI)."""
+    type and token count (AMX for Q8_0/Q4_0 and the K-quants from AMX_MIN_TOKENS[type]
+    tokens; fewer tokens on the 512-bit VNNI tiles, one Q8_0/Q4_0 token on 256-bit VNNI)."""
     from xllm import _kernels
     from xllm.formats import F32, Q4_0, Q8_0
-    from xllm.formats.types import Q4_1, Q4_K
+    from xllm.formats.types import Q4_1, Q4_K, Q6_K
     n8, n4 = _kernels.AMX_MIN_TOKENS[Q8_0], _kernels.AMX_MIN_TOKENS[Q4_0]
+    nk4, nk6 = _kernels.AMX_MIN_TOKENS[Q4_K], _kernels.AMX_MIN_TOKENS[Q6_K]
     lim = {"simd": "amx", "fma256_gflops": 1.0, "fma512_gflops": 2.0, "int8_gops": 3.0, "int8_vnni_gops": 4.0,
-           "int8_vnni512_gops": 5.0, "amx_int8_gops": 6.0, "amx_min_tokens": {"Q8_0": n8, "Q4_0": n4}}
+           "int8_vnni512_gops": 5.0, "amx_int8_gops": 6.0,
+           "amx_min_tokens": {"Q8_0": n8, "Q4_0": n4, "Q4_K": nk4, "Q6_K": nk6}}
+    assert bm.kernel_peak(lim, Q4_K, nk4) == (6.0, "AMX int8")
+    assert bm.kernel_peak(lim, Q6_K, nk6) == (6.0, "AMX int8")
+    assert bm.kernel_peak(lim, Q4_K, nk4 - 1) == (5.0, "512-bit VNNI")
+    assert bm.kernel_peak(dict(lim, simd="avx512"), Q4_K, 128) == (5.0, "512-bit VNNI")
+    from xllm.benchmark.limits import _AMX_TYPES
+    assert set(_AMX_TYPES.values()) == set(_kernels.AMX_MIN_TOKENS)
     assert bm.kernel_peak(lim, Q8_0, n8) == (6.0, "AMX int8")
     assert bm.kernel_peak(lim, Q8_0, n8 - 1) == (5.0, "512-bit VNNI")
     assert bm.kernel_peak(lim, Q4_0, n4) == (6.0, "AMX int8")
     assert bm.kernel_peak(lim, Q4_0, n4 - 1) == (5.0, "512-bit VNNI")
     assert bm.kernel_peak(lim, Q4_0, 1) == (4.0, "256-bit VNNI")
     assert bm.kernel_peak(lim, Q4_1, 128) == (4.0, "256-bit VNNI")
-    assert bm.kernel_peak(lim, Q4_K, 128) == (5.0, "512-bit VNNI")      # the 16-row K panels
     assert bm.kernel_peak(lim, F32, 128) == (2.0, "512-bit FMA")
     assert bm.kernel_peak(lim, F32, 1) == (1.0, "256-bit FMA")
     assert bm.kernel_peak(lim, None, 128) == (1.0, "256-bit FMA")

@@ -36,6 +36,8 @@ def levels():
         out.append("avx2")
     if _kernels.has_avx512():
         out.append("avx512")
+    if _kernels.has_amx():        # K-quant AMX tiles from AMX_MIN_TOKENS (16 for Q3_K/Q6_K) tokens
+        out.append("amx")
     return out
 
 

@@ -64,6 +64,8 @@ cdef extern from "simd.h" nogil:
     int xllm_gemv_multi_stream()
     void xllm_amx_panels(int type, const char *w, size_t pstride, int np, const xllm_block_q8_act *x,
                          int nb, int T, float *y, size_t ldy, int ny)
+    void xllm_amx_kq_rows(int type, const char *w, size_t pstride, int nr, int nb, const xllm_block_q8k *x,
+                          int T, float *y, size_t ldy)
     size_t xllm_pair_stride(int n)
     void xllm_pair_tokens(const float *x0, const float *x1, int n, float *dst)
     void xllm_float_rows_avx512(int type, const char *w, size_t ldw, int nr, const float *xp, size_t ldp,

@@ -134,8 +134,10 @@ def kv_store_rows(str kv_type, x):
 
 SIMD_LEVELS = {"scalar": XLLM_SIMD_SCALAR, "avx2": XLLM_SIMD_AVX2, "avx512": XLLM_SIMD_AVX512,
                "amx": XLLM_SIMD_AMX}
-# Q8_0 (8) / Q4_0 (2) matmuls of this many tokens or more run on AMX tiles (at the amx level)
-AMX_MIN_TOKENS = {XLLM_Q8_0: xllm_amx_min_tokens(XLLM_Q8_0), XLLM_Q4_0: xllm_amx_min_tokens(XLLM_Q4_0)}
+# Q8_0 (8) / Q4_0 (2) / Q2_K..Q6_K (10..14) matmuls of this many tokens or more run on AMX
+# tiles (at the amx level)
+AMX_MIN_TOKENS = {t: xllm_amx_min_tokens(t) for t in (XLLM_Q8_0, XLLM_Q4_0, XLLM_Q2_K, XLLM_Q3_K, XLLM_Q4_K,
+                                                      XLLM_Q5_K, XLLM_Q6_K)}
 
 
 # ---------------------------------------------------------------------------- SIMD switch
@@ -357,10 +359,15 @@ cdef void matmul_kq(const Matrix *w, int r0, int nr, const xllm_block_q8k *xk, i
     """y[t, r0:r0+nr] for all T tokens of repacked K-quant weights (r0 a multiple of 16).
 
     Tiles of one 16-row panel x 8 tokens (4 below AVX-512) over k-chunks (simd_kquant_panels.h:
-    xllm_kq_rows); acc holds one float per (token, row).
+    xllm_kq_rows); acc holds one float per (token, row).  From xllm_amx_min_tokens tokens at
+    the amx level, AMX tiles that write y themselves.
     """
     cdef int nb = w.cols // XLLM_QK_K
     cdef size_t pstride = <size_t>XLLM_KP * w.row_bytes
+    if xllm_amx_applies(w.type, T):         # AMX int8 tiles, straight into y: the same bits (simd_amx_kquants.h)
+        xllm_amx_kq_rows(w.type, w.data + <size_t>(r0 // XLLM_KP) * pstride, pstride, nr, nb, xk, T,
+                         y + r0, w.rows)
+        return
     xllm_kq_rows(w.type, w.data + <size_t>(r0 // XLLM_KP) * pstride, pstride, nr, nb,
                  xk, nb, T, acc, y + r0, w.rows)
 

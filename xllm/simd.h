@@ -1216,6 +1216,7 @@ static inline void xllm_qtile(int type, const char *w, size_t pstride, int np, c
 }
 
 #include "simd_amx.h"        /* AMX int8 tiles for multi-token Q8_0/Q4_0 matmuls */
+#include "simd_amx_kquants.h" /* AMX int8 tiles for multi-token K-quant matmuls */
 
 /* y[t*ldy + r] += the tail k in [n & ~7, n) of row r's dot product with token t, in k order. */
 static inline float xllm_tile_tail(int type, const char *w, size_t ldw, int r, const float *xt, int n, float s) {

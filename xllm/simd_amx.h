@@ -1,4 +1,4 @@
-/* simd_amx.h: AMX int8 tiles for the multi-token Q8_0/Q4_0 matmuls.
+/* simd_amx.h: AMX int8 tiles for the multi-token Q8_0/Q4_0 matmuls (the K-quants': simd_amx_kquants.h).
  *
  * Included once from simd.h, after the quantized panel tiles.  Runs only when xllm_amx is on:
  * the CPU has AMX-TILE and AMX-INT8, Linux granted this process the tile data state
@@ -46,9 +46,20 @@
 #define XLLM_AMX_MIN_TOKENS_Q4_0 32
 #endif
 
+/* The K-quants' tiles (simd_amx_kquants.h), timed against the 512-bit VNNI panel tiles (C
+ * harness, 5632 x 2048 warm in L3, 2 threads, Xeon with AMX; 16 / 32 / 128 tokens): Q2_K
+ * 0.79 / 1.02 / 1.38x (48: 1.14x), Q3_K 1.24 / 1.73 / 2.83x, Q4_K 0.79 / 1.06 / 1.48x (48:
+ * 1.16x), Q5_K 0.93 / 1.26 / 1.88x, Q6_K 1.48 / 2.05 / 3.27x.  The folded types (Q3_K, Q6_K)
+ * gain most: their VNNI tiles pay a vpmulld per 16 values and token, the tiles nothing. */
+#ifndef XLLM_AMX_MIN_TOKENS_KQ
+#define XLLM_AMX_MIN_TOKENS_KQ {48, 16, 32, 32, 16}   /* Q2_K, Q3_K, Q4_K, Q5_K, Q6_K */
+#endif
+
 /* The fewest tokens of a `type` matmul that run on AMX tiles (0: never). */
 static inline int xllm_amx_min_tokens(int type) {
-    return type == XLLM_Q8_0 ? XLLM_AMX_MIN_TOKENS_Q8_0 : type == XLLM_Q4_0 ? XLLM_AMX_MIN_TOKENS_Q4_0 : 0;
+    static const int kq[5] = XLLM_AMX_MIN_TOKENS_KQ;
+    return type == XLLM_Q8_0 ? XLLM_AMX_MIN_TOKENS_Q8_0 : type == XLLM_Q4_0 ? XLLM_AMX_MIN_TOKENS_Q4_0
+         : xllm_is_kquant(type) ? kq[type - XLLM_Q2_K] : 0;
 }
 
 /* One block of 16 weight rows as tdpbssd's B operand, and the rows' scales. */

@@ -451,6 +451,8 @@ XLLM_KP_FNS_512(q4k, XLLM_Q4_K)
 XLLM_KP_FNS_512(q5k, XLLM_Q5_K)
 XLLM_KP_FNS_512(q6k, XLLM_Q6_K)
 
+#include "simd_kquant_amx_pack.h"   /* the panels as AMX tile operands (this section's macros) */
+
 #undef VEC
 #undef LD
 #undef LDS

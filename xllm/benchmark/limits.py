@@ -13,6 +13,9 @@ from ..formats import Q4_0, Q8_0
 from ..formats.types import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, is_block_quantized
 from .procmon import CpuMonitor
 
+# the weight types with AMX tiles (from xllm._kernels.AMX_MIN_TOKENS tokens at the amx level)
+_AMX_TYPES = {"Q8_0": Q8_0, "Q4_0": Q4_0, "Q2_K": Q2_K, "Q3_K": Q3_K, "Q4_K": Q4_K, "Q5_K": Q5_K, "Q6_K": Q6_K}
+
 
 GB = 1e9
 
@@ -64,7 +67,8 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
     amx_int8_gops      AMX tdpbssd on full tiles;  amx_bf16_gflops: tdpbf16ps
     int8_kernel_gops   the peak of the instruction multi-token Q8_0/Q4_0 matmuls run at this
                        level (AMX at amx, 512-bit VNNI at avx512, maddubs at avx2; below
-                       amx_min_tokens[type] tokens the amx level runs the 512-bit VNNI tiles)
+                       amx_min_tokens[type] tokens the amx level runs the 512-bit VNNI tiles,
+                       for Q8_0/Q4_0 and the K-quants)
     simd               the kernels' SIMD level (xllm._kernels.simd_level())
     kernel_peak() picks the roof of each matmul by weight type and token count.
     """
@@ -103,7 +107,7 @@ def measure_limits(threads: int, bandwidth_bytes: int = 1 << 30, passes: int = 5
         "int8_kernel_gops": (med["amx_int8_gops"] if level == "amx" and med["amx_int8_gops"] else
                              med["int8_vnni512_gops"] if wide and med["int8_vnni512_gops"] else
                              med["int8_vnni_gops"] if wide and med["int8_vnni_gops"] else med["int8_gops"]),
-        "amx_min_tokens": {"Q8_0": _kernels.AMX_MIN_TOKENS[Q8_0], "Q4_0": _kernels.AMX_MIN_TOKENS[Q4_0]},
+        "amx_min_tokens": {name: _kernels.AMX_MIN_TOKENS[t] for name, t in _AMX_TYPES.items()},
         "bandwidth_buffer_bytes": int(bandwidth_bytes),
         "other_processes_cpu_pct": mon.summary().get("other_processes_cpu_pct"),
         "steal_pct": mon.summary().get("steal_pct"),
@@ -132,14 +136,14 @@ def kernel_peak(limits: dict, ggml_type: Optional[int], tokens: int = 1):
         if ggml_type is not None and tokens > 1 and wide and limits.get("fma512_gflops"):
             return limits["fma512_gflops"], "512-bit FMA"
         return limits["fma256_gflops"], "scalar FMA" if level == "scalar" else "256-bit FMA"
+    name = next((n for n, t in _AMX_TYPES.items() if t == ggml_type), None)
+    if name and level == "amx" and limits.get("amx_int8_gops") and tokens >= limits.get("amx_min_tokens", {}).get(name, 1 << 30):
+        return limits["amx_int8_gops"], "AMX int8"
     if ggml_type in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K):
         if wide and limits.get("int8_vnni512_gops"):   # the 16-row panels run 512-bit vpdpbusd
             return limits["int8_vnni512_gops"], "512-bit VNNI"
         return limits["int8_gops"], "maddubs"
     if ggml_type in (Q8_0, Q4_0):
-        min_tokens = limits.get("amx_min_tokens", {}).get("Q8_0" if ggml_type == Q8_0 else "Q4_0", 1)
-        if level == "amx" and limits.get("amx_int8_gops") and tokens >= min_tokens:
-            return limits["amx_int8_gops"], "AMX int8"
         if wide and tokens > 1 and limits.get("int8_vnni512_gops"):   # the two-panel 512-bit tiles
             return limits["int8_vnni512_gops"], "512-bit VNNI"
     if wide and limits.get("int8_vnni_gops"):
