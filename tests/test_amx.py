@@ -102,7 +102,7 @@ def test_amx_extreme_values(restore_level, qtype):
 
 @needs_amx
 @pytest.mark.parametrize("name", list(K_TYPES))
-@pytest.mark.parametrize("rows,cols", [(1, 256), (13, 768), (16, 1280), (37, 2560)])   # k-chunks of 4 + rest
+@pytest.mark.parametrize("rows,cols", [(1, 256), (13, 768), (16, 1280), (37, 2560)])   # k-chunks of 8 + rest
 @pytest.mark.parametrize("extra", [0, 1, 17])
 def test_amx_kquant_matmul(restore_level, name, rows, cols, extra):
     """K-quant AMX tiles (two int8 digits of sc * (q - off) per value, simd_amx_kquants.h) from
