@@ -56,7 +56,7 @@ def bf16_bytes(w):
 @pytest.mark.parametrize("extra", [0, 1, 15, 24])
 def test_amx_matmul(restore_level, qtype, rows, cols, extra):
     """AMX tiles (from the type's AMX_MIN_TOKENS: 16-token tiles plus a tail, 16-row tiles plus
-    a half, k-chunks of 16 blocks plus a rest at 2080 columns) equal a float64 dot of the
+    a half, k-chunks of 64 blocks plus a rest at 2080 columns) equal a float64 dot of the
     dequantized weights with the Q8_0-rounded activations, and every other level, each token
     alone and 1 thread bit for bit."""
     T = K.AMX_MIN_TOKENS[int(qtype)] + extra

@@ -12,7 +12,7 @@
  * B: one block of 16 weight rows in the VNNI layout, i.e. two 8-row panels side by side
  *    (the panels already keep 4 consecutive values of each row together), signed: Q8_0's
  *    stored w + 128 back to w, Q4_0's nibbles unpacked minus 8.  Packed per call from the
- *    panels into a per-thread buffer, once per k-chunk of 16 blocks, and reused by every token
+ *    panels into a per-thread buffer, once per k-chunk of 64 blocks, and reused by every token
  *    tile (so the weights keep one layout in memory, shared with the decode path).
  * Then, per (token, row) lane, on AVX-512, the float step of every other path:
  *     acc = fma((float)C[t][n], d_w[n] * d_x[t], acc)      block after block
@@ -31,8 +31,13 @@
 
 #define XLLM_AMX_ROWS 16         /* weight rows per tile (two panels) */
 #define XLLM_AMX_TOKENS 16       /* tokens per tile */
-#define XLLM_AMX_CHUNK 16        /* blocks per k-chunk: a chunk of B for a row group (18 KB) and of
-                                    A for a token tile (10 KB) stay in L1 */
+#ifndef XLLM_AMX_CHUNK
+#define XLLM_AMX_CHUNK 64        /* blocks per k-chunk: B for a row group 74 KB (on the stack, in
+                                    L2), packed from longer runs of each panel in memory: the
+                                    TinyLlama-shape 128-token prefill, 2 threads, second Xeon,
+                                    chunks of 16 / 32 / 64 / 128: Q8_0 466 / 471 / 500-508 / 497
+                                    tok/s, Q4_0 494 / 508 / 536 / 525 */
+#endif
 #define XLLM_AMX_GROUP_TILES ((XLLM_QROW_GROUP + XLLM_AMX_ROWS - 1) / XLLM_AMX_ROWS)
 /* Fewer tokens run the 512-bit VNNI two-panel tiles (timed against them on a Xeon with AMX, C
  * harness, 5632 x 2048 from memory, 2 threads: Q8_0 16 tokens 0.91x, 32 0.89x, 48 1.20x, 64
