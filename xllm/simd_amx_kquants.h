@@ -100,8 +100,7 @@ XLLM_AVX512_FN static void xllm_akq_tile(int type, const xllm_akq_block *pk, int
                 const int16_t *bs = per32 ? xb->bsums32 : xb->bsums;
                 __m512i msum = _mm512_setzero_si512();
                 for (int i = 0; i < npairs; i++)
-                    msum = _mm512_dpwssd_epi32(msum, _mm512_load_si512((const void *)blk->mins[i]),
-                                               _mm512_set1_epi32(xllm_kp_i32(bs + 2 * i)));
+                    XLLM_DPWSSD512_BCAST(msum, _mm512_load_si512((const void *)blk->mins[i]), bs + 2 * i);
                 f[t] = _mm512_fmadd_ps(_mm512_mul_ps(ndv, dx), _mm512_cvtepi32_ps(msum), f[t]);
             }
         }

@@ -256,7 +256,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++) {                                     \
             const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                        \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
-                a[t] = _mm512_dpbusd_epi32(a[t], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * (g) + 4 * c))); \
+                XLLM_DPBUSD512_BCAST(a[t], q, XB(t)->qs + 32 * (g) + 4 * c); \
         }                                                                                               \
         const __m512i sv = (scale);                                                                     \
         _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                            \
@@ -288,7 +288,7 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
             const int c = (c0) + ((NT) == 1 ? k % ((c1) - (c0)) : k / 8);                               \
             const __m512i q = XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, NT), g, c);                        \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
-                a[t][g] = _mm512_dpbusd_epi32(a[t][g], q, _mm512_set1_epi32(xllm_kp_i32(XB(t)->qs + 32 * g + 4 * c))); \
+                XLLM_DPBUSD512_BCAST(a[t][g], q, XB(t)->qs + 32 * g + 4 * c); \
         }                                                                                               \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
             const __m512i sv = XLLM_KP_SUBSCALE_512(TYPE, NT, s, g, h);                                 \
@@ -346,8 +346,8 @@ XLLM_AVX512_FN static inline __m512i xllm_kp_load512(const uint8_t *p) {
         _Pragma("GCC unroll 8") for (int i = 0; i < (XLLM_KP_PER32(TYPE) ? 4 : 8); i++) {               \
             const __m512i mp = XLLM_KP_MINPAIR(TYPE, s, i);                                             \
             _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                        \
-                msum[t] = _mm512_dpwssd_epi32(msum[t], mp, _mm512_set1_epi32(xllm_kp_i32(               \
-                    XLLM_KP_PER32(TYPE) ? XB(t)->bsums32 + 2 * i : XB(t)->bsums + 2 * i)));             \
+                XLLM_DPWSSD512_BCAST(msum[t], mp,                                                       \
+                    XLLM_KP_PER32(TYPE) ? XB(t)->bsums32 + 2 * i : XB(t)->bsums + 2 * i);               \
         }                                                                                               \
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[2].poff)));      \
         const __m512 ndv = off ? dv : _mm512_castsi512_ps(_mm512_xor_si512(_mm512_set1_epi32((int)0x80000000u), \
@@ -379,9 +379,9 @@ XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_##NT(const char *w, const xllm_
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) a0[g] = a1[g] = _mm512_setzero_si512();     \
         _Pragma("GCC unroll 8") for (int c = (c0); c < (c1); c++)                                       \
             _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                       \
-                const __m512i xv = _mm512_set1_epi32(xllm_kp_i32(x[b].qs + 32 * g + 4 * c));           \
-                { const uint8_t *pb = pb0; a0[g] = _mm512_dpbusd_epi32(a0[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xv); } \
-                { const uint8_t *pb = pb1; a1[g] = _mm512_dpbusd_epi32(a1[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xv); } \
+                const int8_t *xq = x[b].qs + 32 * g + 4 * c;                                           \
+                { const uint8_t *pb = pb0; XLLM_DPBUSD512_BCAST(a0[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xq); } \
+                { const uint8_t *pb = pb1; XLLM_DPBUSD512_BCAST(a1[g], XLLM_KP_VALUES(TYPE, XLLM_KP_X16(TYPE, 1), g, c), xq); } \
             }                                                                                           \
         _Pragma("GCC unroll 8") for (int g = 0; g < 8; g++) {                                           \
             { const uint8_t *sp = sp0; (void)sp;                                                        \
@@ -397,8 +397,8 @@ XLLM_AVX512_FN static void xllm_kp_vnni_##NAME##_##NT(const char *w, const xllm_
     do {                                                                                                \
         __m512i msum = _mm512_setzero_si512();                                                          \
         _Pragma("GCC unroll 8") for (int i = 0; i < (XLLM_KP_PER32(TYPE) ? 4 : 8); i++)                 \
-            msum = _mm512_dpwssd_epi32(msum, XLLM_KP_MINPAIR(TYPE, s, i), _mm512_set1_epi32(xllm_kp_i32( \
-                XLLM_KP_PER32(TYPE) ? x[b].bsums32 + 2 * i : x[b].bsums + 2 * i)));                     \
+            XLLM_DPWSSD512_BCAST(msum, XLLM_KP_MINPAIR(TYPE, s, i),                                     \
+                XLLM_KP_PER32(TYPE) ? x[b].bsums32 + 2 * i : x[b].bsums + 2 * i);                       \
         const __m512i is = XLLM_KP_X16(TYPE, 1) ? _mm512_srai_epi32(isum, 4) : isum;                    \
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + rg[2].poff)));      \
         const __m512 ndv = off ? dv : _mm512_castsi512_ps(_mm512_xor_si512(_mm512_set1_epi32((int)0x80000000u), \
