@@ -207,3 +207,29 @@ def test_activation_quantizer_every_level(restore_level, seed):
     assert np.array_equal(qs[:2].reshape(2, -1, 32).view(np.uint8), ref[:, :, 2:])
     assert np.array_equal(d[:2], ref[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32))
     assert qs[0, 1] == -15 and qs[0, 2] == -14 and qs[0, 16] == 1    # -14.5 -> -15, -13.5 -> -14, 0.5 -> 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kquant_activation_quantizer_every_level(restore_level, seed):
+    """The K-quant activation blocks (Q8_K: AVX-512 at avx512 and amx, scalar below) have the
+    same bytes on every level: random rows at three scales, a zero block, subnormals, exact
+    halves once scaled, ties of +m and -m for the largest magnitude (the earlier one's sign
+    sets the scale's), and infinite and NaN values (those blocks take the scalar loop)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((8, 5 * 256)) * rng.choice([1e-3, 1, 50], (8, 1))).astype(np.float32)
+    x[0, :256] = 0
+    x[1, 256:512] = np.where(np.arange(256) % 2, 1e-38, -3e-39)
+    x[2, :256] = (np.arange(256) - 127.5) * (127 / 127.5)       # halves of the scale
+    x[3, 300], x[3, 400] = -1e4, 1e4                             # tie, negative first
+    x[4, 300], x[4, 400] = 1e4, -1e4                             # tie, positive first
+    x[5, 10], x[5, 600], x[5, 1000] = np.inf, -np.inf, np.nan
+    x[6, 256:512] = np.nan
+    out = on_levels(lambda: K.quantize_q8k(x), levels())
+    qs, bsums, d = out["scalar"]
+    for lv, (q2, b2, d2) in out.items():
+        assert np.array_equal(q2, qs) and np.array_equal(b2, bsums), lv
+        assert np.array_equal(d2.view(np.uint32), d.view(np.uint32)), lv
+    assert np.array_equal(bsums, qs.reshape(8, -1, 16).sum(-1).astype(np.int16))
+    # the scale is -max / 127 of the first largest value: its sign follows that value, and
+    # that value always quantizes to -127
+    assert d[3, 1] > 0 > d[4, 1] and qs[3, 300] == qs[4, 300] == -127 and qs[3, 400] == qs[4, 400] == 127

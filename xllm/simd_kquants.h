@@ -65,7 +65,7 @@ static inline int xllm_nearest_int(float fval) {
 }
 
 /* quantize_row_q8_K_ref of ggml, for n (multiple of 256) values; a zero block gets zero sums. */
-static void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n) {
+static void xllm_quantize_row_q8k_scalar(const float *x, xllm_block_q8k *y, int n) {
     for (int b = 0; b < n / XLLM_QK_K; b++, x += XLLM_QK_K) {
         float max = 0, amax = 0;
         for (int j = 0; j < XLLM_QK_K; j++) {
@@ -93,6 +93,56 @@ static void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n) {
         for (int j = 0; j < 8; j++) y[b].bsums32[j] = (int16_t)(y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
         y[b].d = 1 / iscale;
     }
+}
+
+#if XLLM_X86
+/* The same blocks on AVX-512 (prefill quantizes every K-quant matmul's input: 128 tokens of a
+ * TinyLlama layer are ~5,900 blocks): the largest |x| by a vector max, the first value that
+ * has it (the scalar loop keeps the first of equal magnitudes, so the sign of a tie is the
+ * earlier value's), x * iscale rounded to nearest even by vcvtps2dq (xllm_nearest_int's
+ * rounding for |v| < 2^22), 16-value sums by reduction.  A block with an infinite or NaN value
+ * goes through the scalar loop, whose integer conversion of NaN the vector one does not share. */
+XLLM_AVX512_FN static void xllm_quantize_row_q8k_avx512(const float *x, xllm_block_q8k *y, int n) {
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    for (int b = 0; b < n / XLLM_QK_K; b++, x += XLLM_QK_K) {
+        __m512 v[16], m = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (int i = 0; i < 16; i++) {
+            v[i] = _mm512_loadu_ps(x + 16 * i);
+            const __m512 a = _mm512_abs_ps(v[i]);
+            bad |= _mm512_cmp_ps_mask(a, inf, _CMP_NLT_UQ);       /* inf or NaN */
+            m = _mm512_max_ps(a, m);
+        }
+        const float amax = _mm512_reduce_max_ps(m);
+        if (bad || !amax) {
+            xllm_quantize_row_q8k_scalar(x, y + b, XLLM_QK_K);
+            continue;
+        }
+        float max = amax;
+        for (int i = 0; i < 16; i++) {
+            const __mmask16 e = _mm512_cmp_ps_mask(_mm512_abs_ps(v[i]), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (e) { max = x[16 * i + __builtin_ctz((unsigned)e)]; break; }
+        }
+        const float iscale = -127.f / max;
+        const __m512 is = _mm512_set1_ps(iscale);
+        for (int i = 0; i < 16; i++) {
+            const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(is, v[i])), _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * i), _mm512_cvtepi32_epi8(q));
+            y[b].bsums[i] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        for (int j = 0; j < 8; j++) y[b].bsums32[j] = (int16_t)(y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
+        memset(y[b].pad, 0, sizeof(y[b].pad));
+        y[b].d = 1 / iscale;
+    }
+}
+#endif
+
+/* Float rows (n a multiple of 256) -> Q8_K blocks, at the level in force (the same bytes). */
+static void xllm_quantize_row_q8k(const float *x, xllm_block_q8k *y, int n) {
+#if XLLM_X86
+    if (xllm_simd_level >= XLLM_SIMD_AVX512) { xllm_quantize_row_q8k_avx512(x, y, n); return; }
+#endif
+    xllm_quantize_row_q8k_scalar(x, y, n);
 }
 
 /* ------------------------------------------------------------------ scales and mins */
